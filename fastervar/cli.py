@@ -1,0 +1,98 @@
+"""The `fastervar` command line: parse, call, report.
+
+Toolchain modules (which need torch) are imported inside the commands, so `fastervar --help` and
+the torch-free runtime commands work on hosts without torch. Every FastervarError becomes a one-line
+message with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import FastervarError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FastervarError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastervar")
+def main() -> None:
+    """Training-free acceleration and compiled deployment for VAR-family image generators."""
+
+
+def _parse_classes(values: tuple[int, ...], path: str | None) -> list[int]:
+    classes = list(values)
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise FastervarError(f"cannot read --classes file {path}: {exc.strerror or exc}") from None
+        for line_no, line in enumerate(text.splitlines(), 1):
+            for tok in line.split("#")[0].replace(",", " ").split():
+                try:
+                    classes.append(int(tok))
+                except ValueError:
+                    raise FastervarError(f"{path}:{line_no}: {tok!r} is not a class index") from None
+    if not classes:
+        raise FastervarError("no classes given: use --class N (repeatable) or --classes FILE")
+    return classes
+
+
+def _check_classes(classes: list[int], num_classes: int) -> None:
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise FastervarError(f"class index {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
+
+
+@main.command()
+@click.option("--model", "model_name", metavar="NAME", help="Named configuration (d16, d20, d24, d30, d36, tiny, ...).")
+@click.option("--var-checkpoint", type=click.Path(dir_okay=False), help="VAR transformer weights (.pth or .safetensors).")
+@click.option("--vae-checkpoint", type=click.Path(dir_okay=False), help="VQVAE weights (.pth or .safetensors).")
+@click.option("--random-weights", is_flag=True, help="Use seeded random weights (tests and speed benchmarks only).")
+@click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True, help="Guidance at the last step (linear ramp from 0).")
+@click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True)
+@click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode).")
+@click.option("--sampler", type=click.Choice(["official", "portable"]), default="portable", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, 0001.png, ...")
+def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, class_ids, classes_file, seed, cfg,
+             top_k, top_p, more_smooth, sampler, batch_size, device, out_dir) -> None:
+    """Generate one image per class with the reference (baseline) sampler."""
+    from .models.loading import resolve_model
+    from .models.sampler import generate as run_generate
+    from .models.sampling import SamplingSettings
+    from .runtime.images import output_dir, write_pngs
+
+    classes = _parse_classes(class_ids, classes_file)
+    settings = SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, sampler=sampler)
+    with output_dir(out_dir):
+        model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+        _check_classes(classes, model.cfg.var.num_classes)
+        result = run_generate(model, classes, settings, seed=seed, batch_size=batch_size, progress=True)
+        paths = write_pngs(result.images.cpu().numpy(), out_dir)
+    click.echo(f"wrote {len(paths)} images to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The reference sampler: the baseline every accelerated path is compared against.
+
+It chains the model's scale steps with full guidance. Batches are drawn in request order; in
+`portable` mode image i's noise comes from (seed, i) alone, in `official` mode batch j reseeds one
+torch.Generator with seed + j, exactly as one upstream `autoregressive_infer_cfg` call per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..runtime.noise import batch_uniform
+from .family import StepState, VARModel, to_uint8
+from .sampling import SamplingSettings
+
+
+@dataclass
+class Generation:
+    images: torch.Tensor             # (N, H, W, 3) uint8
+    tokens: list[torch.Tensor]       # per step, (N, p*p) int64
+    f_hat: torch.Tensor              # (N, Cvae, H', W') final latent
+
+
+def step_noise(model: VARModel, settings: SamplingSettings, step: int, seed: int,
+               indices: Sequence[int], generator: torch.Generator | None) -> torch.Tensor | torch.Generator:
+    """The noise a step consumes: a uniform tensor (portable) or the shared generator (official)."""
+    if settings.sampler == "official":
+        assert generator is not None
+        return generator
+    u = batch_uniform(seed, indices, step, model.tokens_at(step), model.cfg.vae.vocab_size)
+    return torch.from_numpy(u).to(model.var.head.weight.device)
+
+
+@torch.no_grad()
+def generate_batch(model: VARModel, labels: torch.Tensor, settings: SamplingSettings, seed: int,
+                   indices: Sequence[int], generator: torch.Generator | None = None,
+                   progress: bool = False) -> Generation:
+    """Run every scale step for one batch and decode it."""
+    cond = model.condition(labels, guided=True)
+    state: StepState = model.init_state(labels.shape[0])
+    tokens = []
+    steps = range(model.num_steps)
+    for k in tqdm(steps, desc="scale steps", leave=False, disable=not progress):
+        noise = step_noise(model, settings, k, seed, indices, generator)
+        state, out = model.step(k, state, cond, noise, settings)
+        tokens.append(out.tokens)
+    images = to_uint8(model.decode(state.f_hat))
+    return Generation(images, tokens, state.f_hat)
+
+
+@torch.no_grad()
+def generate(model: VARModel, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
+             batch_size: int = 16, progress: bool = False) -> Generation:
+    """Generate one image per entry of `classes`, in order."""
+    device = model.var.head.weight.device
+    parts: list[Generation] = []
+    starts = range(0, len(classes), batch_size)
+    for j, lo in enumerate(tqdm(starts, desc="batches", disable=not progress or len(starts) < 2)):
+        idx = list(range(lo, min(lo + batch_size, len(classes))))
+        labels = torch.tensor([classes[i] for i in idx], device=device)
+        gen = None
+        if settings.sampler == "official":
+            gen = torch.Generator(device=device)
+            gen.manual_seed(seed + j)
+        parts.append(generate_batch(model, labels, settings, seed, idx, gen, progress))
+    return Generation(
+        images=torch.cat([p.images for p in parts]),
+        tokens=[torch.cat([p.tokens[k] for p in parts]) for k in range(model.num_steps)],
+        f_hat=torch.cat([p.f_hat for p in parts]),
+    )
