@@ -94,5 +94,27 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, class_i
     click.echo(f"wrote {len(paths)} images to {out_dir}")
 
 
+@main.command("train-tiny")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Fashion-MNIST directory (default: the Debian package's /usr/share/datasets/fashion-mnist).")
+@click.option("--work-dir", type=click.Path(file_okay=False), default="runs/tiny", show_default=True,
+              help="Resumable checkpoints and the token cache.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Where to write var.safetensors, vae.safetensors and config.json.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--vae-steps", type=click.IntRange(min=1), default=1500, show_default=True)
+@click.option("--var-steps", type=click.IntRange(min=1), default=3000, show_default=True)
+def train_tiny(data_dir, work_dir, out_dir, seed, vae_steps, var_steps) -> None:
+    """Train the embedded Fashion-MNIST model (VQVAE, then VAR); resumes from --work-dir."""
+    from .train.data import load_split
+    from .train.tiny import TrainSettings, train_all
+
+    load_split("train", data_dir)
+    summary = train_all(Path(work_dir), Path(out_dir),
+                        TrainSettings(seed=seed, vae_steps=vae_steps, var_steps=var_steps), data_dir)
+    for k, v in summary.items():
+        click.echo(f"{k:>28}: {v:.4g}")
+
+
 if __name__ == "__main__":
     main()

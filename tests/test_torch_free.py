@@ -1,0 +1,33 @@
+"""The package, the runtime and the CLI entry point import on a host without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; "
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True)
+
+
+def test_package_and_runtime_import_without_torch():
+    p = _run("import fastervar, fastervar.runtime, fastervar.runtime.noise, fastervar.runtime.images, "
+             "fastervar.models.configs, fastervar.cli; print('ok')")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "ok"
+
+
+def test_cli_help_without_torch():
+    p = _run("from fastervar.cli import main; main(['--help'])")
+    assert "generate" in p.stdout, p.stderr
+
+
+def test_noise_is_keyed_by_seed_image_and_step():
+    from fastervar.runtime.noise import batch_uniform, step_uniform
+    a = step_uniform(1, 2, 3, 4, 5)
+    assert a.shape == (4, 5) and a.dtype.name == "float32" and (a >= 0).all() and (a < 1).all()
+    assert (batch_uniform(1, [7, 2], 3, 4, 5)[1] == a).all()
+    assert not (step_uniform(1, 2, 4, 4, 5) == a).all()
+    assert not (step_uniform(2, 2, 3, 4, 5) == a).all()
