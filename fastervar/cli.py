@@ -60,38 +60,127 @@ def _check_classes(classes: list[int], num_classes: int) -> None:
         raise FastervarError(f"class index {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
 
 
+def model_options(fn):
+    """--model / --var-checkpoint / --vae-checkpoint / --random-weights / --device."""
+    for opt in reversed([
+        click.option("--model", "model_name", metavar="NAME",
+                     help="Named model: fashion-tiny (the embedded default), or d16..d36 / tiny with checkpoints or --random-weights."),
+        click.option("--var-checkpoint", type=click.Path(dir_okay=False), help="VAR transformer weights (.pth or .safetensors)."),
+        click.option("--vae-checkpoint", type=click.Path(dir_okay=False), help="VQVAE weights (.pth or .safetensors)."),
+        click.option("--random-weights", is_flag=True, help="Seeded random weights (tests and speed benchmarks only)."),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def sampling_options(fn):
+    """Guidance, filtering and sampler choice, shared by every command that samples."""
+    for opt in reversed([
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True,
+                     help="Guidance at the last step (linear ramp from 0)."),
+        click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True),
+        click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode)."),
+        click.option("--sampler", type=click.Choice(["official", "portable"]), default="portable", show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _settings(cfg, top_k, top_p, more_smooth, sampler):
+    from .models.sampling import SamplingSettings
+    return SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, sampler=sampler)
+
+
 @main.command()
-@click.option("--model", "model_name", metavar="NAME", help="Named configuration (d16, d20, d24, d30, d36, tiny, ...).")
-@click.option("--var-checkpoint", type=click.Path(dir_okay=False), help="VAR transformer weights (.pth or .safetensors).")
-@click.option("--vae-checkpoint", type=click.Path(dir_okay=False), help="VQVAE weights (.pth or .safetensors).")
-@click.option("--random-weights", is_flag=True, help="Use seeded random weights (tests and speed benchmarks only).")
+@model_options
 @click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True, help="Guidance at the last step (linear ramp from 0).")
-@click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True)
-@click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode).")
-@click.option("--sampler", type=click.Choice(["official", "portable"]), default="portable", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@sampling_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, 0001.png, ...")
-def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, class_ids, classes_file, seed, cfg,
-             top_k, top_p, more_smooth, sampler, batch_size, device, out_dir) -> None:
+def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, class_ids, classes_file, seed, cfg,
+             top_k, top_p, more_smooth, sampler, batch_size, out_dir) -> None:
     """Generate one image per class with the reference (baseline) sampler."""
     from .models.loading import resolve_model
     from .models.sampler import generate as run_generate
-    from .models.sampling import SamplingSettings
     from .runtime.images import output_dir, write_pngs
 
     classes = _parse_classes(class_ids, classes_file)
-    settings = SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, sampler=sampler)
+    settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
     with output_dir(out_dir):
         model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
         _check_classes(classes, model.cfg.var.num_classes)
         result = run_generate(model, classes, settings, seed=seed, batch_size=batch_size, progress=True)
         paths = write_pngs(result.images.cpu().numpy(), out_dir)
     click.echo(f"wrote {len(paths)} images to {out_dir}")
+
+
+@main.command()
+@model_options
+@sampling_options
+@click.option("--samples-per-class", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--features", metavar="MODULE:FACTORY", help="Another feature extractor (e.g. Inception) for FD/KID.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
+             more_smooth, sampler, batch_size, samples_per_class, features, json_path) -> None:
+    """Sample N images per class and score them: class accuracy, Frechet distance, KID."""
+    import json
+
+    from .evaluate.features import load_extractor
+    from .evaluate.run import evaluate_baseline
+    from .models.loading import resolve_model
+    from .runtime.atomic import atomic_path
+
+    settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
+    if json_path:
+        _check_writable_parent(json_path)
+    ext = load_extractor(features)
+    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    result = evaluate_baseline(model, ext, settings, samples_per_class, seed, batch_size)
+    result.update(model=model.cfg.name, settings=settings.__dict__, samples_per_class=samples_per_class, seed=seed)
+    _print_table(result)
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {json_path}")
+
+
+def _check_writable_parent(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise FastervarError(f"cannot write {path}: directory {parent} does not exist")
+
+
+def _print_table(result: dict) -> None:
+    rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+
+
+@main.command()
+@model_options
+@sampling_options
+@click.option("--per-class", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--scale", type=click.IntRange(min=1), default=3, show_default=True, help="Pixel upscaling.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+def grid(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
+         more_smooth, sampler, batch_size, per_class, scale, out_path) -> None:
+    """A sample grid: one row per class, --per-class samples each."""
+    from .models.loading import resolve_model
+    from .models.sampler import generate as run_generate
+    from .runtime.images import save_png, tile_grid
+
+    _check_writable_parent(out_path)
+    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    classes = [c for c in range(min(model.cfg.var.num_classes, 10)) for _ in range(per_class)]
+    result = run_generate(model, classes, _settings(cfg, top_k, top_p, more_smooth, sampler), seed=seed,
+                          batch_size=batch_size, progress=True)
+    save_png(tile_grid(result.images.cpu().numpy(), rows=len(classes) // per_class, scale=scale), out_path)
+    click.echo(f"wrote {out_path}")
 
 
 @main.command("train-tiny")

@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import FastervarError
+from ..runtime.atomic import atomic_path
 from .configs import (NAMED_CONFIGS, OFFICIAL_VAE, SCHEDULE_256, SCHEDULE_512, ModelConfig, VARConfig,
                       VQVAEConfig, validate)
 from .family import VARModel
@@ -172,14 +172,8 @@ def load_model(var_path: str | os.PathLike, vae_path: str | os.PathLike,
 
 
 def _atomic_save(tensors: StateDict, dest: Path, metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dest) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def save_model_dir(model: VARModel, directory: str | os.PathLike) -> None:
@@ -189,10 +183,8 @@ def save_model_dir(model: VARModel, directory: str | os.PathLike) -> None:
     meta = {"format": "fastervar-model/1", "config": model.cfg.name}
     _atomic_save(model.var.state_dict(), d / "var.safetensors", meta)
     _atomic_save(model.vae.state_dict(), d / "vae.safetensors", meta)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".config.json.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(model.cfg.to_dict(), fh, indent=2)
-    os.replace(tmp, d / "config.json")
+    with atomic_path(d / "config.json") as tmp:
+        tmp.write_text(json.dumps(model.cfg.to_dict(), indent=2))
 
 
 def load_model_dir(directory: str | os.PathLike) -> VARModel:

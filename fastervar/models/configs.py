@@ -127,6 +127,10 @@ def _named() -> dict[str, ModelConfig]:
         VQVAEConfig(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2, 2, 2, 2),
                     num_res_blocks=1, num_groups=8),
         "test-sized model on the official 10-step 256 px schedule")
+    out["fashion-tiny"] = ModelConfig(
+        "fashion-tiny", VARConfig(depth=6, embed_dim=96, num_heads=3, num_classes=10, patch_nums=TINY_SCHEDULE),
+        VQVAEConfig(vocab_size=512, z_channels=16, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, num_groups=8),
+        "the embedded model: class-conditional VAR on Fashion-MNIST, 32 px, 7 steps")
     return out
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..assets import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
 from ..errors import FastervarError
-from .checkpoint import load_model
+from .checkpoint import load_model, load_model_dir
 from .configs import get_config
 from .family import VARModel
 
@@ -46,7 +47,7 @@ def random_model(name: str, seed: int = 0) -> VARModel:
 
 def resolve_model(model: str | None, var_checkpoint: str | None, vae_checkpoint: str | None,
                   random_weights: bool, device: str = "cpu") -> VARModel:
-    """Load the model the options name; exactly one source of weights must be given."""
+    """Load the model the options name: checkpoints, random weights, or the embedded default."""
     dev = resolve_device(device)
     if random_weights:
         if var_checkpoint or vae_checkpoint:
@@ -58,11 +59,17 @@ def resolve_model(model: str | None, var_checkpoint: str | None, vae_checkpoint:
         if not (var_checkpoint and vae_checkpoint):
             raise FastervarError("give both --var-checkpoint and --vae-checkpoint")
         m = load_model(var_checkpoint, vae_checkpoint, get_config(model) if model else None)
-    elif model is not None:
+    elif model is None or model == EMBEDDED_MODEL_NAME:
+        m = embedded_model()
+    else:
         get_config(model)
         raise FastervarError(f"model {model!r} has no shipped weights: pass --var-checkpoint and "
                              f"--vae-checkpoint, or --random-weights for a test model")
-    else:
-        raise FastervarError("no model given: pass --var-checkpoint and --vae-checkpoint, "
-                             "or --model NAME --random-weights")
     return m.to(dev)
+
+
+def embedded_model() -> VARModel:
+    """The Fashion-MNIST model shipped inside the package: the default everywhere."""
+    if not (EMBEDDED_MODEL_DIR / "config.json").exists():
+        raise FastervarError(f"the embedded model is missing from this install ({EMBEDDED_MODEL_DIR})")
+    return load_model_dir(EMBEDDED_MODEL_DIR)

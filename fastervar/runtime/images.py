@@ -58,3 +58,23 @@ def write_pngs(images: np.ndarray, out: str | os.PathLike, start: int = 0) -> li
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return [dest / n for n in names]
+
+
+def tile_grid(images: np.ndarray, rows: int, scale: int = 2, pad: int = 2) -> np.ndarray:
+    """Tile (N, H, W, 3) uint8 images row-major into one picture, upscaled by nearest neighbour."""
+    n, h, w, c = images.shape
+    cols = -(-n // rows)
+    big = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    hh, ww = h * scale + pad, w * scale + pad
+    grid = np.full((rows * hh + pad, cols * ww + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(big):
+        r, q = divmod(i, cols)
+        grid[pad + r * hh: pad + r * hh + h * scale, pad + q * ww: pad + q * ww + w * scale] = img
+    return grid
+
+
+def save_png(image: np.ndarray, dest: str | os.PathLike) -> None:
+    """Write one PNG atomically."""
+    from .atomic import atomic_path
+    with atomic_path(dest) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")

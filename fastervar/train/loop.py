@@ -8,8 +8,6 @@ the batches it would have seen uninterrupted. Checkpoints are written atomically
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FastervarError
+from ..runtime.atomic import atomic_path
 
 
 def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
@@ -37,15 +36,8 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def save_atomic(obj: dict, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def run(name: str, ckpt: Path, total_steps: int, step_fn: Callable[[int], dict[str, float]],

@@ -13,19 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.configs import ModelConfig, VARConfig, VQVAEConfig
+from ..models.configs import get_config
 from ..models.family import VARModel
 from ..models.resample import resample
 from . import loop
 from .data import load_split, to_model_space
 
-EMBEDDED_CONFIG = ModelConfig(
-    name="fashion-tiny",
-    var=VARConfig(depth=6, embed_dim=96, num_heads=3, num_classes=10, patch_nums=(1, 2, 3, 4, 5, 6, 8)),
-    vae=VQVAEConfig(vocab_size=512, z_channels=16, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1,
-                    num_groups=8),
-    description="class-conditional VAR trained on Fashion-MNIST (32 px, 7 steps), shipped with fastervar",
-)
+EMBEDDED_CONFIG = get_config("fashion-tiny")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Quality measurement: the shipped Fashion-MNIST classifier, distribution metrics and paired metrics."""

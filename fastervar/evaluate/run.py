@@ -1,0 +1,102 @@
+"""`fastervar evaluate`: sample N images per class and score them against the real test set."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..assets import REAL_TEST_IMAGES_FILE, REFERENCE_STATS_FILE
+from ..errors import FastervarError
+from ..models.family import VARModel, to_uint8
+from ..models.sampler import generate
+from ..models.sampling import SamplingSettings
+from .features import ClassifierFeatures, FeatureExtractor
+from .metrics import frechet_distance, gaussian_stats, kid
+
+
+@dataclass
+class Reference:
+    """Real-data statistics in the extractor's feature space."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    kid_features: np.ndarray
+    test_accuracy: float | None
+
+    @classmethod
+    def shipped(cls) -> "Reference":
+        if not REFERENCE_STATS_FILE.exists():
+            raise FastervarError(f"the shipped reference statistics are missing: {REFERENCE_STATS_FILE}")
+        z = np.load(REFERENCE_STATS_FILE)
+        return cls(z["mu"], z["sigma"], z["kid_features"], float(z["test_accuracy"]))
+
+    @classmethod
+    def from_images(cls, ext: FeatureExtractor, images: np.ndarray) -> "Reference":
+        feats = ext.features(images)
+        mu, sigma = gaussian_stats(feats)
+        return cls(mu, sigma, feats, None)
+
+
+def real_test_images() -> tuple[np.ndarray, np.ndarray]:
+    """The 1000 shipped Fashion-MNIST test images as (N, 32, 32, 3) uint8, with labels."""
+    from ..train.data import to_uint8_rgb
+    z = np.load(REAL_TEST_IMAGES_FILE)
+    return to_uint8_rgb(z["images"]), z["labels"]
+
+
+@torch.no_grad()
+def reconstructions(model: VARModel, images: np.ndarray, chunk: int = 250) -> np.ndarray:
+    """VQVAE round trip of real images: what a perfect token predictor could at best produce."""
+    out = []
+    for lo in range(0, len(images), chunk):
+        x = torch.from_numpy(images[lo:lo + chunk]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        out.append(to_uint8(model.vae.reconstruct(x.to(model.var.head.weight.device)).add(1).mul(0.5)).cpu().numpy())
+    return np.concatenate(out)
+
+
+def distribution_scores(ext: FeatureExtractor, ref: Reference, images: np.ndarray) -> dict[str, float]:
+    feats = ext.features(images)
+    mu, sigma = gaussian_stats(feats)
+    return {"frechet_distance": frechet_distance(mu, sigma, ref.mu, ref.sigma),
+            "kid": kid(ref.kid_features, feats)}
+
+
+def class_accuracy(ext: FeatureExtractor, images: np.ndarray, classes: list[int]) -> float | None:
+    if not isinstance(ext, ClassifierFeatures):
+        return None
+    return float((ext.predict(images) == np.asarray(classes)).mean())
+
+
+def check_embedded_domain(model: VARModel, ext: FeatureExtractor) -> None:
+    if isinstance(ext, ClassifierFeatures) and (model.cfg.var.num_classes != 10 or model.cfg.resolution != 32):
+        raise FastervarError("the shipped classifier judges 32 px Fashion-MNIST images only: "
+                             "pass --features module:factory for this model")
+
+
+def evaluate_baseline(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings,
+                      samples_per_class: int, seed: int, batch_size: int, progress: bool = True) -> dict:
+    """Generate, then score: the figures `fastervar evaluate --json` writes."""
+    check_embedded_domain(model, ext)
+    ref = Reference.shipped() if isinstance(ext, ClassifierFeatures) else None
+    classes = [c for c in range(model.cfg.var.num_classes) for _ in range(samples_per_class)]
+    t0 = time.perf_counter()
+    gen = generate(model, classes, settings, seed=seed, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    images = gen.images.cpu().numpy()
+    real, _ = real_test_images()
+    if ref is None:
+        ref = Reference.from_images(ext, real)
+    out = {"samples": len(classes), "seconds": seconds, "feature_extractor": ext.name,
+           "classifier_test_accuracy": ref.test_accuracy,
+           "class_accuracy": class_accuracy(ext, images, classes)}
+    out.update(distribution_scores(ext, ref, images))
+    n_ref = min(len(real), len(classes))
+    recon = reconstructions(model, real[:n_ref])
+    ref_scores = distribution_scores(ext, ref, recon)
+    out["reference_frechet_distance"] = ref_scores["frechet_distance"]
+    out["reference_kid"] = ref_scores["kid"]
+    out["reference_samples"] = n_ref
+    return out

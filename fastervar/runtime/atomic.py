@@ -1,0 +1,24 @@
+"""Write-to-temp-then-rename, so an interrupted write never leaves a partial file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `dest`; on success it replaces `dest`, on failure it is removed."""
+    d = Path(dest)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d.parent, prefix=f".{d.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, d)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
