@@ -1,0 +1,73 @@
+"""The embedded Fashion-MNIST model and evaluator, as shipped inside the package."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastervar.assets import CLASSIFIER_FILE, EMBEDDED_MODEL_DIR, REAL_TEST_IMAGES_FILE, ROOT
+from fastervar.evaluate.features import ClassifierFeatures
+from fastervar.evaluate.metrics import psnr
+from fastervar.evaluate.run import real_test_images, reconstructions
+from fastervar.models.configs import get_config
+from fastervar.models.loading import embedded_model
+from fastervar.models.sampler import generate
+from fastervar.models.sampling import SamplingSettings
+
+FIXTURE = 200   # the test fixture: the first 200 shipped real test images
+
+
+@pytest.fixture(scope="module")
+def model():
+    return embedded_model()
+
+
+@pytest.fixture(scope="module")
+def fixture_images():
+    images, labels = real_test_images()
+    return images[:FIXTURE], labels[:FIXTURE]
+
+
+def test_shipped_files_fit_the_budget():
+    weights = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
+    assert weights <= 25 * 2 ** 20
+    assert CLASSIFIER_FILE.stat().st_size <= 2 * 2 ** 20
+    assert (EMBEDDED_MODEL_DIR / "var.safetensors").exists() and REAL_TEST_IMAGES_FILE.exists()
+
+
+def test_configuration(model):
+    cfg = model.cfg
+    assert cfg == get_config("fashion-tiny")
+    assert cfg.resolution == 32 and cfg.vae.in_channels == 3 and cfg.var.num_classes == 10
+    pn = cfg.var.patch_nums
+    assert len(pn) >= 7
+    assert (pn[-1] ** 2 + pn[-2] ** 2) / sum(p * p for p in pn) >= 0.55
+
+
+def test_fixed_seed_generation_is_deterministic(model):
+    s = SamplingSettings()
+    a = generate(model, [0, 3, 8], s, seed=5).images
+    b = generate(model, [0, 3, 8], s, seed=5).images
+    assert torch.equal(a, b)
+    assert a.shape == (3, 32, 32, 3)
+
+
+def test_vqvae_reconstructs_fixture_at_20db(model, fixture_images):
+    images, _ = fixture_images
+    rec = reconstructions(model, images)
+    assert float(np.mean(np.minimum(psnr(images, rec), 100))) >= 20.0
+
+
+def test_classifier_accuracy_on_fixture(fixture_images):
+    images, labels = fixture_images
+    acc = float((ClassifierFeatures.shipped().predict(images) == labels).mean())
+    assert acc >= 0.85
+
+
+def test_generated_samples_are_recognisable(model):
+    """A quick, loose version of the evaluate figure: most samples are judged their own class."""
+    classes = [c for c in range(10) for _ in range(4)]
+    images = generate(model, classes, SamplingSettings(), seed=0, batch_size=40).images.numpy()
+    acc = float((ClassifierFeatures.shipped().predict(images) == np.array(classes)).mean())
+    assert acc >= 0.6
