@@ -21,7 +21,7 @@ from .sampling import SamplingSettings
 @dataclass
 class Generation:
     images: torch.Tensor             # (N, H, W, 3) uint8
-    tokens: list[torch.Tensor]       # per step, (N, p*p) int64
+    tokens: list[torch.Tensor]       # per step, (N, p*p) int64; (N, 0) for a skipped step
     f_hat: torch.Tensor              # (N, Cvae, H', W') final latent
 
 
@@ -39,7 +39,11 @@ def step_noise(model: VARModel, settings: SamplingSettings, step: int, seed: int
 def generate_batch(model: VARModel, labels: torch.Tensor, settings: SamplingSettings, seed: int,
                    indices: Sequence[int], generator: torch.Generator | None = None,
                    progress: bool = False) -> Generation:
-    """Run every scale step for one batch and decode it."""
+    """Run every scale step for one batch and decode it.
+
+    `model` is a VARModel or anything with its step protocol (the accelerator's AcceleratedModel);
+    a step that returns no output was skipped.
+    """
     cond = model.condition(labels, guided=True)
     state: StepState = model.init_state(labels.shape[0])
     tokens = []
@@ -47,7 +51,7 @@ def generate_batch(model: VARModel, labels: torch.Tensor, settings: SamplingSett
     for k in tqdm(steps, desc="scale steps", leave=False, disable=not progress):
         noise = step_noise(model, settings, k, seed, indices, generator)
         state, out = model.step(k, state, cond, noise, settings)
-        tokens.append(out.tokens)
+        tokens.append(out.tokens if out is not None else labels.new_zeros(len(labels), 0))
     images = to_uint8(model.decode(state.f_hat))
     return Generation(images, tokens, state.f_hat)
 

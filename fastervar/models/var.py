@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from .configs import VARConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           factors: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """A linear layer, or its rank-r factorization (A, B) when the accelerator installed one."""
+    if factors is None:
+        return F.linear(x, weight, bias)
+    a, b = factors
+    return F.linear(F.linear(x, a), b, bias)
 
 
 class SelfAttention(nn.Module):
@@ -37,12 +47,14 @@ class SelfAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(c))
         self.register_buffer("zero_k_bias", torch.zeros(c))
         self.proj = nn.Linear(c, c)
+        self.factors: Factors = {}        # set per step by the accelerator: "mat_qkv"/"proj" -> (A, B)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head q, k, v of shape (B, H, L, hd), with the L2 normalisation applied."""
         b, n, c = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.num_heads, self.head_dim)
+        qkv = linear(x, self.mat_qkv.weight, bias, self.factors.get("mat_qkv"))
+        qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
@@ -58,7 +70,8 @@ class SelfAttention(nn.Module):
             k = torch.cat((cache[0], k), dim=2)
             v = torch.cat((cache[1], v), dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c)), (k, v)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return linear(out, self.proj.weight, self.proj.bias, self.factors.get("proj")), (k, v)
 
 
 class FFN(nn.Module):
@@ -67,9 +80,11 @@ class FFN(nn.Module):
         hidden = round(cfg.embed_dim * cfg.mlp_ratio)
         self.fc1 = nn.Linear(cfg.embed_dim, hidden)
         self.fc2 = nn.Linear(hidden, cfg.embed_dim)
+        self.factors: Factors = {}        # set per step by the accelerator: "fc1"/"fc2" -> (A, B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        h = F.gelu(linear(x, self.fc1.weight, self.fc1.bias, self.factors.get("fc1")), approximate="tanh")
+        return linear(h, self.fc2.weight, self.fc2.bias, self.factors.get("fc2"))
 
 
 class SharedAdaLin(nn.Linear):

@@ -1,0 +1,87 @@
+"""Which r tokens of a p x p map the transformer runs on at a reduced step.
+
+Every selector returns sorted (B, r) int64 position indices. Data-dependent ones read the step's
+content features (the area-downsampled f_hat, before position embeddings), so the choice follows
+the image rather than the fixed position table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import FastervarError
+
+
+def pivotal(feats: torch.Tensor, keep: int) -> torch.Tensor:
+    """FastVAR: the tokens farthest from the map's mean (its DC component)."""
+    score = (feats - feats.mean(dim=1, keepdim=True)).square().sum(-1)
+    return score.topk(keep, dim=1).indices.sort(dim=1).values
+
+
+def random_projection(feats: torch.Tensor, keep: int, dim: int = 8, seed: int = 0) -> torch.Tensor:
+    """StageVAR-style representatives: farthest-point sampling in a fixed random projection.
+
+    The projection makes the cost independent of the feature width; farthest-point sampling picks
+    r tokens that span the map's feature space, so restoring the rest from cache loses least.
+    """
+    b, n, c = feats.shape
+    g = torch.Generator().manual_seed(seed)
+    proj = torch.randn(c, dim, generator=g).to(feats) / math.sqrt(dim)
+    z = feats @ proj                                            # (B, n, dim)
+    centred = z - z.mean(1, keepdim=True)
+    first = centred.square().sum(-1).argmax(1)                 # start from the most atypical token
+    chosen = [first]
+    dist = (z - z[torch.arange(b), first].unsqueeze(1)).square().sum(-1)
+    for _ in range(keep - 1):
+        nxt = dist.argmax(1)
+        chosen.append(nxt)
+        dist = torch.minimum(dist, (z - z[torch.arange(b), nxt].unsqueeze(1)).square().sum(-1))
+    return torch.stack(chosen, 1).sort(dim=1).values
+
+
+def random(batch: int, n: int, keep: int, step: int) -> torch.Tensor:
+    """A fixed random subset per step, the same for every image (data-independent baseline)."""
+    g = torch.Generator().manual_seed(1000 + step)
+    idx = torch.randperm(n, generator=g)[:keep].sort().values
+    return idx.unsqueeze(0).expand(batch, -1)
+
+
+def grid(batch: int, pn: int, keep: int) -> torch.Tensor:
+    """Uniform anchors: a near-square lattice over the p x p map, completed in raster order."""
+    rows = max(1, min(pn, round(math.sqrt(keep))))
+    cols = max(1, min(pn, math.ceil(keep / rows)))
+    ys = torch.linspace(0, pn - 1, rows).round().long()
+    xs = torch.linspace(0, pn - 1, cols).round().long()
+    lattice = (ys.view(-1, 1) * pn + xs.view(1, -1)).flatten().unique()
+    if len(lattice) < keep:
+        rest = torch.tensor([i for i in range(pn * pn) if i not in set(lattice.tolist())])
+        lattice = torch.cat((lattice, rest[: keep - len(lattice)]))
+    idx = lattice[:keep].sort().values
+    return idx.unsqueeze(0).expand(batch, -1)
+
+
+def relevance(batch: int, scores: list[float], keep: int) -> torch.Tensor:
+    """The positions a calibration run found most relevant, the same for every image."""
+    idx = torch.tensor(scores).topk(keep).indices.sort().values
+    return idx.unsqueeze(0).expand(batch, -1)
+
+
+def select(name: str, feats: torch.Tensor, keep: int, pn: int, step: int,
+           scores: list[float] | None = None) -> torch.Tensor:
+    """Dispatch by selector name; `feats` is (B, p*p, Cvae) content of this step."""
+    b = feats.shape[0]
+    if name == "pivotal":
+        return pivotal(feats, keep)
+    if name == "random_projection":
+        return random_projection(feats, keep, seed=step)
+    if name == "random":
+        return random(b, pn * pn, keep, step).to(feats.device)
+    if name == "grid":
+        return grid(b, pn, keep).to(feats.device)
+    if name == "relevance":
+        if scores is None:
+            raise FastervarError("selector 'relevance' needs calibrated scores")
+        return relevance(b, scores, keep).to(feats.device)
+    raise FastervarError(f"unknown selector {name!r}")
