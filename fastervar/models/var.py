@@ -19,13 +19,15 @@ KV = tuple[torch.Tensor, torch.Tensor]
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-           factors: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """A linear layer, or its rank-r factorization (A, B) when the accelerator installed one."""
-    if factors is None:
-        return F.linear(x, weight, bias)
-    a, b = factors
-    return F.linear(F.linear(x, a), b, bias)
+def linear(x: torch.Tensor, layer: nn.Linear, factors: tuple[torch.Tensor, torch.Tensor] | None,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`layer(x)` (with `bias` in place of the layer's own if given), or its rank-r factorization
+    (A, B) when the accelerator installed one. Unfactorized layers run as modules, so forward
+    hooks (calibration's input statistics) see them."""
+    b = layer.bias if bias is None else bias
+    if factors is not None:
+        return F.linear(F.linear(x, factors[0]), factors[1], b)
+    return layer(x) if bias is None else F.linear(x, layer.weight, b)
 
 
 class SelfAttention(nn.Module):
@@ -53,7 +55,7 @@ class SelfAttention(nn.Module):
         """Per-head q, k, v of shape (B, H, L, hd), with the L2 normalisation applied."""
         b, n, c = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = linear(x, self.mat_qkv.weight, bias, self.factors.get("mat_qkv"))
+        qkv = linear(x, self.mat_qkv, self.factors.get("mat_qkv"), bias)
         qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.l2_norm:
@@ -71,7 +73,7 @@ class SelfAttention(nn.Module):
             v = torch.cat((cache[1], v), dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         out = out.transpose(1, 2).reshape(b, n, c)
-        return linear(out, self.proj.weight, self.proj.bias, self.factors.get("proj")), (k, v)
+        return linear(out, self.proj, self.factors.get("proj")), (k, v)
 
 
 class FFN(nn.Module):
@@ -83,8 +85,8 @@ class FFN(nn.Module):
         self.factors: Factors = {}        # set per step by the accelerator: "fc1"/"fc2" -> (A, B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(linear(x, self.fc1.weight, self.fc1.bias, self.factors.get("fc1")), approximate="tanh")
-        return linear(h, self.fc2.weight, self.fc2.bias, self.factors.get("fc2"))
+        h = F.gelu(linear(x, self.fc1, self.factors.get("fc1")), approximate="tanh")
+        return linear(h, self.fc2, self.factors.get("fc2"))
 
 
 class SharedAdaLin(nn.Linear):

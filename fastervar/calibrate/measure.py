@@ -1,0 +1,186 @@
+"""Measurements of the baseline that calibration decides from.
+
+One instrumented run of the reference sampler over the calibration prompts records, per step:
+- convergence toward the final result: semantic similarity (the judge's features, or a low-pass
+  latent when there is no judge) and structural similarity (SSIM of the decoded partial image);
+- how much guidance changes the prediction (total variation between guided and conditional-only
+  token distributions);
+- per-position relevance: how badly the previous step's output, upsampled, predicts this step's
+  block output (what restoration from cache would get wrong);
+- for the linear layers, the covariance and effective rank of their inputs at every step.
+The result is plain numpy, cached on disk keyed by everything it depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluate.metrics import ssim
+from ..models.family import VARModel, to_uint8
+from ..models.resample import resample
+from ..models.sampler import step_noise
+from ..models.sampling import SamplingSettings, apply_guidance, guidance_weight, sample_step
+from ..profile import FACTORIZABLE
+
+
+@dataclass
+class Measurements:
+    semantic: np.ndarray                    # (S,) mean similarity of step-k partial to final
+    structure: np.ndarray                   # (S,) mean SSIM of decoded step-k partial to final
+    guidance_tv: np.ndarray                 # (S,) mean TV distance guided vs conditional-only
+    relevance: list[np.ndarray]             # per step (p*p,) restoration error per position
+    input_cov: dict[str, np.ndarray]        # "k/block/layer" -> (in, in) E[x x^T] at step k
+    effective_rank: dict[str, float]        # "k/block/layer" -> rank holding 99% of input energy
+    final_images: np.ndarray                # (N, H, W, 3) the baseline images
+    tokens: list[np.ndarray] = field(default_factory=list)   # per step (N, p*p)
+
+    def save(self, path: Path) -> None:
+        from ..runtime.atomic import atomic_path
+        arrays = {"semantic": self.semantic, "structure": self.structure, "guidance_tv": self.guidance_tv,
+                  "final_images": self.final_images}
+        arrays.update({f"relevance/{k}": r for k, r in enumerate(self.relevance)})
+        arrays.update({f"tokens/{k}": t for k, t in enumerate(self.tokens)})
+        arrays.update({f"cov/{k}": v for k, v in self.input_cov.items()})
+        arrays["erank_keys"] = np.array(list(self.effective_rank), dtype=str)
+        arrays["erank_values"] = np.array(list(self.effective_rank.values()), dtype=np.float64)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "Measurements":
+        z = np.load(path, allow_pickle=False)
+        steps = len(z["semantic"])
+        return cls(semantic=z["semantic"], structure=z["structure"], guidance_tv=z["guidance_tv"],
+                   relevance=[z[f"relevance/{k}"] for k in range(steps)],
+                   input_cov={k[4:]: z[k] for k in z.files if k.startswith("cov/")},
+                   effective_rank=dict(zip(z["erank_keys"].tolist(), z["erank_values"].tolist())),
+                   final_images=z["final_images"], tokens=[z[f"tokens/{k}"] for k in range(steps)])
+
+
+def cache_key(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
+              weights_sha256: str) -> str:
+    blob = json.dumps({"model": model.cfg.to_dict(), "weights": weights_sha256, "classes": list(classes),
+                       "seeds": list(seeds), "settings": settings.__dict__, "version": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def effective_rank(cov: np.ndarray, energy: float = 0.99) -> float:
+    """Smallest number of principal directions that hold `energy` of the input's second moment."""
+    ev = np.clip(np.linalg.eigvalsh(cov)[::-1], 0, None)
+    if ev.sum() <= 0:
+        return 0.0
+    return float(np.searchsorted(np.cumsum(ev) / ev.sum(), energy) + 1)
+
+
+class _InputRecorder:
+    """Forward pre-hooks on the factorizable linears, accumulating E[x x^T] for the current step."""
+
+    def __init__(self, model: VARModel):
+        self.model = model
+        self.step = -1
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.handles = []
+        # The input of mat_qkv is the attention module's input, and that of fc1 the FFN's; proj and
+        # fc2 run as modules themselves.
+        where = {"attn.mat_qkv": "attn", "attn.proj": "attn.proj", "ffn.fc1": "ffn", "ffn.fc2": "ffn.fc2"}
+        assert set(where) == set(FACTORIZABLE)
+        for i, blk in enumerate(model.var.blocks):
+            for name, owner in where.items():
+                mod = blk.get_submodule(owner)
+                self.handles.append(mod.register_forward_pre_hook(self._hook(f"{i}/{name}")))
+
+    def _hook(self, key: str) -> Callable:
+        def hook(_mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            k = f"{self.step}/{key}"
+            self.sums[k] = self.sums.get(k, 0) + x.T @ x
+            self.counts[k] = self.counts.get(k, 0) + x.shape[0]
+        return hook
+
+    def covariances(self) -> dict[str, np.ndarray]:
+        return {k: (v / self.counts[k]).numpy() for k, v in self.sums.items()}
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _semantic_vector(model: VARModel, f_hat: torch.Tensor, images: np.ndarray,
+                     judge: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    if judge is not None:
+        return judge(images)
+    low = model.patch_nums[len(model.patch_nums) // 2]
+    return resample(f_hat, low, "area").flatten(1).cpu().numpy()
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+@torch.no_grad()
+def measure(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
+            judge: Callable[[np.ndarray], np.ndarray] | None = None, batch_size: int = 16,
+            progress: Callable[[int], None] | None = None) -> Measurements:
+    """Run the baseline over every (class, seed) pair with instrumentation; see the module docstring."""
+    prompts = [(c, s) for s in seeds for c in classes]
+    steps = model.num_steps
+    recorder = _InputRecorder(model)
+    partial_imgs: list[list[np.ndarray]] = [[] for _ in range(steps)]
+    partial_fhat: list[list[torch.Tensor]] = [[] for _ in range(steps)]
+    tv = np.zeros(steps)
+    rel = [np.zeros(model.tokens_at(k)) for k in range(steps)]
+    tokens: list[list[np.ndarray]] = [[] for _ in range(steps)]
+    try:
+        for lo in range(0, len(prompts), batch_size):
+            chunk = prompts[lo:lo + batch_size]
+            labels = torch.tensor([c for c, _ in chunk], device=model.var.head.weight.device)
+            cond = model.condition(labels)
+            state = model.init_state(len(chunk))
+            prev_hidden = None
+            for k in range(steps):
+                recorder.step = k
+                u = torch.cat([step_noise(model, settings, k, s, [lo + j], None) for j, (_, s) in enumerate(chunk)])
+                x = model.step_input(k, state.f_hat, cond)
+                hidden, caches = model.transformer(x, cond, state.caches)
+                logits = model.var.logits(hidden, cond)
+                b = len(chunk)
+                guided = apply_guidance(logits, guidance_weight(settings.cfg, k, steps))
+                tv[k] += 0.5 * (guided.softmax(-1) - logits[:b].softmax(-1)).abs().sum(-1).mean(-1).sum().item()
+                if prev_hidden is not None:
+                    pn, src = model.patch_nums[k], model.patch_nums[k - 1]
+                    c = hidden.shape[-1]
+                    up = resample(prev_hidden.transpose(1, 2).reshape(-1, c, src, src), pn, "bicubic")
+                    err = (hidden - up.flatten(2).transpose(1, 2)).norm(dim=-1) / hidden.norm(dim=-1).clamp_min(1e-6)
+                    rel[k] += err[:b].sum(0).cpu().numpy()
+                idx, h = sample_step(guided, u, settings, k / (steps - 1), model.vae.quantize.embedding.weight)
+                state.f_hat = model.update_f_hat(k, state.f_hat, h)
+                state.caches = caches
+                prev_hidden = hidden
+                tokens[k].append(idx.cpu().numpy())
+                partial_fhat[k].append(state.f_hat.clone())
+                partial_imgs[k].append(to_uint8(model.decode(state.f_hat)).cpu().numpy())
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        recorder.close()
+    n = len(prompts)
+    imgs = [np.concatenate(p) for p in partial_imgs]
+    fhats = [torch.cat(p) for p in partial_fhat]
+    final_sem = _semantic_vector(model, fhats[-1], imgs[-1], judge)
+    semantic = np.array([_cosine(_semantic_vector(model, fhats[k], imgs[k], judge), final_sem).mean()
+                         for k in range(steps)])
+    structure = np.array([ssim(imgs[k], imgs[-1]).mean() for k in range(steps)])
+    covs = recorder.covariances()
+    return Measurements(semantic=semantic, structure=structure, guidance_tv=tv / n,
+                        relevance=[r / n for r in rel], input_cov=covs,
+                        effective_rank={k: effective_rank(v) for k, v in covs.items()},
+                        final_images=imgs[-1], tokens=[np.concatenate(t) for t in tokens])
