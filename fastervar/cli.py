@@ -183,6 +183,59 @@ def grid(model_name, var_checkpoint, vae_checkpoint, random_weights, device, see
     click.echo(f"wrote {out_path}")
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise FastervarError(f"{what} must be integers separated by commas, got {text!r}") from None
+
+
+@main.command()
+@model_options
+@sampling_options
+@click.option("--classes", "classes_spec", default="all", show_default=True,
+              help="Calibration prompts: 'all', a list like 0,3,7, or a file of class indices.")
+@click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per class, e.g. 0,1,2,3.")
+@click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this transformer speedup, best quality.")
+@click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The profile JSON to write.")
+@click.option("--report-dir", type=click.Path(file_okay=False), help="Report folder [default: beside --out].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=".fastervar-cache", show_default=True,
+              help="Baseline measurements are cached here and reused for a new target.")
+@click.option("--name", help="Profile name [default: MODEL-calibrated].")
+def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
+              more_smooth, sampler, batch_size, classes_spec, seeds, target_speedup, max_quality_drop,
+              out_path, report_dir, cache_dir, name) -> None:
+    """Measure the baseline on sample prompts and choose an acceleration profile automatically."""
+    from .calibrate.run import calibrate as run_calibrate
+    from .models.loading import resolve_model
+
+    if (target_speedup is None) == (max_quality_drop is None):
+        raise FastervarError("give exactly one target: --target-speedup X or --max-quality-drop Y")
+    seed_list = _int_list(seeds, "--seeds")
+    if not seed_list or min(seed_list) < 0:
+        raise FastervarError("--seeds must list non-negative integers")
+    _check_writable_parent(out_path)
+    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    n_cls = model.cfg.var.num_classes
+    if classes_spec == "all":
+        classes = list(range(n_cls))
+    elif Path(classes_spec).is_file():
+        classes = _parse_classes((), classes_spec)
+    else:
+        classes = _int_list(classes_spec, "--classes")
+    _check_classes(classes, n_cls)
+    settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
+    out = Path(out_path)
+    rdir = Path(report_dir) if report_dir else out.with_name(out.stem + "-report")
+    profile, report = run_calibrate(model, classes, seed_list, settings, target_speedup, max_quality_drop, out,
+                                    rdir, Path(cache_dir), batch_size, name)
+    meas = profile.measured
+    click.echo(f"wrote {out} (predicted transformer speedup {meas['predicted_speedup_transformer']:.2f}x, "
+               f"measured end-to-end {meas['measured_speedup_total']:.2f}x, paired SSIM {meas['paired_ssim']:.3f})")
+    click.echo(f"report: {report}")
+
+
 @main.command("train-tiny")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Fashion-MNIST directory (default: the Debian package's /usr/share/datasets/fashion-mnist).")

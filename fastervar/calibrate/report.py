@@ -1,0 +1,102 @@
+"""The calibration report: markdown plus three plots (convergence, cost per step, speed-quality front)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..accel.cost import step_costs
+from ..models.configs import ModelConfig
+from ..profile import Profile, identity
+from ..runtime.atomic import atomic_path
+from .measure import Measurements
+from .search import Candidate
+
+
+def _save(fig, dest: Path) -> None:
+    import matplotlib.pyplot as plt
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_convergence(m: Measurements, stages: dict[str, list[int]], dest: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = np.arange(len(m.semantic))
+    ax.plot(steps, m.semantic, "o-", label="semantic similarity to final")
+    ax.plot(steps, m.structure, "s-", label="structural similarity (SSIM) to final")
+    ax.plot(steps, m.guidance_tv / max(m.guidance_tv.max(), 1e-12), "^--", label="guidance effect (scaled)")
+    colours = {"semantic": "#dde8f7", "structure": "#f7ecd9", "refine": "#e3f2df"}
+    for name, idx in stages.items():
+        if idx:
+            ax.axvspan(idx[0] - 0.5, idx[-1] + 0.5, color=colours[name], zorder=0, label=f"{name} stage")
+    ax.set_xlabel("scale step")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Baseline convergence per step")
+    _save(fig, dest)
+
+
+def plot_costs(cfg: ModelConfig, profile: Profile, batch: int, dest: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    base = [c.flops / 1e9 for c in step_costs(cfg, identity(cfg), batch)]
+    acc = [c.flops / 1e9 for c in step_costs(cfg, profile, batch)]
+    x = np.arange(len(base))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(x - 0.2, base, 0.4, label="baseline")
+    ax.bar(x + 0.2, acc, 0.4, label=profile.name)
+    ax.set_xlabel("scale step")
+    ax.set_ylabel(f"GFLOP (batch {batch})")
+    ax.set_title("Transformer cost per step")
+    ax.legend()
+    _save(fig, dest)
+
+
+def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for sel in sorted({c.knobs.selector for c in tried}):
+        pts = [c for c in tried if c.knobs.selector == sel]
+        ax.scatter([c.speedup for c in pts], [c.ssim for c in pts], label=sel, alpha=0.7)
+    ax.scatter([chosen.speedup], [chosen.ssim], s=160, facecolors="none", edgecolors="red", label="chosen")
+    ax.set_xlabel("predicted transformer speedup (FLOPs)")
+    ax.set_ylabel("paired SSIM to baseline")
+    ax.set_title("Candidates tried")
+    ax.legend(fontsize=7)
+    _save(fig, dest)
+
+
+def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: list[Candidate], m: Measurements,
+                 stages: dict[str, list[int]], cfg: ModelConfig, batch: int, header: dict) -> Path:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    plot_convergence(m, stages, dest_dir / "convergence.png")
+    plot_costs(cfg, profile, batch, dest_dir / "cost_per_step.png")
+    plot_front(tried, chosen, dest_dir / "front.png")
+    rows = sorted((c.row() for c in tried), key=lambda r: -r["predicted_speedup"])
+    cols = list(rows[0])
+    lines = [f"# Calibration report: {profile.name}", ""]
+    lines += [f"- **{k}**: {v}" for k, v in header.items()]
+    lines += ["", "## Stage split (measured)", ""]
+    lines += [f"- {name}: steps {idx}" for name, idx in stages.items()]
+    lines += ["", "| step | semantic | structure | guidance TV |", "|---|---|---|---|"]
+    lines += [f"| {k} | {m.semantic[k]:.3f} | {m.structure[k]:.3f} | {m.guidance_tv[k]:.4f} |"
+              for k in range(len(m.semantic))]
+    lines += ["", "![convergence](convergence.png)", "", "## Chosen profile", ""]
+    lines += [f"- **{k}**: {v}" for k, v in chosen.row().items()]
+    lines += ["", "![cost per step](cost_per_step.png)", "", f"## Candidates tried ({len(rows)})", "",
+              "![speed-quality front](front.png)", "", "| " + " | ".join(cols) + " |",
+              "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    report = dest_dir / "report.md"
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return report

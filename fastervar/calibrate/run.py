@@ -1,0 +1,119 @@
+"""`fastervar calibrate`: measure (cached), split stages, search, then write the profile and its report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..models.family import VARModel
+from ..models.sampler import generate
+from ..models.sampling import SamplingSettings
+from ..profile import Profile, model_identity
+from .measure import Measurements, cache_key, measure
+from .report import write_report
+from .search import Searcher, search, stage_split
+
+
+def weights_sha256(model: VARModel) -> str:
+    """Hash of every tensor of the model in key order: ties a profile to the weights it was made on."""
+    h = hashlib.sha256()
+    for part in (model.var, model.vae):
+        for k, v in part.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _judge(model: VARModel):
+    """The shipped classifier judges the embedded model's images; other models have no judge."""
+    from ..assets import EMBEDDED_MODEL_NAME
+    if model.cfg.name != EMBEDDED_MODEL_NAME:
+        return None
+    from ..evaluate.features import ClassifierFeatures
+    return ClassifierFeatures.shipped()
+
+
+def measured_speedup(model: VARModel, profile: Profile, classes: Sequence[int], settings: SamplingSettings,
+                     batch: int, reps: int = 3) -> float:
+    """Wall-clock baseline/accelerated on the calibration prompts, interleaved, median of reps."""
+    from ..accel.accelerated import AcceleratedModel
+    acc = AcceleratedModel(model, profile)
+    ratios = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        generate(model, classes, settings, batch_size=batch)
+        t1 = time.perf_counter()
+        generate(acc, classes, settings, batch_size=batch)
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+    return float(np.median(ratios))
+
+
+def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
+              target_speedup: float | None, max_quality_drop: float | None, out: Path, report_dir: Path,
+              cache_dir: Path, batch: int = 16, name: str | None = None) -> tuple[Profile, Path]:
+    torch.manual_seed(0)
+    sha = weights_sha256(model)
+    judge = _judge(model)
+    cache = cache_dir / f"measure-{cache_key(model, classes, seeds, settings, sha)}.npz"
+    if cache.exists():
+        tqdm.write(f"reusing baseline measurements from {cache}")
+        m = Measurements.load(cache)
+    else:
+        n = len(classes) * len(seeds)
+        with tqdm(total=n, desc="measuring baseline", unit="img") as bar:
+            m = measure(model, classes, seeds, settings, judge=judge and judge.features, batch_size=batch,
+                        progress=bar.update)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        m.save(cache)
+    stages = stage_split(m)
+    bar = tqdm(desc="searching profiles", unit="cand")
+    searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge and judge.predict,
+                        on_candidate=lambda c: bar.update())
+    try:
+        chosen, tried = search(searcher, target_speedup, max_quality_drop)
+    finally:
+        bar.close()
+    profile = chosen.profile
+    profile.name = name or f"{model.cfg.name}-calibrated"
+    profile.model = model_identity(model.cfg, sha)
+    profile.calibrated = True
+    profile.description = "chosen by fastervar calibrate from measurements on the calibration prompts"
+    speed = measured_speedup(model, profile, list(classes), settings, batch)
+    profile.calibration = {
+        "classes": list(classes), "seeds": list(seeds), "settings": settings.__dict__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop},
+        "measured_stages": stages, "candidates_tried": len(tried),
+        "convergence": {"semantic": m.semantic.tolist(), "structure": m.structure.tolist(),
+                        "guidance_tv": m.guidance_tv.tolist()},
+        "baseline_class_accuracy": searcher.base_accuracy,
+    }
+    profile.measured = {"predicted_speedup_transformer": chosen.speedup,
+                        "predicted_speedup_total": chosen.speedup_total,
+                        "measured_speedup_total": speed, "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
+                        "class_accuracy": chosen.class_accuracy}
+    header = {"model": model.cfg.name, "weights": sha[:16], "prompts": f"{len(classes)} classes x {len(seeds)} seeds",
+              "target": f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}",
+              "measured speedup (wall, end to end)": f"{speed:.2f}x",
+              "baseline class accuracy": searcher.base_accuracy}
+    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage_dir = Path(tempfile.mkdtemp(dir=report_dir.parent, prefix=f".{report_dir.name}."))
+    try:
+        write_report(stage_dir, profile, chosen, tried, m, stages, model.cfg, batch, header)
+        profile.save(out)
+        if report_dir.exists():
+            shutil.rmtree(report_dir)
+        stage_dir.rename(report_dir)
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    return profile, report_dir / "report.md"

@@ -1,0 +1,224 @@
+"""Choosing a profile from measurements: stage split, then a coordinate search over the knobs.
+
+Every candidate is priced by the analytic cost model and judged by running it on the calibration
+prompts with the baseline's noise: paired SSIM/PSNR against the baseline images and, where a judge
+(classifier) exists, class accuracy. The chosen profile is the fastest candidate that meets the
+target; nothing is hand-picked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..errors import FastervarError
+from ..evaluate.metrics import mean_psnr, ssim
+from ..models.family import VARModel
+from ..models.sampling import SamplingSettings
+from ..profile import Profile, StepPlan, identity, model_identity
+from ..accel.accelerated import AcceleratedModel
+from ..accel.cost import predicted_speedup
+from .measure import Measurements
+
+KEEP_RATIOS = (0.1, 0.2, 0.3, 0.45, 0.6)
+SELECTORS = ("relevance", "pivotal", "random_projection", "grid")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """One point of the search space."""
+
+    boundary: int              # first refine step
+    keep: float                # kept-token ratio on refine steps
+    selector: str
+    level: str = "block"
+    drop_cfg: bool = True
+    factorize: bool = False
+    skip_last: bool = False
+
+
+@dataclass
+class Candidate:
+    knobs: Knobs
+    profile: Profile
+    speedup: float             # predicted, transformer FLOPs
+    speedup_total: float
+    ssim: float
+    psnr: float
+    class_accuracy: float | None
+    meets: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        k = self.knobs
+        return {"boundary": k.boundary, "keep": k.keep, "selector": k.selector, "level": k.level,
+                "drop_cfg": k.drop_cfg, "factorize": k.factorize, "skip_last": k.skip_last,
+                "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
+                "paired_ssim": self.ssim, "paired_psnr": self.psnr, "class_accuracy": self.class_accuracy,
+                "meets_target": self.meets}
+
+
+def stage_split(m: Measurements, semantic_at: float = 0.95, structure_at: float = 0.6) -> dict[str, list[int]]:
+    """Semantic steps until the judge's view settles, structure until SSIM to the final passes a bar."""
+    steps = len(m.semantic)
+    sem_end = int(np.argmax(m.semantic >= semantic_at)) if (m.semantic >= semantic_at).any() else steps - 1
+    sem_end = min(max(sem_end, 1), steps - 2)
+    passed = np.nonzero(m.structure >= structure_at)[0]
+    str_end = int(passed[0]) if len(passed) else steps - 2
+    str_end = min(max(str_end, sem_end), steps - 2)
+    return {"semantic": list(range(sem_end + 1)), "structure": list(range(sem_end + 1, str_end + 1)),
+            "refine": list(range(str_end + 1, steps))}
+
+
+def _useful_rank(effective: float, width: int) -> int | None:
+    """The measured rank rounded up to 8, if it is small enough to save work (< width/2)."""
+    rank = int(math.ceil(effective / 8) * 8)
+    return rank if rank < width // 2 else None
+
+
+def build_profile(model: VARModel, m: Measurements, stages: dict[str, list[int]], k: Knobs, name: str) -> Profile:
+    """The profile the knobs describe: refine steps boundary..S-1, the measured split before it."""
+    cfg = model.cfg
+    steps = model.num_steps
+    p = identity(cfg, name)
+    p.model = model_identity(cfg)
+    semantic = [s for s in stages.get("semantic", []) if s < k.boundary] or [0]
+    p.stages = {"semantic": semantic, "structure": list(range(semantic[-1] + 1, k.boundary)),
+                "refine": list(range(k.boundary, steps))}
+    p.stages = {s: v for s, v in p.stages.items() if v}
+    for s in range(k.boundary, steps):
+        n = model.tokens_at(s)
+        ranks = {}
+        if k.factorize:
+            for layer in ("ffn.fc1", "ffn.fc2"):
+                er = max(m.effective_rank.get(f"{s}/{i}/{layer}", cfg.var.embed_dim) for i in range(cfg.var.depth))
+                r = _useful_rank(er, cfg.var.embed_dim)
+                if r:
+                    ranks[layer] = r
+        if k.skip_last and s == steps - 1:
+            p.steps[s] = StepPlan(mode="skip", cfg=not k.drop_cfg)
+            continue
+        keep = max(1, min(n, round(k.keep * n)))
+        rel = m.relevance[s].tolist() if k.selector == "relevance" else None
+        p.steps[s] = StepPlan(mode="reduce", cfg=not k.drop_cfg, keep=keep, selector=k.selector,
+                              restore_from=k.boundary - 1, restore_level=k.level, ranks=ranks, relevance=rel)
+    return p
+
+
+class Searcher:
+    """Evaluates candidates on the calibration prompts against the measured baseline."""
+
+    def __init__(self, model: VARModel, m: Measurements, stages: dict[str, list[int]], classes: Sequence[int],
+                 seeds: Sequence[int], settings: SamplingSettings, batch: int,
+                 judge: Callable[[np.ndarray], np.ndarray] | None,
+                 on_candidate: Callable[[Candidate], None] | None = None):
+        self.model, self.m, self.stages, self.settings, self.batch = model, m, stages, settings, batch
+        self.prompts = [(c, s) for s in seeds for c in classes]
+        self.judge = judge
+        self.on_candidate = on_candidate
+        self.seen: dict[Knobs, Candidate] = {}
+        self.base_profile = identity(model.cfg)
+        self.labels = np.array([c for c, _ in self.prompts])
+        self.base_accuracy = None if judge is None else float((judge(m.final_images) == self.labels).mean())
+
+    def _images(self, profile: Profile) -> np.ndarray:
+        acc = AcceleratedModel(self.model, profile, self._covariances(profile))
+        out = []
+        for seed in sorted({s for _, s in self.prompts}):
+            idx = [i for i, (_, s) in enumerate(self.prompts) if s == seed]
+            classes = [self.prompts[i][0] for i in idx]
+            # the measurement run keyed image i's noise by its position in the prompt list
+            g = _generate_at(acc, classes, self.settings, seed, idx, self.batch)
+            out.append((idx, g))
+        images = np.empty_like(self.m.final_images)
+        for idx, g in out:
+            images[idx] = g
+        return images
+
+    def _covariances(self, profile: Profile) -> dict:
+        import torch
+        covs = {}
+        for s, plan in enumerate(profile.steps):
+            for layer in plan.ranks:
+                for i in range(self.model.cfg.var.depth):
+                    c = self.m.input_cov.get(f"{s}/{i}/{layer}")
+                    if c is not None:
+                        covs[(i, layer)] = torch.from_numpy(c).float()
+        return covs
+
+    def evaluate(self, k: Knobs) -> Candidate:
+        if k in self.seen:
+            return self.seen[k]
+        profile = build_profile(self.model, self.m, self.stages, k, "candidate")
+        sp = predicted_speedup(self.model.cfg, self.base_profile, profile, self.batch)
+        images = self._images(profile)
+        acc = None if self.judge is None else float((self.judge(images) == self.labels).mean())
+        cand = Candidate(k, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
+                         mean_psnr(images, self.m.final_images), acc)
+        self.seen[k] = cand
+        if self.on_candidate is not None:
+            self.on_candidate(cand)
+        return cand
+
+
+def _generate_at(acc: AcceleratedModel, classes: list[int], settings: SamplingSettings, seed: int,
+                 indices: list[int], batch: int) -> np.ndarray:
+    """Generate with noise keyed by explicit image indices (those of the measurement run)."""
+    import torch
+
+    from ..models.sampler import generate_batch
+    parts = []
+    for lo in range(0, len(classes), batch):
+        labels = torch.tensor(classes[lo:lo + batch])
+        parts.append(generate_batch(acc, labels, settings, seed, indices[lo:lo + batch]).images.numpy())
+    return np.concatenate(parts)
+
+
+def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, base_accuracy: float | None,
+          max_accuracy_drop: float) -> bool:
+    """The target: a speedup to reach, or a paired-SSIM drop not to exceed; never lose class accuracy."""
+    if base_accuracy is not None and c.class_accuracy is not None and c.class_accuracy < base_accuracy - max_accuracy_drop:
+        return False
+    if target_speedup is not None:
+        return c.speedup >= target_speedup
+    return (1.0 - c.ssim) <= max_drop
+
+
+def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
+           max_accuracy_drop: float = 0.02) -> tuple[Candidate, list[Candidate]]:
+    """Coordinate search from the measured stage split; returns (chosen, every candidate tried)."""
+    if (target_speedup is None) == (max_drop is None):
+        raise FastervarError("give exactly one target: --target-speedup or --max-quality-drop")
+    steps = s.model.num_steps
+    first_refine = s.stages["refine"][0] if s.stages.get("refine") else steps - 1
+    boundaries = sorted({max(2, first_refine - 1), first_refine, min(steps - 1, first_refine + 1)})
+
+    def score(c: Candidate) -> tuple:
+        ok = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
+        c.meets = ok
+        if target_speedup is not None:          # reach the speed, then be as good as possible
+            return (ok, c.ssim if ok else c.speedup)
+        return (ok, c.speedup if ok else c.ssim)
+
+    best = s.evaluate(Knobs(boundary=first_refine, keep=0.3, selector="relevance"))
+    for _ in range(2):
+        for field_name, values in (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", SELECTORS),
+                                   ("level", ("block", "layer")), ("drop_cfg", (True, False)),
+                                   ("factorize", (False, True)), ("skip_last", (False, True))):
+            for v in values:
+                cand = s.evaluate(replace(best.knobs, **{field_name: v}))
+                if score(cand) > score(best):
+                    best = cand
+    tried = list(s.seen.values())
+    for c in tried:
+        score(c)
+    if not best.meets:
+        closest = max(tried, key=lambda c: c.speedup if target_speedup is not None else c.ssim)
+        want = f"speedup {target_speedup:g}x" if target_speedup is not None else f"quality drop <= {max_drop:g}"
+        raise FastervarError(f"no candidate meets the target ({want}); closest: predicted speedup "
+                             f"{closest.speedup:.2f}x at paired SSIM {closest.ssim:.3f}"
+                             + (f", class accuracy {closest.class_accuracy:.3f}" if closest.class_accuracy is not None else ""))
+    return best, tried
