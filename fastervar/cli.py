@@ -90,6 +90,24 @@ def sampling_options(fn):
     return fn
 
 
+def _load_profile(spec: str | None):
+    if spec is None:
+        return None
+    from .profiles import resolve
+    return resolve(spec)
+
+
+def _accelerated(model, profile):
+    """The model itself, or the model under a profile checked against its config and weights."""
+    if profile is None:
+        return model
+    from .accel.accelerated import AcceleratedModel
+    from .calibrate.run import weights_sha256
+    from .profile import check_against
+    check_against(profile, model.cfg, weights_sha256(model) if profile.model.get("weights_sha256") else None)
+    return AcceleratedModel(model, profile)
+
+
 def _settings(cfg, top_k, top_p, more_smooth, sampler):
     from .models.sampling import SamplingSettings
     return SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, sampler=sampler)
@@ -100,20 +118,23 @@ def _settings(cfg, top_k, top_p, more_smooth, sampler):
 @click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
 @sampling_options
+@click.option("--profile", "profile_spec", metavar="PROFILE", help="Accelerate with a profile (file or shipped name).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, 0001.png, ...")
 def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, class_ids, classes_file, seed, cfg,
-             top_k, top_p, more_smooth, sampler, batch_size, out_dir) -> None:
-    """Generate one image per class with the reference (baseline) sampler."""
+             top_k, top_p, more_smooth, sampler, batch_size, profile_spec, out_dir) -> None:
+    """Generate one image per class: the reference (baseline) sampler, or accelerated by --profile."""
     from .models.loading import resolve_model
     from .models.sampler import generate as run_generate
     from .runtime.images import output_dir, write_pngs
 
     classes = _parse_classes(class_ids, classes_file)
     settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
+    profile = _load_profile(profile_spec)
     with output_dir(out_dir):
         model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
         _check_classes(classes, model.cfg.var.num_classes)
-        result = run_generate(model, classes, settings, seed=seed, batch_size=batch_size, progress=True)
+        runner = _accelerated(model, profile)
+        result = run_generate(runner, classes, settings, seed=seed, batch_size=batch_size, progress=True)
         paths = write_pngs(result.images.cpu().numpy(), out_dir)
     click.echo(f"wrote {len(paths)} images to {out_dir}")
 
@@ -123,23 +144,28 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
 @sampling_options
 @click.option("--samples-per-class", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--features", metavar="MODULE:FACTORY", help="Another feature extractor (e.g. Inception) for FD/KID.")
+@click.option("--profile", "profile_spec", metavar="PROFILE", help="Also run this profile, interleaved, on the same noise.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
-             more_smooth, sampler, batch_size, samples_per_class, features, json_path) -> None:
-    """Sample N images per class and score them: class accuracy, Frechet distance, KID."""
+             more_smooth, sampler, batch_size, samples_per_class, features, profile_spec, json_path) -> None:
+    """Sample N images per class and score them: class accuracy, Frechet distance, KID; with
+    --profile, baseline and accelerated side by side (speedups, paired PSNR/SSIM)."""
     import json
 
     from .evaluate.features import load_extractor
-    from .evaluate.run import evaluate_baseline
+    from .evaluate.run import evaluate as run_evaluate
     from .models.loading import resolve_model
     from .runtime.atomic import atomic_path
 
     settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
     if json_path:
         _check_writable_parent(json_path)
+    profile = _load_profile(profile_spec)
     ext = load_extractor(features)
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
-    result = evaluate_baseline(model, ext, settings, samples_per_class, seed, batch_size)
+    if profile is not None:
+        _accelerated(model, profile)
+    result = run_evaluate(model, ext, settings, samples_per_class, seed, batch_size, profile)
     result.update(model=model.cfg.name, settings=settings.__dict__, samples_per_class=samples_per_class, seed=seed)
     _print_table(result)
     if json_path:
@@ -155,10 +181,23 @@ def _check_writable_parent(path: str) -> None:
 
 
 def _print_table(result: dict) -> None:
-    rows = [(k, v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    def scalars(d: dict) -> list[tuple[str, object]]:
+        return [(k, v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+    def fmt(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    rows = scalars(result)
+    if "baseline" in result:
+        side = [k for k, _ in scalars(result["baseline"])]
+        width = max(len(k) for k in side)
+        click.echo(f"{'':<{width}}  {'baseline':>12}  {'accelerated':>12}")
+        for k in side:
+            click.echo(f"{k:<{width}}  {fmt(result['baseline'][k]):>12}  {fmt(result['accelerated'][k]):>12}")
+        click.echo("")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        click.echo(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+        click.echo(f"{k:<{width}}  {fmt(v)}")
 
 
 @main.command()
@@ -234,6 +273,32 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
     click.echo(f"wrote {out} (predicted transformer speedup {meas['predicted_speedup_transformer']:.2f}x, "
                f"measured end-to-end {meas['measured_speedup_total']:.2f}x, paired SSIM {meas['paired_ssim']:.3f})")
     click.echo(f"report: {report}")
+
+
+@main.group()
+def profiles() -> None:
+    """The shipped acceleration profiles."""
+
+
+@profiles.command("list")
+def profiles_list() -> None:
+    """Name, model, calibrated or not, and predicted speedup of every shipped profile."""
+    from .profiles import resolve, shipped
+    for name in shipped():
+        p = resolve(name)
+        sp = p.measured.get("predicted_speedup_transformer")
+        click.echo(f"{name:<32} {p.model['config']:<14} {'calibrated' if p.calibrated else 'template':<11}"
+                   f" {('%.2fx' % sp) if sp else '':>7}  {p.description[:60]}")
+
+
+@profiles.command("show")
+@click.argument("name")
+def profiles_show(name: str) -> None:
+    """Print a profile (shipped name or file) as JSON."""
+    import json
+
+    from .profiles import resolve
+    click.echo(json.dumps(resolve(name).to_dict(), indent=2))
 
 
 @main.command("train-tiny")

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..assets import REAL_TEST_IMAGES_FILE, REFERENCE_STATS_FILE
 from ..errors import FastervarError
 from ..models.family import VARModel, to_uint8
-from ..models.sampler import generate
+from ..models.sampler import Generation, generate_batch, merge
 from ..models.sampling import SamplingSettings
+from ..profile import Profile
 from .features import ClassifierFeatures, FeatureExtractor
-from .metrics import frechet_distance, gaussian_stats, kid
+from .metrics import frechet_distance, gaussian_stats, kid, mean_psnr, ssim
 
 
 @dataclass
@@ -76,27 +77,62 @@ def check_embedded_domain(model: VARModel, ext: FeatureExtractor) -> None:
                              "pass --features module:factory for this model")
 
 
-def evaluate_baseline(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings,
-                      samples_per_class: int, seed: int, batch_size: int, progress: bool = True) -> dict:
-    """Generate, then score: the figures `fastervar evaluate --json` writes."""
+def _interleaved(runners: list, classes: list[int], settings: SamplingSettings, seed: int, batch_size: int,
+                 progress: bool) -> list[Generation]:
+    """Generate the same prompts with every runner, batch by batch in turn, so machine noise hits
+    all of them alike; the portable sampler gives every runner the same noise."""
+    device = runners[0].var.head.weight.device
+    parts: list[list[Generation]] = [[] for _ in runners]
+    starts = range(0, len(classes), batch_size)
+    for lo in tqdm(starts, desc="batches", disable=not progress):
+        idx = list(range(lo, min(lo + batch_size, len(classes))))
+        labels = torch.tensor([classes[i] for i in idx], device=device)
+        for r, runner in enumerate(runners):
+            gen = None
+            if settings.sampler == "official":
+                gen = torch.Generator(device=device)
+                gen.manual_seed(seed + lo // batch_size)
+            parts[r].append(generate_batch(runner, labels, settings, seed, idx, gen))
+    return [merge(p) for p in parts]
+
+
+def _side(ext: FeatureExtractor, ref: Reference, gen: Generation, classes: list[int]) -> dict:
+    images = gen.images.cpu().numpy()
+    out = {"class_accuracy": class_accuracy(ext, images, classes)}
+    out.update(distribution_scores(ext, ref, images))
+    out.update(seconds_transformer=gen.seconds_transformer, seconds_total=gen.seconds_total,
+               step_seconds=gen.step_seconds, decode_seconds=gen.decode_seconds)
+    return out
+
+
+def evaluate(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings, samples_per_class: int,
+             seed: int, batch_size: int, profile: Profile | None = None, progress: bool = True) -> dict:
+    """Generate, then score: the figures `fastervar evaluate --json` writes. With a profile the
+    baseline and the accelerated model run interleaved on the same prompts and noise."""
     check_embedded_domain(model, ext)
     ref = Reference.shipped() if isinstance(ext, ClassifierFeatures) else None
     classes = [c for c in range(model.cfg.var.num_classes) for _ in range(samples_per_class)]
-    t0 = time.perf_counter()
-    gen = generate(model, classes, settings, seed=seed, batch_size=batch_size, progress=progress)
-    seconds = time.perf_counter() - t0
-    images = gen.images.cpu().numpy()
     real, _ = real_test_images()
     if ref is None:
         ref = Reference.from_images(ext, real)
-    out = {"samples": len(classes), "seconds": seconds, "feature_extractor": ext.name,
-           "classifier_test_accuracy": ref.test_accuracy,
-           "class_accuracy": class_accuracy(ext, images, classes)}
-    out.update(distribution_scores(ext, ref, images))
+    runners: list = [model]
+    if profile is not None:
+        from ..accel.accelerated import AcceleratedModel
+        runners.append(AcceleratedModel(model, profile))
+    gens = _interleaved(runners, classes, settings, seed, batch_size, progress)
+    base = _side(ext, ref, gens[0], classes)
+    out = {"samples": len(classes), "seconds": base["seconds_total"], "feature_extractor": ext.name,
+           "classifier_test_accuracy": ref.test_accuracy, "class_accuracy": base["class_accuracy"],
+           "frechet_distance": base["frechet_distance"], "kid": base["kid"]}
     n_ref = min(len(real), len(classes))
-    recon = reconstructions(model, real[:n_ref])
-    ref_scores = distribution_scores(ext, ref, recon)
-    out["reference_frechet_distance"] = ref_scores["frechet_distance"]
-    out["reference_kid"] = ref_scores["kid"]
-    out["reference_samples"] = n_ref
+    ref_scores = distribution_scores(ext, ref, reconstructions(model, real[:n_ref]))
+    out.update(reference_frechet_distance=ref_scores["frechet_distance"], reference_kid=ref_scores["kid"],
+               reference_samples=n_ref)
+    if profile is not None:
+        acc = _side(ext, ref, gens[1], classes)
+        a, b = gens[0].images.cpu().numpy(), gens[1].images.cpu().numpy()
+        out.update(profile=profile.name, baseline=base, accelerated=acc,
+                   speedup_transformer=base["seconds_transformer"] / acc["seconds_transformer"],
+                   speedup_total=base["seconds_total"] / acc["seconds_total"],
+                   paired_psnr=mean_psnr(a, b), paired_ssim=float(ssim(a, b).mean()))
     return out

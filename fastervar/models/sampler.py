@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import time
+
 import torch
 from tqdm.auto import tqdm
 
@@ -23,6 +25,17 @@ class Generation:
     images: torch.Tensor             # (N, H, W, 3) uint8
     tokens: list[torch.Tensor]       # per step, (N, p*p) int64; (N, 0) for a skipped step
     f_hat: torch.Tensor              # (N, Cvae, H', W') final latent
+    step_seconds: list[float]        # wall time per scale step (noise draw included), summed over batches
+    decode_seconds: float
+
+    @property
+    def seconds_transformer(self) -> float:
+        """Time in the scale steps (transformer, guidance, sampling, f_hat update)."""
+        return sum(self.step_seconds)
+
+    @property
+    def seconds_total(self) -> float:
+        return self.seconds_transformer + self.decode_seconds
 
 
 def step_noise(model: VARModel, settings: SamplingSettings, step: int, seed: int,
@@ -46,14 +59,17 @@ def generate_batch(model: VARModel, labels: torch.Tensor, settings: SamplingSett
     """
     cond = model.condition(labels, guided=True)
     state: StepState = model.init_state(labels.shape[0])
-    tokens = []
+    tokens, seconds = [], []
     steps = range(model.num_steps)
     for k in tqdm(steps, desc="scale steps", leave=False, disable=not progress):
+        t0 = time.perf_counter()
         noise = step_noise(model, settings, k, seed, indices, generator)
         state, out = model.step(k, state, cond, noise, settings)
+        seconds.append(time.perf_counter() - t0)
         tokens.append(out.tokens if out is not None else labels.new_zeros(len(labels), 0))
+    t0 = time.perf_counter()
     images = to_uint8(model.decode(state.f_hat))
-    return Generation(images, tokens, state.f_hat)
+    return Generation(images, tokens, state.f_hat, seconds, time.perf_counter() - t0)
 
 
 @torch.no_grad()
@@ -71,8 +87,16 @@ def generate(model: VARModel, classes: Sequence[int], settings: SamplingSettings
             gen = torch.Generator(device=device)
             gen.manual_seed(seed + j)
         parts.append(generate_batch(model, labels, settings, seed, idx, gen, progress))
+    return merge(parts)
+
+
+def merge(parts: list[Generation]) -> Generation:
+    """Concatenate the batches of one request, summing their timings."""
+    steps = len(parts[0].tokens)
     return Generation(
         images=torch.cat([p.images for p in parts]),
-        tokens=[torch.cat([p.tokens[k] for p in parts]) for k in range(model.num_steps)],
+        tokens=[torch.cat([p.tokens[k] for p in parts]) for k in range(steps)],
         f_hat=torch.cat([p.f_hat for p in parts]),
+        step_seconds=[sum(p.step_seconds[k] for p in parts) for k in range(steps)],
+        decode_seconds=sum(p.decode_seconds for p in parts),
     )
