@@ -21,9 +21,12 @@ def run(*args: str):
 
 def assert_bad_input(result, fragment: str) -> None:
     assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "scale steps" not in ln]
-    assert len(lines) == 1, result.stderr
-    assert fragment in lines[0]
+    # progress bars may precede it; the message itself is exactly one line
+    lines = [ln.split("\r")[-1] for ln in result.stderr.splitlines()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0] == lines[-1] or not any(ln.strip() for ln in lines[lines.index(errors[0]) + 1:])
+    assert fragment in errors[0]
     assert "Traceback" not in result.output
 
 

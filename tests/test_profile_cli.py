@@ -1,0 +1,100 @@
+"""Profiles on the command line: calibrate, profiles list/show, --profile, and their bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fastervar.cli import main
+from fastervar.profile import load
+
+from .test_cli import assert_bad_input
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cal")
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
+            "--target-speedup", "1.5", "--batch-size", "6", "--out", str(d / "p.json"),
+            "--cache-dir", str(d / "cache"))
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_calibrate_writes_profile_report_and_cache(calibrated):
+    p = load(calibrated / "p.json")
+    assert p.calibrated and p.measured["predicted_speedup_transformer"] >= 1.5
+    assert p.calibration["classes"] == [0, 3, 5] and p.calibration["seeds"] == [0, 1]
+    report = calibrated / "p-report"
+    assert sorted(f.name for f in report.iterdir()) == ["convergence.png", "cost_per_step.png", "front.png", "report.md"]
+    assert "Candidates tried" in (report / "report.md").read_text()
+    assert len(list((calibrated / "cache").glob("measure-*.npz"))) == 1
+
+
+def test_calibrate_is_deterministic_and_reuses_measurements(calibrated):
+    d = calibrated
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
+            "--target-speedup", "1.5", "--batch-size", "6", "--out", str(d / "q.json"), "--cache-dir", str(d / "cache"))
+    assert r.exit_code == 0 and "reusing baseline measurements" in r.output
+    a, b = load(d / "p.json"), load(d / "q.json")
+    assert [s.__dict__ for s in a.steps] == [s.__dict__ for s in b.steps]
+
+
+def test_unreachable_target_names_the_closest(calibrated, tmp_path):
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
+            "--target-speedup", "40", "--batch-size", "6", "--out", str(tmp_path / "p.json"),
+            "--cache-dir", str(calibrated / "cache"))
+    assert_bad_input(r, "no candidate meets the target (speedup 40x); closest: predicted speedup")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_generate_with_profile(calibrated, tmp_path):
+    r = run("generate", "--model", "tiny", "--random-weights", "--class", "3", "--profile",
+            str(calibrated / "p.json"), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "0000.png").exists()
+
+
+def test_profiles_list_and_show():
+    r = run("profiles", "list")
+    assert r.exit_code == 0 and "d16-paper-split" in r.output and "fashion-tiny-fastvar-like" in r.output
+    shown = json.loads(run("profiles", "show", "d36-paper-split").output)
+    assert shown["model"]["config"] == "d36" and shown["calibrated"] is False
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: "{not json", "malformed JSON at line 1"),
+    (lambda d: d["steps"][6].update(mode="prune") or d, "steps[6].mode: unknown mode 'prune'"),
+    (lambda d: d["steps"][6].update(selector="best") or d, "steps[6].selector: unknown selector 'best'"),
+    (lambda d: d["steps"][6].update(keep=65) or d, "steps[6].keep = 65 must be between 1 and the step's 64 tokens"),
+    (lambda d: d["steps"][6].update(ranks={"ffn.fc1": 64}) or d, "steps[6].ranks.ffn.fc1 = 64 must be below"),
+])
+def test_bad_profiles(tmp_path, edit, fragment):
+    base = {"format": "fastervar-profile/1", "name": "t", "model": {"config": "tiny", "patch_nums": [1, 2, 3, 4, 5, 6, 8]},
+            "stages": {"semantic": [0, 1, 2, 3, 4], "refine": [5, 6]},
+            "steps": [{"mode": "full", "cfg": True}] * 6 + [
+                {"mode": "reduce", "cfg": False, "keep": 16, "selector": "grid", "restore_from": 5}]}
+    d = edit(json.loads(json.dumps(base)))
+    f = tmp_path / "p.json"
+    f.write_text(d if isinstance(d, str) else json.dumps(d))
+    r = run("generate", "--model", "tiny", "--random-weights", "--class", "1", "--profile", str(f),
+            "--out", str(tmp_path / "o"))
+    assert_bad_input(r, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_for_another_model(tmp_path):
+    r = run("generate", "--model", "tiny", "--random-weights", "--class", "1", "--profile", "d16-paper-split",
+            "--out", str(tmp_path / "o"))
+    assert_bad_input(r, "this profile was made for another model")
+
+
+def test_calibrate_needs_one_target(tmp_path):
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--out", str(tmp_path / "p.json"))
+    assert_bad_input(r, "give exactly one target")
