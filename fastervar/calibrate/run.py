@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,10 +66,14 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     sha = weights_sha256(model)
     judge = _judge(model)
     cache = cache_dir / f"measure-{cache_key(model, classes, seeds, settings, sha)}.npz"
+    m = None
     if cache.exists():
-        tqdm.write(f"reusing baseline measurements from {cache}")
-        m = Measurements.load(cache)
-    else:
+        try:
+            m = Measurements.load(cache)
+            tqdm.write(f"reusing baseline measurements from {cache}")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            tqdm.write(f"ignoring unreadable measurement cache {cache} ({exc}); measuring again")
+    if m is None:
         n = len(classes) * len(seeds)
         with tqdm(total=n, desc="measuring baseline", unit="img") as bar:
             m = measure(model, classes, seeds, settings, judge=judge and judge.features, batch_size=batch,
