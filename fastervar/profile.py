@@ -23,7 +23,7 @@ from .models.configs import ModelConfig
 FORMAT = "fastervar-profile/1"
 MODES = ("full", "reduce", "skip")
 SELECTORS = ("pivotal", "random_projection", "random", "grid", "relevance")
-RESTORE_LEVELS = ("block", "layer")
+RESTORE_LEVELS = ("block", "layer", "latent")
 STAGES = ("semantic", "structure", "refine")
 # Linear layers of a VAR block that may be factorized: name -> (in_features, out_features) as
 # multiples of the width C.
@@ -43,7 +43,7 @@ class StepPlan:
     keep: int | None = None                   # reduce: tokens the transformer runs on
     selector: str | None = None               # reduce: how they are chosen
     restore_from: int | None = None           # reduce: step whose cached output fills the rest
-    restore_level: str = "block"              # reduce: restore block outputs, or per sublayer
+    restore_level: str = "block"              # reduce: block outputs, per sublayer, or the latent
     ranks: dict[str, int] = field(default_factory=dict)   # factorized layers -> rank
     relevance: list[float] | None = None      # selector "relevance": per-position scores
 
@@ -82,7 +82,9 @@ class Profile:
 def _step_dict(s: StepPlan) -> dict[str, Any]:
     d: dict[str, Any] = {"mode": s.mode, "cfg": s.cfg}
     if s.mode == "reduce":
-        d.update(keep=s.keep, selector=s.selector, restore_from=s.restore_from, restore_level=s.restore_level)
+        d.update(keep=s.keep, selector=s.selector, restore_level=s.restore_level)
+        if s.restore_from is not None:
+            d["restore_from"] = s.restore_from
         if s.relevance is not None:
             d["relevance"] = s.relevance
     if s.ranks:
@@ -119,10 +121,11 @@ def _parse_step(raw: Any, i: int) -> StepPlan:
         if step.selector not in SELECTORS:
             raise ProfileError(f"profile field {where}selector: unknown selector {step.selector!r}; "
                                f"use one of {', '.join(SELECTORS)}")
-        step.restore_from = _need(raw, "restore_from", int, where)
         step.restore_level = raw.get("restore_level", "block")
         if step.restore_level not in RESTORE_LEVELS:
             raise ProfileError(f"profile field {where}restore_level must be one of {', '.join(RESTORE_LEVELS)}")
+        if step.restore_level != "latent":      # the latent level restores from f_hat itself
+            step.restore_from = _need(raw, "restore_from", int, where)
         if step.selector == "relevance":
             rel = _need(raw, "relevance", list, where)
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rel):
@@ -190,11 +193,12 @@ def _check_self_consistent(p: Profile) -> None:
         if not 1 <= s.keep <= n:
             raise ProfileError(f"profile field {where}.keep = {s.keep} must be between 1 and the step's "
                                f"{n} tokens ({pn[i]}x{pn[i]})")
-        if not 0 <= s.restore_from < i:
-            raise ProfileError(f"profile field {where}.restore_from = {s.restore_from} must be an earlier step")
-        if p.steps[s.restore_from].mode != "full":
-            raise ProfileError(f"profile field {where}.restore_from: step {s.restore_from} must run in full "
-                               f"to provide the cached output")
+        if s.restore_level != "latent":
+            if not 0 <= s.restore_from < i:
+                raise ProfileError(f"profile field {where}.restore_from = {s.restore_from} must be an earlier step")
+            if p.steps[s.restore_from].mode != "full":
+                raise ProfileError(f"profile field {where}.restore_from: step {s.restore_from} must run in full "
+                                   f"to provide the cached output")
         if s.relevance is not None and len(s.relevance) != n:
             raise ProfileError(f"profile field {where}.relevance has {len(s.relevance)} values for {n} tokens")
 

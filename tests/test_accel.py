@@ -124,3 +124,13 @@ def test_factorized_profile_runs_the_thin_layers(tiny_model, baseline):
     for k in range(6):
         assert torch.equal(g.tokens[k], baseline.tokens[k])
     assert all(not blk.ffn.factors for blk in tiny_model.var.blocks)    # removed after the step
+
+
+def test_latent_restoration_adds_residuals_only_at_kept_positions(tiny_model, baseline):
+    p = P.identity(tiny_model.cfg)
+    p.steps[6] = P.StepPlan(mode="reduce", cfg=True, keep=64, selector="pivotal", restore_level="latent")
+    g = generate(AcceleratedModel(tiny_model, p), CLASSES, S, seed=0)
+    assert torch.equal(g.tokens[6], baseline.tokens[6])          # keeping every token is the baseline
+    p.steps[6] = P.StepPlan(mode="reduce", cfg=True, keep=5, selector="pivotal", restore_level="latent")
+    g = generate(AcceleratedModel(tiny_model, p), CLASSES, S, seed=0)
+    assert ((g.tokens[6] >= 0).sum(1) == 5).all() and ((g.tokens[6] == -1).sum(1) == 59).all()

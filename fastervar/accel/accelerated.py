@@ -113,6 +113,8 @@ class AcceleratedModel:
         self._install(k)
         try:
             x = m.step_input(k, state.f_hat, cond)
+            if plan.mode == "reduce" and plan.restore_level == "latent":
+                return self._latent_step(k, plan, x, cond, state, noise, settings)
             if plan.mode == "full":
                 hidden, caches, branches = self._full(x, cond, state.caches, k in self._keep_branches)
             else:
@@ -131,6 +133,33 @@ class AcceleratedModel:
         state.caches = caches
         return state, StepOutput(idx, logits)
 
+    def _latent_step(self, k: int, plan: StepPlan, x: torch.Tensor, cond: torch.Tensor, state: AccelState,
+                     noise: torch.Tensor | torch.Generator, settings: SamplingSettings):
+        """Predict and add residual codes at the kept positions only; the others keep the latent
+        accumulated so far (no residual), which is exactly what a skipped step leaves everywhere."""
+        m = self.model
+        b = state.f_hat.shape[0]
+        idx = self._select(k, plan, state.f_hat)
+        rows = x.shape[0] // b
+        gather = idx.repeat(rows, 1).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        hidden, caches = m.transformer(x.gather(1, gather), cond, state.caches)
+        logits = m.var.logits(hidden, cond)
+        g = apply_guidance(logits, guidance_weight(settings.cfg, k, self.num_steps)) if rows == 2 else logits
+        if isinstance(noise, torch.Tensor):
+            noise = noise.gather(1, idx.unsqueeze(-1).expand(-1, -1, noise.shape[-1]))
+        kept, h_kept = sample_step(g, noise, settings, k / (self.num_steps - 1), m.vae.quantize.embedding.weight)
+        n = self.model.tokens_at(k)
+        h = h_kept.new_zeros(b, n, h_kept.shape[-1]).scatter(1, idx.unsqueeze(-1).expand_as(h_kept), h_kept)
+        tokens = kept.new_full((b, n), -1).scatter(1, idx, kept)
+        state.f_hat = m.update_f_hat(k, state.f_hat, h)
+        state.caches = caches
+        return state, StepOutput(tokens, logits)
+
+    def _select(self, k: int, plan: StepPlan, f_hat: torch.Tensor) -> torch.Tensor:
+        pn = self.patch_nums[k]
+        feats = resample(f_hat, pn, "area").flatten(2).transpose(1, 2)
+        return select(plan.selector, feats, plan.keep, pn, k, plan.relevance)
+
     def _full(self, x: torch.Tensor, cond: torch.Tensor, caches: list[KV] | None, record: bool):
         if not record:
             hidden, new = self.model.transformer(x, cond, caches)
@@ -141,9 +170,7 @@ class AcceleratedModel:
         m = self.model
         b = state.f_hat.shape[0]
         pn, src = self.patch_nums[k], self.patch_nums[plan.restore_from]
-        feats = resample(state.f_hat, pn, "area").flatten(2).transpose(1, 2)
-        idx = select(plan.selector, feats, plan.keep, pn, k, plan.relevance)
-        idx = idx.repeat(x.shape[0] // b, 1)                    # same tokens in both guidance halves
+        idx = self._select(k, plan, state.f_hat).repeat(x.shape[0] // b, 1)                    # same tokens in both guidance halves
         gather = idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         if plan.restore_level == "block":
             base = self._upsample_tokens(_half(state.hidden[plan.restore_from], x.shape[0]), src, pn)

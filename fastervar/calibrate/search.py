@@ -206,7 +206,7 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
     best = s.evaluate(Knobs(boundary=first_refine, keep=0.3, selector="relevance"))
     for _ in range(2):
         for field_name, values in (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", SELECTORS),
-                                   ("level", ("block", "layer")), ("drop_cfg", (True, False)),
+                                   ("level", ("block", "layer", "latent")), ("drop_cfg", (True, False)),
                                    ("factorize", (False, True)), ("skip_last", (False, True))):
             for v in values:
                 cand = s.evaluate(replace(best.knobs, **{field_name: v}))
