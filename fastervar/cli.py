@@ -306,19 +306,23 @@ def profiles_show(name: str) -> None:
               help="Fashion-MNIST directory (default: the Debian package's /usr/share/datasets/fashion-mnist).")
 @click.option("--work-dir", type=click.Path(file_okay=False), default="runs/tiny", show_default=True,
               help="Resumable checkpoints and the token cache.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Where to write var.safetensors, vae.safetensors and config.json.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Assets folder to write [default: the package's own, replacing the shipped model].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--vae-steps", type=click.IntRange(min=1), default=1500, show_default=True)
-@click.option("--var-steps", type=click.IntRange(min=1), default=3000, show_default=True)
-def train_tiny(data_dir, work_dir, out_dir, seed, vae_steps, var_steps) -> None:
-    """Train the embedded Fashion-MNIST model (VQVAE, then VAR); resumes from --work-dir."""
+@click.option("--vae-steps", type=click.IntRange(min=1), default=900, show_default=True)
+@click.option("--var-steps", type=click.IntRange(min=1), default=3600, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def train_tiny(data_dir, work_dir, out_dir, seed, vae_steps, var_steps, device) -> None:
+    """Train the embedded model (VQVAE, then VAR) and the evaluation classifier; resumes from --work-dir."""
+    from .assets import ROOT
+    from .models.loading import resolve_device
     from .train.data import load_split
     from .train.tiny import TrainSettings, train_all
 
     load_split("train", data_dir)
-    summary = train_all(Path(work_dir), Path(out_dir),
-                        TrainSettings(seed=seed, vae_steps=vae_steps, var_steps=var_steps), data_dir)
+    resolve_device(device)
+    settings = TrainSettings(seed=seed, vae_steps=vae_steps, var_steps=var_steps, device=device)
+    summary = train_all(Path(work_dir), Path(out_dir) if out_dir else ROOT, settings, data_dir)
     for k, v in summary.items():
         click.echo(f"{k:>28}: {v:.4g}")
 

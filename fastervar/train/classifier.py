@@ -75,7 +75,7 @@ def build_eval_assets(work: Path, out: Path, seed: int, data_dir: str | None) ->
     from ..runtime.atomic import atomic_path
 
     net = train_classifier(work, seed, data_dir)
-    ext = ClassifierFeatures(net)
+    ext = ClassifierFeatures(net.cpu())
     stats = reference_stats(ext, data_dir)
     (out / "classifier").mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "classifier" / "classifier.safetensors") as tmp:

@@ -32,6 +32,7 @@ class TrainSettings:
     vae_lr: float = 2e-3
     var_lr: float = 1.5e-3
     cond_drop: float = 0.1
+    device: str = "cpu"
 
 
 def quantize_train(model: VARModel, f: torch.Tensor, beta: float = 0.25
@@ -61,7 +62,8 @@ def _restart_dead_codes(model: VARModel, hits: torch.Tensor, feats: torch.Tensor
     dead = torch.nonzero(hits == 0).flatten()
     if len(dead) == 0:
         return 0
-    pick = torch.from_numpy(rng.integers(0, feats.shape[0], len(dead)))
+    pick = torch.from_numpy(rng.integers(0, feats.shape[0], len(dead))).to(feats.device)
+    dead = dead.to(feats.device)
     with torch.no_grad():
         model.vae.quantize.embedding.weight[dead] = feats[pick] + 0.01 * torch.randn_like(feats[pick])
     return len(dead)
@@ -80,7 +82,7 @@ def train_vqvae(model: VARModel, work: Path, s: TrainSettings, data_dir: str | N
         nonlocal hits
         for g in opt.param_groups:
             g["lr"] = loop.cosine_lr(step, s.vae_steps, s.vae_lr, 100)
-        x = x_all[loop.batch_indices(s.seed, step, len(x_all), s.vae_batch)]
+        x = x_all[loop.batch_indices(s.seed, step, len(x_all), s.vae_batch)].to(s.device)
         f = vae.encode(x)
         f_st, vq_loss, idx = quantize_train(model, f)
         rec = vae.decoder(vae.post_quant_conv(f_st))
@@ -91,7 +93,7 @@ def train_vqvae(model: VARModel, work: Path, s: TrainSettings, data_dir: str | N
         torch.nn.utils.clip_grad_norm_(params, 2.0)
         opt.step()
         for i in idx:
-            hits += torch.bincount(i.flatten(), minlength=len(hits)).float()
+            hits += torch.bincount(i.flatten().cpu(), minlength=len(hits)).float()
         restarted = 0
         if (step + 1) % 50 == 0 and step + 1 < int(0.8 * s.vae_steps):
             feats = resample(f.detach(), 8, "area").permute(0, 2, 3, 1).reshape(-1, f.shape[1])
@@ -108,9 +110,10 @@ def train_vqvae(model: VARModel, work: Path, s: TrainSettings, data_dir: str | N
 def encode_dataset(model: VARModel, x_all: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
     """Token pyramids of every image, concatenated over steps: (N, L) int64."""
     out = []
+    dev = model.vae.quantize.embedding.weight.device
     for lo in range(0, len(x_all), chunk):
-        idx = model.vae.img_to_indices(x_all[lo:lo + chunk])
-        out.append(torch.cat(idx, dim=1))
+        idx = model.vae.img_to_indices(x_all[lo:lo + chunk].to(dev))
+        out.append(torch.cat(idx, dim=1).cpu())
     return torch.cat(out)
 
 
@@ -150,6 +153,7 @@ def train_var(model: VARModel, work: Path, s: TrainSettings, data_dir: str | Non
         lab = labels_t[sel].clone()
         drop = np.random.default_rng([s.seed, 2, step]).random(len(sel)) < s.cond_drop
         lab[torch.from_numpy(drop)] = null
+        tok, lab = tok.to(s.device), lab.to(s.device)
         with torch.no_grad():
             x_tf = model.teacher_inputs(split_pyramid(tok, model.patch_nums))
         logits = var(lab, x_tf)
@@ -176,13 +180,17 @@ def codebook_usage(model: VARModel, data_dir: str | None, n: int = 5000) -> dict
 
 
 def train_all(work: Path, out: Path, s: TrainSettings, data_dir: str | None) -> dict[str, float]:
-    """Both stages, resumable, then the shipped files (safetensors + config) written atomically."""
+    """Every shipped asset, each stage resumable: the VQVAE, the VAR, then the evaluation
+    classifier with its reference statistics. Writes out/fashion-tiny/ (safetensors + config),
+    out/classifier/ and out/fashion_mnist_test_1000.npz, each file atomically."""
     from ..models.checkpoint import save_model_dir
+    from .classifier import build_eval_assets
 
     torch.manual_seed(s.seed)
-    model = VARModel(EMBEDDED_CONFIG)
+    model = VARModel(EMBEDDED_CONFIG).to(s.device)
     summary = {f"vqvae_{k}": v for k, v in train_vqvae(model, work, s, data_dir).items()}
     summary.update(codebook_usage(model.eval(), data_dir))
     summary.update({f"var_{k}": v for k, v in train_var(model, work, s, data_dir).items()})
-    save_model_dir(model.eval(), out)
+    save_model_dir(model.eval().cpu(), out / "fashion-tiny")
+    summary.update(build_eval_assets(work, out, s.seed, data_dir))
     return summary
