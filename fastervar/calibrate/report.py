@@ -75,7 +75,8 @@ def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
 
 
 def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: list[Candidate], m: Measurements,
-                 stages: dict[str, list[int]], cfg: ModelConfig, batch: int, header: dict) -> Path:
+                 stages: dict[str, list[int]], cfg: ModelConfig, batch: int, header: dict,
+                 peers: list[dict]) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     plot_convergence(m, stages, dest_dir / "convergence.png")
     plot_costs(cfg, profile, batch, dest_dir / "cost_per_step.png")
@@ -91,7 +92,17 @@ def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: lis
               for k in range(len(m.semantic))]
     lines += ["", "![convergence](convergence.png)", "", "## Chosen profile", ""]
     lines += [f"- **{k}**: {v}" for k, v in chosen.row().items()]
-    lines += ["", "![cost per step](cost_per_step.png)", "", f"## Candidates tried ({len(rows)})", "",
+    lines += ["", "![cost per step](cost_per_step.png)", "", "## Against the peers at equal predicted speed (+-10%)", "",
+              "Our best candidate within 10% of each peer recipe's predicted speedup, judged on the same prompts "
+              "and noise (paired to the baseline).", "",
+              "| peer | speedup | SSIM | PSNR | class acc | ours: speedup | SSIM | PSNR | class acc |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in peers:
+        vals = [r["peer"]] + [r[k] for k in ("peer_speedup", "peer_ssim", "peer_psnr", "peer_class_accuracy",
+                                             "ours_speedup", "ours_ssim", "ours_psnr", "ours_class_accuracy")]
+        lines.append("| " + " | ".join("-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+                                       for v in vals) + " |")
+    lines += ["", f"## Candidates tried ({len(rows)})", "",
               "![speed-quality front](front.png)", "", "| " + " | ".join(cols) + " |",
               "|" + "---|" * len(cols)]
     for r in rows:

@@ -21,7 +21,8 @@ from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from .measure import Measurements, cache_key, measure
 from .report import write_report
-from .search import Searcher, search, stage_split
+from ..accel.presets import fastvar_like, skipvar_like
+from .search import Searcher, equal_speed_comparison, search, stage_split
 
 
 def weights_sha256(model: VARModel) -> str:
@@ -88,6 +89,8 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
         chosen, tried = search(searcher, target_speedup, max_quality_drop)
     finally:
         bar.close()
+    peers = [searcher.score(p) for p in (fastvar_like(model.cfg), skipvar_like(model.cfg))]
+    comparison = equal_speed_comparison(peers, tried)
     profile = chosen.profile
     profile.name = name or f"{model.cfg.name}-calibrated"
     profile.model = model_identity(model.cfg, sha)
@@ -102,6 +105,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
         "convergence": {"semantic": m.semantic.tolist(), "structure": m.structure.tolist(),
                         "guidance_tv": m.guidance_tv.tolist()},
         "baseline_class_accuracy": searcher.base_accuracy,
+        "equal_speed_vs_peers": comparison,
     }
     profile.measured = {"predicted_speedup_transformer": chosen.speedup,
                         "predicted_speedup_total": chosen.speedup_total,
@@ -114,7 +118,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     report_dir.parent.mkdir(parents=True, exist_ok=True)
     stage_dir = Path(tempfile.mkdtemp(dir=report_dir.parent, prefix=f".{report_dir.name}."))
     try:
-        write_report(stage_dir, profile, chosen, tried, m, stages, model.cfg, batch, header)
+        write_report(stage_dir, profile, chosen, tried, m, stages, model.cfg, batch, header, comparison)
         profile.save(out)
         if report_dir.exists():
             shutil.rmtree(report_dir)

@@ -42,7 +42,7 @@ class Knobs:
 
 @dataclass
 class Candidate:
-    knobs: Knobs
+    knobs: Knobs | None        # None for a profile that did not come from the search (a peer's)
     profile: Profile
     speedup: float             # predicted, transformer FLOPs
     speedup_total: float
@@ -54,9 +54,10 @@ class Candidate:
 
     def row(self) -> dict:
         k = self.knobs
-        return {"boundary": k.boundary, "keep": k.keep, "selector": k.selector, "level": k.level,
-                "drop_cfg": k.drop_cfg, "factorize": k.factorize, "skip_last": k.skip_last,
-                "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
+        knobs = {"profile": self.profile.name} if k is None else {
+            "boundary": k.boundary, "keep": k.keep, "selector": k.selector, "level": k.level,
+            "drop_cfg": k.drop_cfg, "factorize": k.factorize, "skip_last": k.skip_last}
+        return {**knobs, "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
                 "paired_ssim": self.ssim, "paired_psnr": self.psnr, "class_accuracy": self.class_accuracy,
                 "meets_target": self.meets}
 
@@ -152,16 +153,19 @@ class Searcher:
     def evaluate(self, k: Knobs) -> Candidate:
         if k in self.seen:
             return self.seen[k]
-        profile = build_profile(self.model, self.m, self.stages, k, "candidate")
-        sp = predicted_speedup(self.model.cfg, self.base_profile, profile, self.batch)
-        images = self._images(profile)
-        acc = None if self.judge is None else float((self.judge(images) == self.labels).mean())
-        cand = Candidate(k, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
-                         mean_psnr(images, self.m.final_images), acc)
+        cand = self.score(build_profile(self.model, self.m, self.stages, k, "candidate"), k)
         self.seen[k] = cand
         if self.on_candidate is not None:
             self.on_candidate(cand)
         return cand
+
+    def score(self, profile: Profile, knobs: Knobs | None = None) -> Candidate:
+        """Price and judge any profile (a candidate, or a peer's recipe) on the calibration prompts."""
+        sp = predicted_speedup(self.model.cfg, self.base_profile, profile, self.batch)
+        images = self._images(profile)
+        acc = None if self.judge is None else float((self.judge(images) == self.labels).mean())
+        return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
+                         mean_psnr(images, self.m.final_images), acc)
 
 
 def _generate_at(acc: AcceleratedModel, classes: list[int], settings: SamplingSettings, seed: int,
@@ -222,3 +226,18 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
                              f"{closest.speedup:.2f}x at paired SSIM {closest.ssim:.3f}"
                              + (f", class accuracy {closest.class_accuracy:.3f}" if closest.class_accuracy is not None else ""))
     return best, tried
+
+
+def equal_speed_comparison(peers: list[Candidate], tried: list[Candidate], tolerance: float = 0.1) -> list[dict]:
+    """For each peer, our best candidate (by paired SSIM) within +-tolerance of its predicted speed."""
+    rows = []
+    for peer in peers:
+        near = [c for c in tried if abs(c.speedup / peer.speedup - 1) <= tolerance]
+        ours = max(near, key=lambda c: c.ssim, default=None)
+        rows.append({"peer": peer.profile.name, "peer_speedup": peer.speedup, "peer_ssim": peer.ssim,
+                     "peer_psnr": peer.psnr, "peer_class_accuracy": peer.class_accuracy,
+                     "ours_speedup": None if ours is None else ours.speedup,
+                     "ours_ssim": None if ours is None else ours.ssim,
+                     "ours_psnr": None if ours is None else ours.psnr,
+                     "ours_class_accuracy": None if ours is None else ours.class_accuracy})
+    return rows
