@@ -57,3 +57,16 @@ def test_vqvae_reencodes_its_own_latent(tiny_model):
         g = generate(tiny_model, [0, 1], SamplingSettings(), seed=2)
         fhat = tiny_model.vae.quantize.indices_to_fhat(g.tokens)[-1]
         assert torch.allclose(fhat, g.f_hat, atol=1e-5)
+
+
+@pytest.mark.parametrize("src, dst, mode", [(1, 16, "bicubic"), (3, 16, "bicubic"), (13, 16, "bicubic"),
+                                            (5, 8, "bicubic"), (16, 13, "area"), (16, 5, "area"), (8, 3, "area")])
+def test_resample_matrices_equal_torch_interpolate(src, dst, mode):
+    import torch.nn.functional as F
+
+    from fastervar.models.resample import _matrix64, resample
+    x = torch.randn(2, 3, src, src, dtype=torch.float64)
+    want = F.interpolate(x, size=(dst, dst), mode=mode)
+    m = torch.from_numpy(_matrix64(src, dst, mode))
+    assert torch.allclose(m @ x @ m.T, want, atol=1e-12)
+    assert torch.allclose(resample(x.float(), dst, mode), want.float(), atol=1e-5)

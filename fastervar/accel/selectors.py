@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..errors import FastervarError
@@ -27,8 +28,8 @@ def random_projection(feats: torch.Tensor, keep: int, dim: int = 8, seed: int = 
     r tokens that span the map's feature space, so restoring the rest from cache loses least.
     """
     b, n, c = feats.shape
-    g = torch.Generator().manual_seed(seed)
-    proj = torch.randn(c, dim, generator=g).to(feats) / math.sqrt(dim)
+    rng = np.random.default_rng(seed)                   # a constant: graph export sees no RNG op
+    proj = torch.from_numpy(rng.standard_normal((c, dim)) / math.sqrt(dim)).to(feats)
     z = feats @ proj                                            # (B, n, dim)
     centred = z - z.mean(1, keepdim=True)
     first = centred.square().sum(-1).argmax(1)                 # start from the most atypical token
@@ -43,9 +44,8 @@ def random_projection(feats: torch.Tensor, keep: int, dim: int = 8, seed: int = 
 
 def random(batch: int, n: int, keep: int, step: int) -> torch.Tensor:
     """A fixed random subset per step, the same for every image (data-independent baseline)."""
-    g = torch.Generator().manual_seed(1000 + step)
-    idx = torch.randperm(n, generator=g)[:keep].sort().values
-    return idx.unsqueeze(0).expand(batch, -1)
+    idx = np.sort(np.random.default_rng(1000 + step).permutation(n)[:keep])
+    return torch.from_numpy(idx).unsqueeze(0).expand(batch, -1)
 
 
 def grid(batch: int, pn: int, keep: int) -> torch.Tensor:

@@ -2,32 +2,51 @@
 
 Area-downsampling to p_k and bicubic upsampling from p_k are linear maps with static shapes. As
 small separable matrices they are exact, cheap at these sizes, and export to ONNX as plain MatMuls,
-so the reference, the accelerated path and the compiled graphs all run the same arithmetic.
+so the reference, the accelerated path and the compiled graphs all run the same arithmetic. The
+matrices are built in numpy (float64), so graph tracing sees constants, not the ops that made them.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+
+
+def _cubic(t: float, a: float = -0.75) -> np.ndarray:
+    """Weights of the 4 taps around a sample at fractional offset t (Keys' kernel, a = -0.75)."""
+    def near(x: float) -> float:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: float) -> float:
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.array([far(t + 1), near(t), near(1 - t), far(2 - t)])
 
 
 @lru_cache(maxsize=None)
-def _matrix64(src: int, dst: int, mode: str) -> torch.Tensor:
-    # Separable 2-D resampling: probe the 1-D map with a one-hot basis along the height axis;
-    # the width axis (size 1 -> 1) is the identity for both modes.
-    basis = torch.eye(src, dtype=torch.float64).reshape(src, 1, src, 1)
-    out = F.interpolate(basis, size=(dst, 1), mode=mode) if mode == "bicubic" else \
-        F.adaptive_avg_pool2d(basis, (dst, 1))
-    return out.reshape(src, dst).T.contiguous()
+def _matrix64(src: int, dst: int, mode: str) -> np.ndarray:
+    m = np.zeros((dst, src))
+    scale = src / dst
+    for i in range(dst):
+        if mode == "area":                      # adaptive average pooling bins
+            lo, hi = math.floor(i * scale), math.ceil((i + 1) * scale)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        else:                                   # bicubic, half-pixel centres, edges clamped
+            x = (i + 0.5) * scale - 0.5
+            x0 = math.floor(x)
+            for tap, w in zip(range(x0 - 1, x0 + 3), _cubic(x - x0)):
+                m[i, min(max(tap, 0), src - 1)] += w
+    return m
 
 
 def resample_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """(dst, src) float32 matrix M with resample(x) = M @ x @ M.T for a (src, src) map."""
     if mode not in ("area", "bicubic"):
         raise ValueError(f"unknown resampling mode {mode!r}")
-    return _matrix64(src, dst, mode).float()
+    return torch.from_numpy(_matrix64(src, dst, mode)).float()
 
 
 def resample(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
