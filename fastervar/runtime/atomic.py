@@ -16,11 +16,11 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     d.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d.parent, prefix=f".{d.name}.", suffix=".tmp")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)      # mkstemp's 0600 would make shipped outputs unreadable to others
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs unreadable to others
         os.replace(tmp, d)
     finally:
         if os.path.exists(tmp):
