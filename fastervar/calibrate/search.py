@@ -23,7 +23,7 @@ from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import predicted_speedup
 from .measure import Measurements
 
-KEEP_RATIOS = (0.1, 0.2, 0.3, 0.45, 0.6)
+KEEP_RATIOS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
 SELECTORS = ("relevance", "pivotal", "random_projection", "grid")
 
 
