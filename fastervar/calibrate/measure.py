@@ -107,7 +107,7 @@ class _InputRecorder:
         return hook
 
     def covariances(self) -> dict[str, np.ndarray]:
-        return {k: (v / self.counts[k]).numpy() for k, v in self.sums.items()}
+        return {k: (v / self.counts[k]).float().numpy() for k, v in self.sums.items()}
 
     def close(self) -> None:
         for h in self.handles:
