@@ -175,9 +175,14 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
 
 
 def _check_writable_parent(path: str) -> None:
+    """Create the output file's folder if needed, failing early (before any work) if it cannot be."""
     parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise FastervarError(f"cannot write {path}: directory {parent} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FastervarError(f"cannot write {path}: a file stands where its folder should be") from None
+    except OSError as exc:
+        raise FastervarError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _print_table(result: dict) -> None:

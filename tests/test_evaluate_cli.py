@@ -17,7 +17,7 @@ FIELDS = {"classifier_test_accuracy", "class_accuracy", "frechet_distance", "kid
 
 
 def test_evaluate_json(tmp_path):
-    out = tmp_path / "e.json"
+    out = tmp_path / "new" / "folder" / "e.json"          # created as needed, as the README's command expects
     r = CliRunner().invoke(main, ["evaluate", "--model", "tiny", "--random-weights", "--samples-per-class", "3",
                                   "--json", str(out)])
     assert r.exit_code == 0, r.output
@@ -46,3 +46,10 @@ def test_evaluate_refuses_models_outside_the_reference_domain(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", "--model", "tiny-d16-schedule", "--random-weights",
                                   "--samples-per-class", "2"])
     assert_bad_input(r, "evaluate compares against Fashion-MNIST test images")
+
+
+def test_json_path_under_a_file_is_refused_before_work(tmp_path):
+    (tmp_path / "f").write_text("x")
+    r = CliRunner().invoke(main, ["evaluate", "--model", "tiny", "--random-weights", "--samples-per-class", "2",
+                                  "--json", str(tmp_path / "f" / "e.json")])
+    assert_bad_input(r, "a file stands where its folder should be")
