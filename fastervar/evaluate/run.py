@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..assets import REAL_TEST_IMAGES_FILE, REFERENCE_STATS_FILE
 from ..errors import FastervarError
 from ..models.family import VARModel, to_uint8
-from ..models.sampler import Generation, generate_batch, merge
+from ..models.sampler import Generation, batch_generator, generate_batch, merge
 from ..models.sampling import SamplingSettings
 from ..profile import Profile
 from .features import ClassifierFeatures, FeatureExtractor
@@ -91,10 +91,7 @@ def _interleaved(runners: list, classes: list[int], settings: SamplingSettings, 
         idx = list(range(lo, min(lo + batch_size, len(classes))))
         labels = torch.tensor([classes[i] for i in idx], device=device)
         for r, runner in enumerate(runners):
-            gen = None
-            if settings.sampler == "official":
-                gen = torch.Generator(device=device)
-                gen.manual_seed(seed + lo // batch_size)
+            gen = batch_generator(settings, device, seed, lo // batch_size)
             parts[r].append(generate_batch(runner, labels, settings, seed, idx, gen))
     return [merge(p) for p in parts]
 

@@ -72,6 +72,16 @@ def generate_batch(model: VARModel, labels: torch.Tensor, settings: SamplingSett
     return Generation(images, tokens, state.f_hat, seconds, time.perf_counter() - t0)
 
 
+def batch_generator(settings: SamplingSettings, device: torch.device, seed: int, batch_index: int
+                    ) -> torch.Generator | None:
+    """The official sampler's generator for batch j, seeded seed + j as one upstream call per batch."""
+    if settings.sampler != "official":
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed + batch_index)
+    return gen
+
+
 @torch.no_grad()
 def generate(model: VARModel, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
              batch_size: int = 16, progress: bool = False) -> Generation:
@@ -82,11 +92,8 @@ def generate(model: VARModel, classes: Sequence[int], settings: SamplingSettings
     for j, lo in enumerate(tqdm(starts, desc="batches", disable=not progress or len(starts) < 2)):
         idx = list(range(lo, min(lo + batch_size, len(classes))))
         labels = torch.tensor([classes[i] for i in idx], device=device)
-        gen = None
-        if settings.sampler == "official":
-            gen = torch.Generator(device=device)
-            gen.manual_seed(seed + j)
-        parts.append(generate_batch(model, labels, settings, seed, idx, gen, progress))
+        parts.append(generate_batch(model, labels, settings, seed, idx, batch_generator(settings, device, seed, j),
+                                    progress))
     return merge(parts)
 
 
