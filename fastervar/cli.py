@@ -280,6 +280,69 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
     click.echo(f"report: {report}")
 
 
+@main.command()
+@model_options
+@click.option("--profile", "profile_spec", metavar="PROFILE", required=True,
+              help="Profile to bake in: a file, a shipped name, or 'identity' (the baseline).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Largest batch the TensorRT plans are optimised for; the runtime chunks larger requests.")
+@click.option("--tensorrt", is_flag=True, help="Also build TensorRT plans (needs tensorrt and an NVIDIA GPU).")
+@click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True,
+              help="Guidance at the last step (linear ramp from 0), baked into the graphs.")
+@click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True)
+@click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode).")
+def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, profile_spec, out_dir, precision,
+           max_batch, tensorrt, cfg, top_k, top_p, more_smooth) -> None:
+    """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`."""
+    from .calibrate.run import weights_sha256
+    from .export.bundle import export_bundle
+    from .models.loading import resolve_model
+    from .profile import check_against, identity
+
+    settings = _settings(cfg, top_k, top_p, more_smooth, "portable")
+    profile = None if profile_spec == "identity" else _load_profile(profile_spec)
+    _check_bundle_target(out_dir)
+    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    profile = profile or identity(model.cfg)
+    sha = weights_sha256(model)
+    check_against(profile, model.cfg, sha if profile.model.get("weights_sha256") else None)
+    path = export_bundle(model, profile, out_dir, settings, precision, max_batch, sha, tensorrt)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    click.echo(f"wrote bundle {path} ({size / 2**20:.1f} MiB; profile {profile.name}, {precision})")
+
+
+def _check_bundle_target(out_dir: str) -> None:
+    """Export replaces an old bundle but never a directory that holds anything else."""
+    d = Path(out_dir)
+    if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / "manifest.json").exists())):
+        raise FastervarError(f"--out {out_dir} exists and is not a bundle; choose a new or empty directory")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, ...")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Chunk size [default: the bundle's max batch].")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads per session (0: onnxruntime's default).")
+def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, threads) -> None:
+    """Generate with an exported bundle: torch-free, on onnxruntime or TensorRT."""
+    from .runtime.images import output_dir, write_pngs
+    from .runtime.pipeline import Pipeline
+
+    classes = _parse_classes(class_ids, classes_file)
+    with output_dir(out_dir):
+        pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads)
+        result = pipe.generate(classes, seed=seed, batch_size=batch_size)
+        paths = write_pngs(result.images, out_dir)
+    click.echo(f"wrote {len(paths)} images to {out_dir} ({result.seconds_total:.2f} s on {provider})")
+
+
 @main.group()
 def profiles() -> None:
     """The shipped acceleration profiles."""

@@ -66,6 +66,12 @@ class AcceleratedModel:
                     out[(k, i, name)] = cache[key]
         return out
 
+    def cast_(self, dtype: torch.dtype) -> "AcceleratedModel":
+        """Move the model and the factorized weights to `dtype` (export at half precision)."""
+        self.model.to(dtype)
+        self._factors = {k: tuple(t.to(dtype) for t in f) for k, f in self._factors.items()}
+        return self
+
     @property
     def var(self):
         return self.model.var

@@ -1,0 +1,129 @@
+"""The traceable modules behind a bundle's graphs, and the state each step reads and writes.
+
+A step graph is one accelerated scale step with its profile baked in: it takes the class labels,
+the accumulated latent, the step's uniform noise and whatever state earlier steps left (KV caches,
+cached block outputs or sublayer branches for restoration), and returns the new latent, the tokens
+and only the state a later step still reads. State travels by name: a graph output `out.NAME`
+becomes the input `NAME` of the next graph that needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..accel.accelerated import AccelState, AcceleratedModel
+from ..models.family import to_uint8
+from ..models.sampling import SamplingSettings
+
+OUT = "out."
+
+
+def cache_names(depth: int) -> list[str]:
+    return [f"cache.{i}.{kv}" for i in range(depth) for kv in ("k", "v")]
+
+
+def branch_names(step: int, depth: int) -> list[str]:
+    return [f"branch.{step}.{i}.{part}" for i in range(depth) for part in ("attn", "ffn")]
+
+
+@dataclass(frozen=True)
+class StepIO:
+    """Names a step graph reads and writes, in graph order."""
+
+    step: int
+    inputs: list[str]
+    outputs: list[str]
+
+
+def plan_io(acc: AcceleratedModel) -> list[StepIO]:
+    """Inputs and outputs of every executed step; state nobody reads later is not output."""
+    depth = acc.cfg.var.depth
+    steps = acc.profile.steps
+    executed = [k for k, p in enumerate(steps) if p.mode != "skip"]
+    reads: dict[int, list[str]] = {}
+    for n, k in enumerate(executed):
+        names = ["labels", "f_hat", "noise"] + (cache_names(depth) if n > 0 else [])
+        p = steps[k]
+        if p.mode == "reduce" and p.restore_level == "block":
+            names.append(f"hidden.{p.restore_from}")
+        elif p.mode == "reduce" and p.restore_level == "layer":
+            names += branch_names(p.restore_from, depth)
+        reads[k] = names
+    out: list[StepIO] = []
+    for n, k in enumerate(executed):
+        later = {name for j in executed[n + 1:] for name in reads[j]}
+        later -= {name for name in reads[k] if name.startswith(("hidden.", "branch."))}   # the runtime keeps them
+        produced = ["f_hat", "tokens"] + cache_names(depth) + [f"hidden.{k}"] + branch_names(k, depth)
+        outputs = ["tokens"] + [OUT + name for name in produced if name != "tokens" and (name in later or name == "f_hat")]
+        out.append(StepIO(k, reads[k], outputs))
+    return out
+
+
+class StepGraph(nn.Module):
+    """One scale step of an AcceleratedModel as a function of named tensors."""
+
+    def __init__(self, acc: AcceleratedModel, io: StepIO, settings: SamplingSettings):
+        super().__init__()
+        self.acc, self.io, self.settings = acc, io, settings
+        self.model = acc.model                       # registers the weights for the exporter
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feed = dict(zip(self.io.inputs, tensors))
+        depth = self.acc.cfg.var.depth
+        caches = None
+        if "cache.0.k" in feed:
+            caches = [(feed[f"cache.{i}.k"], feed[f"cache.{i}.v"]) for i in range(depth)]
+        state = AccelState(f_hat=feed["f_hat"], caches=caches)
+        for name, t in feed.items():
+            if name.startswith("hidden."):
+                state.hidden[int(name.split(".")[1])] = t
+        for j in {int(n.split(".")[1]) for n in feed if n.startswith("branch.")}:
+            state.branches[j] = [(feed[f"branch.{j}.{i}.attn"], feed[f"branch.{j}.{i}.ffn"]) for i in range(depth)]
+        cond = self.acc.condition(feed["labels"], guided=True)
+        state, result = self.acc.step(self.io.step, state, cond, feed["noise"], self.settings)
+        produced = {"tokens": result.tokens, OUT + "f_hat": state.f_hat}
+        for i, (kk, vv) in enumerate(state.caches):
+            produced[f"{OUT}cache.{i}.k"], produced[f"{OUT}cache.{i}.v"] = kk, vv
+        for j, h in state.hidden.items():
+            produced[f"{OUT}hidden.{j}"] = h
+        for j, br in state.branches.items():
+            for i, (a, f) in enumerate(br):
+                produced[f"{OUT}branch.{j}.{i}.attn"], produced[f"{OUT}branch.{j}.{i}.ffn"] = a, f
+        return tuple(produced[name] for name in self.io.outputs)
+
+
+class DecoderGraph(nn.Module):
+    """Latent to uint8 images (B, H, W, 3), rounding as the torch reference does."""
+
+    def __init__(self, acc: AcceleratedModel):
+        super().__init__()
+        self.acc = acc
+        self.model = acc.model
+
+    def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return to_uint8(self.acc.decode(f_hat))
+
+
+@torch.no_grad()
+def example_feeds(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings,
+                  batch: int) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Real tensors for every graph's inputs and outputs at one batch size, by running the steps.
+
+    Tracing needs example inputs; running the actual steps also gives every output's shape.
+    """
+    labels = torch.arange(batch) % acc.cfg.var.num_classes
+    noise_gen = torch.Generator().manual_seed(0)
+    state: dict[str, torch.Tensor] = {"labels": labels, "f_hat": acc.init_state(batch).f_hat}
+    records = []
+    for io in ios:
+        state["noise"] = torch.rand(batch, acc.tokens_at(io.step), acc.cfg.vae.vocab_size, generator=noise_gen)
+        ins = {name: state[name] for name in io.inputs}
+        outs = StepGraph(acc, io, settings)(*ins.values())
+        records.append({**ins, **dict(zip(io.outputs, outs))})
+        for name, t in zip(io.outputs, outs):
+            if name.startswith(OUT):
+                state[name[len(OUT):]] = t
+    return records, {"f_hat": state["f_hat"], "images": DecoderGraph(acc)(state["f_hat"])}

@@ -1,0 +1,107 @@
+"""Engines for a bundle's graphs: onnxruntime sessions sharing one copy of the weights, or plans.
+
+The weights file is memory-mapped once; every session is handed the same buffers by name
+(`SessionOptions.add_initializer`), so memory does not grow with the number of step graphs.
+ORT's weight prepacking is turned off for the same reason: it would give each session its own
+repacked copy of every matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import FastervarError
+from .manifest import EngineSpec, Manifest
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class Engine(Protocol):
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FastervarError("the runtime needs onnxruntime (pip install onnxruntime, or onnxruntime-gpu "
+                             "for CUDA)") from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """Our provider names that this host can run: onnxruntime's, plus native TensorRT plans."""
+    names = []
+    try:
+        have = set(_ort().get_available_providers())
+        names = [short for short, long in PROVIDERS.items() if long in have]
+    except FastervarError:
+        pass
+    from .tensorrt_engine import runtime_available
+    if runtime_available() is None and "tensorrt" not in names:
+        names.append("tensorrt")
+    return names
+
+
+class SharedWeights:
+    """The bundle's weights file mapped read-only, as one OrtValue per tensor."""
+
+    def __init__(self, manifest: Manifest):
+        ort = _ort()
+        spec = manifest.weights
+        self._map = np.memmap(manifest.root / spec["file"], dtype=np.uint8, mode="r")
+        self.values = {}
+        for name, t in spec["tensors"].items():
+            raw = self._map[t["offset"]:t["offset"] + t["length"]]
+            array = raw.view(np.dtype(t["dtype"])).reshape(t["shape"])
+            self.values[name] = ort.OrtValue.ortvalue_from_numpy(array)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._map.size)
+
+
+class OrtEngine:
+    """One graph as an onnxruntime session on the chosen execution provider."""
+
+    def __init__(self, root: Path, spec: EngineSpec, weights: SharedWeights, provider: str, threads: int = 0):
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        so.log_severity_level = 3             # errors only: fp16 graphs draw harmless constant-folding warnings
+        if threads:
+            so.intra_op_num_threads = threads
+        for name in spec.initializers:
+            so.add_initializer(name, weights.values[name])
+        providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
+        try:
+            self.session = ort.InferenceSession(str(root / spec.graph), so, providers=providers)
+        except Exception as exc:      # onnxruntime raises its own exception types for bad graphs
+            raise FastervarError(f"{spec.graph} could not be loaded by onnxruntime: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
+        self.output_names = [o["name"] for o in spec.outputs]
+        self.weights = weights                # the session reads these buffers: they must outlive it
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+def create_engines(manifest: Manifest, provider: str, threads: int = 0) -> list[Engine]:
+    """An engine per graph in the manifest's order, on `provider` (cpu, cuda or tensorrt)."""
+    if provider not in PROVIDERS:
+        raise FastervarError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    have = available_providers()
+    if provider not in have:
+        raise FastervarError(f"provider {provider!r} is not available here; available: {', '.join(have) or 'none'}")
+    if provider == "tensorrt" and all(e.plan for e in manifest.engines):
+        from .tensorrt_engine import TensorRTEngine, runtime_available
+        if runtime_available() is None:
+            return [TensorRTEngine(manifest.root / e.plan, e.inputs, e.outputs) for e in manifest.engines]
+    if provider == "tensorrt" and PROVIDERS["tensorrt"] not in _ort().get_available_providers():
+        raise FastervarError("provider 'tensorrt': this bundle has no TensorRT plans (export with --tensorrt) "
+                             "and onnxruntime here has no TensorRT execution provider")
+    weights = SharedWeights(manifest)
+    return [OrtEngine(manifest.root, e, weights, provider, threads) for e in manifest.engines]

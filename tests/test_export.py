@@ -1,0 +1,209 @@
+"""Export and the torch-free runtime: parity with the torch accelerated path, weights stored once,
+and every bad bundle refused with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fastervar.accel.accelerated import AcceleratedModel
+from fastervar.cli import main
+from fastervar.export import bundle as bundle_mod
+from fastervar.export.bundle import export_bundle
+from fastervar.models.loading import embedded_model, random_model
+from fastervar.models.sampler import generate
+from fastervar.models.sampling import SamplingSettings
+from fastervar.profile import identity
+from fastervar.profiles import resolve
+from fastervar.runtime.pipeline import Pipeline
+
+from .test_cli import assert_bad_input
+
+SETTINGS = SamplingSettings()
+CLASSES = [0, 3, 5, 7, 9, 1, 2]
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return embedded_model()
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, embedded):
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for prof in (identity(embedded.cfg), resolve("fashion-tiny-calibrated")):
+        out[prof.name] = (prof, export_bundle(embedded, prof, root / prof.name, SETTINGS, max_batch=4, progress=False))
+    return out
+
+
+def _parity(model, profile, path: Path, classes, seed: int) -> None:
+    ref = generate(AcceleratedModel(model, profile), classes, SETTINGS, seed=seed, batch_size=len(classes))
+    got = Pipeline.from_bundle(path).generate(classes, seed=seed)
+    for k, t in enumerate(ref.tokens):
+        assert np.array_equal(got.tokens[k], t.numpy()), f"step {k} tokens differ"
+    diff = np.abs(got.images.astype(int) - ref.images.numpy().astype(int))
+    assert diff.max() <= 1
+
+
+@pytest.mark.parametrize("name", ["identity", "fashion-tiny-calibrated"])
+def test_runtime_tokens_equal_torch_accelerated_path(bundles, embedded, name):
+    prof, path = bundles[name]
+    _parity(embedded, prof, path, CLASSES, seed=4)     # 7 images, max batch 4: two chunks
+
+
+def test_d16_schedule_paper_split_parity(tmp_path):
+    """The 10-step 256-px schedule of VAR-d16, with the paper's split (two restoration sources)."""
+    from fastervar.accel.presets import paper_split
+    model = random_model("tiny-d16-schedule")
+    prof = paper_split(model.cfg)
+    _parity(model, prof, export_bundle(model, prof, tmp_path / "b", SETTINGS, progress=False), [1, 4], seed=2)
+
+
+def test_bundle_layout_and_weights_stored_once(bundles, embedded):
+    _, path = bundles["fashion-tiny-calibrated"]
+    man = json.loads((path / "manifest.json").read_text())
+    assert man["format"] == "fastervar-bundle/1" and man["precision"] == "fp32"
+    names = [e["name"] for e in man["engines"]]
+    assert names == [f"step{k}" for k in range(7)] + ["decoder"]
+    for e in man["engines"]:
+        onnx.checker.check_model(str(path / e["graph"]))
+        g = onnx.load(str(path / e["graph"]), load_external_data=False)
+        ext = {i.name for i in g.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL}
+        assert ext == set(e["initializers"])
+        assert all(d.value == "weights.bin" for i in g.graph.initializer for d in i.external_data if d.key == "location")
+    model_bytes = sum(p.numel() * 4 for p in embedded.parameters())
+    bundle_bytes = sum(f.stat().st_size for f in path.iterdir())
+    assert bundle_bytes <= 1.15 * model_bytes
+    # every transformer weight appears once although seven graphs use it
+    assert (path / "weights.bin").stat().st_size < model_bytes
+
+
+def test_cli_run_writes_the_pngs_generate_writes(bundles, tmp_path):
+    _, path = bundles["fashion-tiny-calibrated"]
+    a, b = tmp_path / "run", tmp_path / "gen"
+    r = run("run", str(path), "--class", "2", "--class", "8", "--class", "8", "--seed", "5", "--out", str(a))
+    assert r.exit_code == 0, r.output
+    r = run("generate", "--profile", "fashion-tiny-calibrated", "--sampler", "portable", "--class", "2",
+            "--class", "8", "--class", "8", "--seed", "5", "--out", str(b))
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    for n in names:
+        x, y = (np.asarray(Image.open(d / n)).astype(int) for d in (a, b))
+        assert np.abs(x - y).max() <= 1
+
+
+def test_runtime_runs_with_torch_and_toolchain_unimportable(bundles, tmp_path):
+    _, path = bundles["identity"]
+    code = ("import sys\n"
+            "for m in ('torch', 'onnx', 'tqdm', 'scipy', 'safetensors', 'matplotlib'): sys.modules[m] = None\n"
+            "from fastervar.cli import main\n"
+            f"main(['run', {str(path)!r}, '--class', '1', '--out', {str(tmp_path / 'o')!r}])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "o" / "0000.png").exists()
+
+
+def _copy(bundles, tmp_path, name="identity") -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(bundles[name][1], dst)
+    return dst
+
+
+def test_bad_bundles_are_refused_with_one_line(bundles, tmp_path):
+    out = str(tmp_path / "o")
+    b = _copy(bundles, tmp_path)
+    with open(b / "step3.onnx", "ab") as f:
+        f.write(b"x")
+    assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "step3.onnx does not match the hash")
+    (b / "step3.onnx").unlink()
+    assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "missing step3.onnx")
+    shutil.rmtree(b)
+    b = _copy(bundles, tmp_path)
+    with open(b / "weights.bin", "r+b") as f:
+        f.seek(5000)
+        f.write(b"\x13\x37")
+    assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "weights.bin does not match the hash")
+    man = json.loads((b / "manifest.json").read_text())
+    man["format"] = "fastervar-bundle/0"
+    (b / "manifest.json").write_text(json.dumps(man))
+    assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "'fastervar-bundle/0' is not supported")
+    (b / "manifest.json").write_text("{not json")
+    assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "not valid JSON")
+    assert_bad_input(run("run", str(tmp_path / "nope"), "--class", "1", "--out", out), "does not exist")
+    assert not Path(out).exists()
+
+
+def test_bad_run_arguments(bundles, tmp_path):
+    _, path = bundles["identity"]
+    out = str(tmp_path / "o")
+    assert_bad_input(run("run", str(path), "--class", "10", "--out", out), "class index 10 is out of range")
+    r = run("run", str(path), "--class", "1", "--out", out, "--provider", "cuda")
+    assert_bad_input(r, "provider 'cuda' is not available here; available: cpu")
+    assert not Path(out).exists()
+
+
+def test_export_cli_tensorrt_missing_keeps_onnx_bundle(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fastervar.export.tensorrt import tensorrt_available
+    if tensorrt_available() is None:
+        pytest.skip("tensorrt is installed here: the missing-tensorrt message cannot be shown")
+    out = tmp_path / "b"
+    r = run("export", "--model", "tiny", "--random-weights", "--profile", "identity", "--out", str(out), "--tensorrt")
+    assert r.exit_code == 0, r.output
+    assert "--tensorrt skipped: tensorrt is not installed" in r.output
+    assert (out / "manifest.json").exists() and not list(out.glob("*.plan"))
+    assert Pipeline.from_bundle(out).generate([1]).images.shape == (1, 32, 32, 3)
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+    real = bundle_mod._trace
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bundle_mod, "_trace", interrupted)
+    r = run("export", "--model", "tiny", "--random-weights", "--profile", "identity", "--out", str(tmp_path / "b"))
+    assert r.exit_code == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_bad_arguments(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    r = run("export", "--model", "tiny", "--random-weights", "--profile", "identity", "--out", str(tmp_path))
+    assert_bad_input(r, "is not a bundle")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+    r = run("export", "--model", "tiny", "--random-weights", "--profile", "fashion-tiny-calibrated",
+            "--out", str(tmp_path / "b"))
+    assert_bad_input(r, "fashion-tiny")
+    assert not (tmp_path / "b").exists()
+
+
+def test_fp16_bundle_is_half_size_and_runs(tmp_path):
+    model = random_model("tiny")
+    a = export_bundle(model, identity(model.cfg), tmp_path / "a", SETTINGS, progress=False)
+    b = export_bundle(model, identity(model.cfg), tmp_path / "b", SETTINGS, precision="fp16", progress=False)
+    wa, wb = ((p / "weights.bin").stat().st_size for p in (a, b))
+    assert wb < 0.6 * wa
+    out = Pipeline.from_bundle(b).generate([1, 2], seed=0)
+    ref = Pipeline.from_bundle(a).generate([1, 2], seed=0)
+    assert out.images.shape == ref.images.shape
+    assert np.array_equal(out.tokens[0], ref.tokens[0])       # the first step's tokens survive half precision
