@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from ..accel.accelerated import AccelState, AcceleratedModel
+from ..accel.accelerated import AcceleratedModel, AccelState
 from ..models.family import to_uint8
 from ..models.sampling import SamplingSettings
 

@@ -28,7 +28,7 @@ class WeightStore:
     _size: int = 0
 
     def __post_init__(self) -> None:
-        self._file = open(self.path, "wb")
+        self._file = open(self.path, "wb")    # noqa: SIM115 -- appended to across graphs, closed by close()
 
     def close(self) -> None:
         self._file.close()

@@ -44,10 +44,14 @@ class Pipeline:
 
     @classmethod
     def from_bundle(cls, path: str | Path, provider: str = "cpu", verify: bool = True,
-                    threads: int = 0) -> "Pipeline":
-        """Check the bundle (manifest, versions, hashes) and open an engine per graph."""
+                    threads: int = 0, prepack: bool = False) -> Pipeline:
+        """Check the bundle (manifest, versions, hashes) and open an engine per graph.
+
+        `prepack` lets onnxruntime repack matmul weights per session: faster on CPU, but each
+        step graph then holds its own copy of the weights.
+        """
         manifest = read_manifest(path, verify=verify)
-        return cls(manifest, create_engines(manifest, provider, threads), provider)
+        return cls(manifest, create_engines(manifest, provider, threads, prepack), provider)
 
     @property
     def num_classes(self) -> int:
