@@ -90,6 +90,19 @@ def sampling_options(fn):
     return fn
 
 
+def guidance_options(fn):
+    """Guidance and filtering without sampler choice: what a bundle bakes in."""
+    for opt in reversed([
+        click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True,
+                     help="Guidance at the last step (linear ramp from 0)."),
+        click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True),
+        click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 def _load_profile(spec: str | None):
     if spec is None:
         return None
@@ -289,11 +302,7 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Largest batch the TensorRT plans are optimised for; the runtime chunks larger requests.")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT plans (needs tensorrt and an NVIDIA GPU).")
-@click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True,
-              help="Guidance at the last step (linear ramp from 0), baked into the graphs.")
-@click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True)
-@click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode).")
+@guidance_options
 def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, profile_spec, out_dir, precision,
            max_batch, tensorrt, cfg, top_k, top_p, more_smooth) -> None:
     """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`."""
@@ -343,6 +352,97 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
         result = pipe.generate(classes, seed=seed, batch_size=batch_size)
         paths = write_pngs(result.images, out_dir)
     click.echo(f"wrote {len(paths)} images to {out_dir} ({result.seconds_total:.2f} s on {provider})")
+
+
+@main.command()
+@model_options
+@guidance_options
+@click.option("--profile", "profile_spec", metavar="PROFILE",
+              help="Profile to compare [default: fashion-tiny-calibrated, or MODEL-paper-split].")
+@click.option("--bundle", "bundle_path", type=click.Path(file_okay=False),
+              help="Exported bundle of that profile to run on the runtime [default: export one into OUT/bundle].")
+@click.option("--no-bundle", is_flag=True, help="Leave the runtime out (no export).")
+@click.option("--no-peers", is_flag=True, help="Leave the fastvar-like and skipvar-like profiles out.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--images", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Prompts, spread evenly over the classes.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for bench.json, report.md and plots.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
+def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, more_smooth,
+          profile_spec, bundle_path, no_bundle, no_peers, provider, images, seed, batch_size, out_dir,
+          json_path) -> None:
+    """Baseline, accelerated (torch), the bundle (runtime) and the peers, side by side."""
+    import json
+
+    from .bench.command import bench as run_bench
+    from .bench.report import table
+    from .models.loading import resolve_model
+    from .runtime.atomic import atomic_path
+
+    if json_path:
+        _check_writable_parent(json_path)
+    if bundle_path and no_bundle:
+        raise FastervarError("--bundle and --no-bundle contradict each other")
+    settings = _settings(cfg, top_k, top_p, more_smooth, "portable")
+    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    profile = _load_profile(profile_spec) if profile_spec else _default_profile(model)
+    _accelerated(model, profile)
+    pipeline = None if no_bundle else _bench_pipeline(model, profile, settings, bundle_path, out_dir, batch_size,
+                                                      provider)
+    quality = "none" if random_weights else ("paired" if var_checkpoint else "full")
+    result, report = run_bench(model, profile, pipeline, settings, images, seed, batch_size, Path(out_dir), quality,
+                               peers=not no_peers)
+    click.echo(table(result))
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+    click.echo(f"report: {report}")
+
+
+def _default_profile(model):
+    """The embedded model's calibrated profile; else the shipped paper-split template, or one made
+    on the spot for configurations without a shipped template."""
+    from .accel.presets import paper_split
+    from .assets import EMBEDDED_MODEL_NAME
+    from .profiles import shipped
+    name = f"{EMBEDDED_MODEL_NAME}-calibrated" if model.cfg.name == EMBEDDED_MODEL_NAME else f"{model.cfg.name}-paper-split"
+    return _load_profile(name) if name in shipped() else paper_split(model.cfg)
+
+
+def _bench_pipeline(model, profile, settings, bundle_path, out_dir, batch_size, provider):
+    """The given bundle (checked to hold this profile), or a fresh export into OUT/bundle."""
+    from .runtime.pipeline import Pipeline
+    if bundle_path is None:
+        from .calibrate.run import weights_sha256
+        from .export.bundle import export_bundle
+        bundle_path = Path(out_dir) / "bundle"
+        _check_bundle_target(str(bundle_path))
+        export_bundle(model, profile, bundle_path, settings, max_batch=batch_size, weights_sha256=weights_sha256(model))
+    pipe = Pipeline.from_bundle(bundle_path, provider=provider)
+    if pipe.manifest.data["profile"]["json"]["steps"] != profile.to_dict()["steps"]:
+        raise FastervarError(f"bundle {bundle_path} was exported with profile "
+                             f"{pipe.manifest.data['profile']['name']!r}, not {profile.name!r}")
+    return pipe
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo", show_default=True,
+              help="Folder for everything: profile, calibration report, bundle, images, bench report.")
+@click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Calibration seeds per class.")
+@click.option("--max-quality-drop", type=click.FloatRange(0, 1), default=0.15, show_default=True)
+@click.option("--images", type=click.IntRange(min=2), default=100, show_default=True, help="Bench prompts.")
+def demo(out_dir, seeds, max_quality_drop, images) -> None:
+    """The main job on the embedded model: calibrate -> export -> run -> bench, into one folder."""
+    from .bench.demo import run_demo
+    seed_list = _int_list(seeds, "--seeds")
+    if not seed_list or min(seed_list) < 0:
+        raise FastervarError("--seeds must list non-negative integers")
+    summary = run_demo(Path(out_dir), seed_list, max_quality_drop, images)
+    for line in summary:
+        click.echo(line)
 
 
 @main.group()

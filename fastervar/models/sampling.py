@@ -51,8 +51,8 @@ def apply_guidance(logits: torch.Tensor, t: float) -> torch.Tensor:
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set everything outside the top-k and the top-p nucleus to -inf (the largest always stays)."""
     vocab = logits.shape[-1]
-    if top_k > 0:
-        kth = logits.topk(min(top_k, vocab), dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
+    if 0 < top_k < vocab:                     # k >= vocab keeps everything: skip the sort
+        kth = logits.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
         logits = logits.masked_fill(logits < kth, -torch.inf)
     if top_p > 0:
         sorted_logits, order = logits.sort(dim=-1, descending=False)

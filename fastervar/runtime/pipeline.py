@@ -57,8 +57,13 @@ class Pipeline:
     def num_classes(self) -> int:
         return self.manifest.num_classes
 
-    def generate(self, classes: Sequence[int], seed: int = 0, batch_size: int | None = None) -> RuntimeResult:
-        """One image per class index, in order; batches above the exported maximum are chunked."""
+    def generate(self, classes: Sequence[int], seed: int = 0, batch_size: int | None = None,
+                 first_index: int = 0) -> RuntimeResult:
+        """One image per class index, in order; batches above the exported maximum are chunked.
+
+        Image i of the request draws its noise as image `first_index + i`, so a request split by
+        the caller gives the same images as one request.
+        """
         classes = [int(c) for c in classes]
         bad = [c for c in classes if not 0 <= c < self.num_classes]
         if bad:
@@ -67,7 +72,8 @@ class Pipeline:
         if not classes:
             raise FastervarError("no classes given")
         chunk = min(batch_size or self.manifest.max_batch, self.manifest.max_batch)
-        parts = [self._chunk(classes[lo:lo + chunk], range(lo, min(lo + chunk, len(classes))), seed)
+        start = first_index
+        parts = [self._chunk(classes[lo:lo + chunk], range(start + lo, start + min(lo + chunk, len(classes))), seed)
                  for lo in range(0, len(classes), chunk)]
         return RuntimeResult(
             images=np.concatenate([p.images for p in parts]),

@@ -75,6 +75,9 @@ class OrtEngine:
         if not prepack:
             so.add_session_config_entry("session.disable_prepacking", "1")
         so.log_severity_level = 3             # errors only: fp16 graphs draw harmless constant-folding warnings
+        # Steps run one after another in different sessions: idle pools spinning for work would
+        # steal the cores from the session that is running.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             so.intra_op_num_threads = threads
         for name in spec.initializers:

@@ -1,0 +1,51 @@
+"""What `fastervar bench` does between parsing and printing: pick the variants, run, report."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import FastervarError
+from ..models.family import VARModel
+from ..models.sampling import SamplingSettings
+from ..profile import Profile
+from .report import write_report
+from .run import make_variants, quality_judge, run_bench
+
+
+def bench_classes(num_classes: int, images: int) -> list[int]:
+    """Prompts spread evenly over the classes (a stride coprime with 10 and 1000)."""
+    return [(7 * i) % num_classes for i in range(images)]
+
+
+def check_bundle_settings(pipeline, settings: SamplingSettings) -> None:
+    """A bundle samples with the settings baked into it; comparing it under others would mislead."""
+    baked = pipeline.manifest.data["sampler"]
+    want = {"cfg": settings.cfg, "top_k": settings.top_k, "top_p": settings.top_p, "more_smooth": settings.more_smooth}
+    diff = [f"{k} {baked.get(k)} (asked {v})" for k, v in want.items() if baked.get(k) != v]
+    if diff:
+        raise FastervarError(f"the bundle was exported with other sampling settings: {', '.join(diff)}; "
+                             f"pass the same options or re-export")
+
+
+def bench(model: VARModel, profile: Profile, pipeline, settings: SamplingSettings, images: int, seed: int,
+          batch_size: int, out_dir: Path, quality: str, peers: bool = True) -> tuple[dict, Path]:
+    """Run every variant and write the report; `quality` is full, paired or none (speed only)."""
+    if pipeline is not None:
+        check_bundle_settings(pipeline, settings)
+    model.batch_invariant = False          # batched convolutions, as a server runs them
+    variants = make_variants(model, profile, pipeline, peers)
+    judge = quality_judge(model) if quality == "full" else None
+    result, samples = run_bench(model, variants, bench_classes(model.cfg.var.num_classes, images), settings, seed,
+                                batch_size, paired=quality != "none", judge=judge)
+    result.update(model=model.cfg.name, profile=profile.name, quality=quality, settings=settings.__dict__,
+                  environment={"fastervar": __version__, "torch": torch.__version__,
+                               "torch_threads": torch.get_num_threads(),
+                               "device": "cuda" if model.var.head.weight.is_cuda else "cpu",
+                               "machine": platform.machine(),
+                               "runtime_provider": getattr(pipeline, "provider", None)})
+    report = write_report(result, out_dir, samples, f"fastervar bench: {model.cfg.name}, profile {profile.name}")
+    return result, report

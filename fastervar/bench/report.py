@@ -1,0 +1,115 @@
+"""The bench report: bench.json, a markdown table and three plots (per-step time, speed vs
+quality, an image grid of the same seeds across variants). The markdown is rendered from the
+same dict that is written as JSON, so their figures cannot disagree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.atomic import atomic_path
+from ..runtime.images import save_png, tile_grid
+
+COLUMNS = [("seconds_per_image", "s/image", "{:.4f}"), ("speedup_total", "speedup", "{:.2f}x"),
+           ("speedup_transformer", "steps speedup", "{:.2f}x"), ("peak_memory_mib", "peak MiB", "{:.0f}"),
+           ("paired_psnr", "PSNR", "{:.2f}"), ("paired_ssim", "SSIM", "{:.3f}"),
+           ("class_accuracy", "class acc", "{:.3f}"), ("frechet_distance", "FD", "{:.1f}")]
+
+
+def table(result: dict) -> str:
+    """The summary as a markdown table (also what the CLI prints)."""
+    rows = result["variants"]
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows.values())]
+    lines = ["| variant | profile | " + " | ".join(c[1] for c in cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for name, r in rows.items():
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "" for key, _, fmt in cols]
+        lines.append(f"| {name} | {r['profile'] or '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def step_table(result: dict) -> str:
+    rows = result["variants"]
+    names = list(rows)
+    lines = ["| step | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    n_steps = len(next(iter(rows.values()))["step_seconds"])
+    for k in range(n_steps):
+        lines.append(f"| {k} | " + " | ".join(f"{rows[n]['step_seconds'][k]:.4f}" for n in names) + " |")
+    lines.append("| decode | " + " | ".join(f"{rows[n]['decode_seconds']:.4f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def _save(fig, dest: Path) -> None:
+    import matplotlib.pyplot as plt
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_steps(result: dict, dest: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["variants"]
+    names = list(rows)
+    n = result["images"]
+    n_steps = len(rows[names[0]]["step_seconds"])
+    cmap = plt.get_cmap("viridis", n_steps + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    bottom = np.zeros(len(names))
+    for k in range(n_steps + 1):
+        vals = np.array([(rows[v]["step_seconds"][k] if k < n_steps else rows[v]["decode_seconds"]) / n for v in names])
+        ax.bar(names, vals * 1e3, bottom=bottom * 1e3, color=cmap(k), label=f"step {k}" if k < n_steps else "decode")
+        bottom += vals
+    ax.set_ylabel("ms per image")
+    ax.set_title("Where the time goes, per variant")
+    ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    _save(fig, dest)
+
+
+def plot_front(result: dict, dest: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = {k: r for k, r in result["variants"].items() if r.get("paired_ssim") is not None}
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, r in rows.items():
+        ax.scatter(r["speedup_total"], r["paired_ssim"], s=40)
+        ax.annotate(name, (r["speedup_total"], r["paired_ssim"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.scatter([1.0], [1.0], marker="*", s=90, color="black")
+    ax.annotate("baseline", (1.0, 1.0), fontsize=8, xytext=(4, -10), textcoords="offset points")
+    ax.set_xlabel("end-to-end speedup (measured, interleaved)")
+    ax.set_ylabel("paired SSIM vs baseline")
+    ax.set_title("Speed against quality")
+    _save(fig, dest)
+
+
+def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarray], title: str) -> Path:
+    """bench.json, report.md and the plots in out_dir; returns the report's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "bench.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    plot_steps(result, out_dir / "steps.png")
+    plot_front(result, out_dir / "front.png")
+    rows = list(sample_images)
+    grid = np.concatenate([sample_images[r] for r in rows])
+    save_png(tile_grid(grid, rows=len(rows), scale=2), out_dir / "grid.png")
+    env = result.get("environment", {})
+    md = [f"# {title}", "",
+          f"{result['images']} images, batch {result['batch_size']}, seed {result['seed']}, portable sampler; "
+          f"variants interleaved batch by batch in one process. "
+          + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+          "Speedups are the baseline's time over the variant's, both measured in this run. Paired PSNR/SSIM "
+          "compare each variant's image with the baseline's for the same prompt and noise.", "",
+          table(result), "", "## Per-step time (seconds, all images)", "", step_table(result), "",
+          "![per-step time](steps.png)", "", "![speed against quality](front.png)", "",
+          "## Same seeds, every variant", "", "Rows, top to bottom: " + ", ".join(rows) + ".", "",
+          "![grid](grid.png)", ""]
+    path = out_dir / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(md))
+    return path

@@ -1,0 +1,118 @@
+"""`fastervar bench` and `fastervar demo`: same prompts and noise for every variant, a report whose
+figures are bench.json's, and bad arguments refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastervar.bench import demo as demo_mod
+from fastervar.bench.memory import PeakMemory
+from fastervar.bench.report import table
+from fastervar.cli import main
+from fastervar.profiles import resolve
+
+from .test_cli import assert_bad_input
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    r = run("bench", "--images", "20", "--batch-size", "10", "--out", str(d / "report"), "--json", str(d / "b.json"))
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_bench_runs_every_variant_on_the_same_noise(bench_dir):
+    res = json.loads((bench_dir / "b.json").read_text())
+    rows = res["variants"]
+    assert list(rows) == ["baseline", "accelerated", "bundle", "fastvar-like", "skipvar-like"]
+    # the bundle is the accelerated profile on another backend: same tokens, so the same images
+    assert abs(rows["bundle"]["paired_ssim"] - rows["accelerated"]["paired_ssim"]) < 1e-3
+    assert rows["bundle"]["class_accuracy"] == rows["accelerated"]["class_accuracy"]
+    for name, r in rows.items():
+        assert len(r["step_seconds"]) == 7 and r["seconds_total"] > 0
+        assert r["class_accuracy"] is not None and r["frechet_distance"] is not None
+        if name != "baseline":
+            assert 0 < r["paired_ssim"] <= 1
+    assert rows["skipvar-like"]["step_seconds"][6] < rows["baseline"]["step_seconds"][6]   # the skipped step
+
+
+def test_bench_report_matches_json(bench_dir):
+    rep = bench_dir / "report"
+    res = json.loads((rep / "bench.json").read_text())
+    assert res == json.loads((bench_dir / "b.json").read_text())
+    md = (rep / "report.md").read_text()
+    assert table(res) in md
+    for png in ("steps.png", "front.png", "grid.png"):
+        assert (rep / png).stat().st_size > 1000
+    assert (rep / "bundle" / "manifest.json").exists()
+
+
+def test_bench_random_weights_is_speed_only(tmp_path):
+    r = run("bench", "--model", "tiny", "--random-weights", "--images", "4", "--batch-size", "2", "--no-peers",
+            "--out", str(tmp_path / "r"))
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "r" / "bench.json").read_text())["variants"]
+    assert list(rows) == ["baseline", "accelerated", "bundle"]
+    assert all("paired_ssim" not in r and "class_accuracy" not in r for r in rows.values())
+
+
+def test_bench_bad_arguments(bench_dir, tmp_path):
+    out = str(tmp_path / "o")
+    assert_bad_input(run("bench", "--profile", "nope", "--out", out), "nope")
+    assert_bad_input(run("bench", "--profile", "d16-paper-split", "--out", out), "made for another model")
+    assert_bad_input(run("bench", "--bundle", str(tmp_path), "--no-bundle", "--out", out), "contradict")
+    bundle = str(bench_dir / "report" / "bundle")
+    assert_bad_input(run("bench", "--bundle", bundle, "--cfg", "3", "--out", out), "cfg 1.5 (asked 3.0)")
+    assert_bad_input(run("bench", "--bundle", bundle, "--profile", "fashion-tiny-skipvar-like", "--out", out),
+                     "was exported with profile 'fashion-tiny-calibrated'")
+    r = run("bench", "--images", "1", "--out", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as m:
+        block = np.ones(64 * 2**20 // 8)            # 64 MiB, touched
+        block.sum()
+    assert m.peak_bytes is not None and m.peak_bytes >= 48 * 2**20
+
+
+def test_interrupted_demo_leaves_no_half_written_bundle(tmp_path, monkeypatch):
+    real = demo_mod.export_bundle
+
+    def quick_calibrate(model, classes, seeds, settings, target, drop, out, report_dir, *rest):
+        prof = resolve("fashion-tiny-calibrated")       # calibration itself is covered in test_profile_cli
+        prof.save(out)
+        return prof, report_dir / "report.md"
+
+    def interrupted_export(*args, **kwargs):
+        from fastervar.export import bundle as bundle_mod
+        calls = []
+        trace = bundle_mod._trace
+
+        def stop(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return trace(*a, **k)
+        monkeypatch.setattr(bundle_mod, "_trace", stop)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(demo_mod, "calibrate", quick_calibrate)
+    monkeypatch.setattr(demo_mod, "export_bundle", interrupted_export)
+    r = run("demo", "--out", str(tmp_path / "d"), "--seeds", "0,1,2,3,4", "--images", "10")
+    assert r.exit_code == 130
+    d = tmp_path / "d"
+    assert json.loads((d / "profile.json").read_text())["name"]        # the finished stage is whole
+    leftovers = [p.name for p in d.iterdir()]
+    assert "bundle" not in leftovers and not any(n.startswith(".bundle") for n in leftovers)
+    assert not (d / "images").exists()
