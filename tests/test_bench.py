@@ -4,7 +4,6 @@ figures are bench.json's, and bad arguments refused in one line."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -46,8 +46,8 @@ def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int) 
         f"bundle:             {bundle}",
         f"images:             {out / 'images'} ({len(gen.images)} PNGs from the runtime)",
         f"bench:              {report}",
-        f"bundle vs baseline: {b['speedup_total']:.2f}x end to end, {b['speedup_transformer']:.2f}x in the scale "
-        f"steps; paired SSIM {b['paired_ssim']:.3f}; class accuracy {rows['baseline']['class_accuracy']:.3f} -> "
-        f"{b['class_accuracy']:.3f}; FD {rows['baseline']['frechet_distance']:.1f} -> {b['frechet_distance']:.1f}",
+        (f"bundle vs baseline: {b['speedup_total']:.2f}x end to end, {b['speedup_transformer']:.2f}x in the scale "
+         f"steps; paired SSIM {b['paired_ssim']:.3f}; class accuracy {rows['baseline']['class_accuracy']:.3f} -> "
+         f"{b['class_accuracy']:.3f}; FD {rows['baseline']['frechet_distance']:.1f} -> {b['frechet_distance']:.1f}"),
         f"done in {time.perf_counter() - t0:.0f} s",
     ]

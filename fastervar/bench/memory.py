@@ -30,7 +30,7 @@ class PeakMemory:
         self.peak_bytes: int | None = None
         self._stop = threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034 -- typing.Self needs Python 3.11
         if self.device == "cuda":
             import torch
             torch.cuda.synchronize()

@@ -100,11 +100,11 @@ def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarra
     save_png(tile_grid(grid, rows=len(rows), scale=2), out_dir / "grid.png")
     env = result.get("environment", {})
     md = [f"# {title}", "",
-          f"{result['images']} images, batch {result['batch_size']}, seed {result['seed']}, portable sampler; "
-          f"variants interleaved batch by batch in one process. "
-          + ", ".join(f"{k} {v}" for k, v in env.items()), "",
-          "Speedups are the baseline's time over the variant's, both measured in this run. Paired PSNR/SSIM "
-          "compare each variant's image with the baseline's for the same prompt and noise.", "",
+          (f"{result['images']} images, batch {result['batch_size']}, seed {result['seed']}, portable sampler; "
+           f"variants interleaved batch by batch in one process. " + ", ".join(f"{k} {v}" for k, v in env.items())),
+          "",
+          ("Speedups are the baseline's time over the variant's, both measured in this run. Paired PSNR/SSIM "
+           "compare each variant's image with the baseline's for the same prompt and noise."), "",
           table(result), "", "## Per-step time (seconds, all images)", "", step_table(result), "",
           "![per-step time](steps.png)", "", "![speed against quality](front.png)", "",
           "## Same seeds, every variant", "", "Rows, top to bottom: " + ", ".join(rows) + ".", "",

@@ -23,6 +23,7 @@ from ..models.sampling import SamplingSettings
 from ..profile import Profile
 from .memory import PeakMemory
 
+
 @dataclass
 class Variant:
     name: str
@@ -100,7 +101,12 @@ def quality_judge(model: VARModel):
     """Class accuracy and FD/KID from the shipped evaluator, for models in its domain; else None."""
     from ..errors import FastervarError
     from ..evaluate.features import ClassifierFeatures
-    from ..evaluate.run import Reference, check_embedded_domain, class_accuracy, distribution_scores
+    from ..evaluate.run import (
+        Reference,
+        check_embedded_domain,
+        class_accuracy,
+        distribution_scores,
+    )
     try:
         check_embedded_domain(model)
     except FastervarError:
