@@ -458,7 +458,7 @@ def profiles_list() -> None:
         p = resolve(name)
         sp = p.measured.get("predicted_speedup_transformer")
         click.echo(f"{name:<32} {p.model['config']:<14} {'calibrated' if p.calibrated else 'template':<11}"
-                   f" {('%.2fx' % sp) if sp else '':>7}  {p.description[:60]}")
+                   f" {f'{sp:.2f}x' if sp else '':>7}  {p.description[:60]}")
 
 
 @profiles.command("show")

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from fastervar.errors import FastervarError
-from fastervar.models.checkpoint import (infer_var_config, load_model, load_model_dir, read_state_dict,
-                                         save_model_dir)
+from fastervar.models.checkpoint import (
+    infer_var_config,
+    load_model,
+    load_model_dir,
+    read_state_dict,
+    save_model_dir,
+)
 from fastervar.models.configs import get_config
 from fastervar.models.family import VARModel
 

@@ -124,6 +124,7 @@ def test_bad_arguments_are_usage_errors(tmp_path):
 def test_real_process_prints_one_line_and_exits_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "fastervar.cli", "generate", "--var-checkpoint",
                         str(tmp_path / "missing.pth"), "--vae-checkpoint", str(tmp_path / "v.pth"),
-                        "--class", "1", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+                        "--class", "1", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                       check=False)
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: checkpoint not found")

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastervar.assets import CLASSIFIER_FILE, EMBEDDED_MODEL_DIR, REAL_TEST_IMAGES_FILE, ROOT
+from fastervar.assets import (
+    CLASSIFIER_FILE,
+    EMBEDDED_MODEL_DIR,
+    REAL_TEST_IMAGES_FILE,
+    ROOT,
+)
 from fastervar.evaluate.features import ClassifierFeatures
 from fastervar.evaluate.metrics import psnr
 from fastervar.evaluate.run import real_test_images, reconstructions

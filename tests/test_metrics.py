@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastervar.evaluate.metrics import frechet_distance, gaussian_stats, kid, mean_psnr, psnr, ssim
+from fastervar.evaluate.metrics import (
+    frechet_distance,
+    gaussian_stats,
+    kid,
+    mean_psnr,
+    psnr,
+    ssim,
+)
 
 
 def test_frechet_distance_zero_for_same_stats_and_grows_with_shift():

@@ -17,7 +17,12 @@ import torch
 
 from ..models.family import StepOutput, StepState, VARModel
 from ..models.resample import resample
-from ..models.sampling import SamplingSettings, apply_guidance, guidance_weight, sample_step
+from ..models.sampling import (
+    SamplingSettings,
+    apply_guidance,
+    guidance_weight,
+    sample_step,
+)
 from ..models.var import KV
 from ..profile import Profile, StepPlan, check_against
 from .factorize import factorize
@@ -66,7 +71,7 @@ class AcceleratedModel:
                     out[(k, i, name)] = cache[key]
         return out
 
-    def cast_(self, dtype: torch.dtype) -> "AcceleratedModel":
+    def cast_(self, dtype: torch.dtype) -> AcceleratedModel:
         """Move the model and the factorized weights to `dtype` (export at half precision)."""
         self.model.to(dtype)
         self._factors = {k: tuple(t.to(dtype) for t in f) for k, f in self._factors.items()}

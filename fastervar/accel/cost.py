@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..models.configs import ModelConfig
 from ..profile import FACTORIZABLE, Profile, StepPlan

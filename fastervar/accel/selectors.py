@@ -27,7 +27,7 @@ def random_projection(feats: torch.Tensor, keep: int, dim: int = 8, seed: int = 
     The projection makes the cost independent of the feature width; farthest-point sampling picks
     r tokens that span the map's feature space, so restoring the rest from cache loses least.
     """
-    b, n, c = feats.shape
+    b, _, c = feats.shape
     rng = np.random.default_rng(seed)                   # a constant: graph export sees no RNG op
     proj = torch.from_numpy(rng.standard_normal((c, dim)) / math.sqrt(dim)).to(feats)
     z = feats @ proj                                            # (B, n, dim)

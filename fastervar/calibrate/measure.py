@@ -26,7 +26,12 @@ from ..evaluate.metrics import ssim
 from ..models.family import VARModel, to_uint8
 from ..models.resample import resample
 from ..models.sampler import step_noise
-from ..models.sampling import SamplingSettings, apply_guidance, guidance_weight, sample_step
+from ..models.sampling import (
+    SamplingSettings,
+    apply_guidance,
+    guidance_weight,
+    sample_step,
+)
 from ..profile import FACTORIZABLE
 
 
@@ -50,12 +55,11 @@ class Measurements:
         arrays.update({f"cov/{k}": v for k, v in self.input_cov.items()})
         arrays["erank_keys"] = np.array(list(self.effective_rank), dtype=str)
         arrays["erank_values"] = np.array(list(self.effective_rank.values()), dtype=np.float64)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
 
     @classmethod
-    def load(cls, path: Path) -> "Measurements":
+    def load(cls, path: Path) -> Measurements:
         z = np.load(path, allow_pickle=False)
         steps = len(z["semantic"])
         return cls(semantic=z["semantic"], structure=z["structure"], guidance_tv=z["guidance_tv"],

@@ -93,8 +93,8 @@ def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: lis
     lines += ["", "![convergence](convergence.png)", "", "## Chosen profile", ""]
     lines += [f"- **{k}**: {v}" for k, v in chosen.row().items()]
     lines += ["", "![cost per step](cost_per_step.png)", "", "## Against the peers at equal predicted speed (+-10%)", "",
-              "Our best candidate within 10% of each peer recipe's predicted speedup, judged on the same prompts "
-              "and noise (paired to the baseline).", "",
+              ("Our best candidate within 10% of each peer recipe's predicted speedup, judged on the same prompts "
+               "and noise (paired to the baseline)."), "",
               "| peer | speedup | SSIM | PSNR | class acc | ours: speedup | SSIM | PSNR | class acc |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in peers:

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..accel.presets import fastvar_like, skipvar_like
 from ..models.family import VARModel
 from ..models.sampler import generate
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from .measure import Measurements, cache_key, measure
 from .report import write_report
-from ..accel.presets import fastvar_like, skipvar_like
 from .search import Searcher, equal_speed_comparison, search, stage_split
 
 

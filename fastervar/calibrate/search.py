@@ -14,13 +14,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..accel.accelerated import AcceleratedModel
+from ..accel.cost import predicted_speedup
 from ..errors import FastervarError
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity, model_identity
-from ..accel.accelerated import AcceleratedModel
-from ..accel.cost import predicted_speedup
 from .measure import Measurements
 
 KEEP_RATIOS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8)

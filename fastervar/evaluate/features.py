@@ -34,7 +34,7 @@ class ClassifierFeatures:
         self.net = net.eval()
 
     @classmethod
-    def shipped(cls) -> "ClassifierFeatures":
+    def shipped(cls) -> ClassifierFeatures:
         from safetensors.torch import load_file
         if not CLASSIFIER_FILE.exists():
             raise FastervarError(f"the shipped classifier is missing: {CLASSIFIER_FILE}")

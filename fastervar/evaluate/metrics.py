@@ -63,7 +63,7 @@ def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     x = np.asarray(a, np.float64)
     y = np.asarray(b, np.float64)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    blur = lambda t: gaussian_filter(t, sigma=(0, sigma, sigma, 0), truncate=3.5)  # noqa: E731
+    blur = lambda t: gaussian_filter(t, sigma=(0, sigma, sigma, 0), truncate=3.5)
     mx, my = blur(x), blur(y)
     sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))

@@ -28,14 +28,14 @@ class Reference:
     test_accuracy: float | None
 
     @classmethod
-    def shipped(cls) -> "Reference":
+    def shipped(cls) -> Reference:
         if not REFERENCE_STATS_FILE.exists():
             raise FastervarError(f"the shipped reference statistics are missing: {REFERENCE_STATS_FILE}")
         z = np.load(REFERENCE_STATS_FILE)
         return cls(z["mu"], z["sigma"], z["kid_features"], float(z["test_accuracy"]))
 
     @classmethod
-    def from_images(cls, ext: FeatureExtractor, images: np.ndarray) -> "Reference":
+    def from_images(cls, ext: FeatureExtractor, images: np.ndarray) -> Reference:
         feats = ext.features(images)
         mu, sigma = gaussian_stats(feats)
         return cls(mu, sigma, feats, None)

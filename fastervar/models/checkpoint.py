@@ -19,8 +19,16 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import FastervarError
 from ..runtime.atomic import atomic_path
-from .configs import (NAMED_CONFIGS, OFFICIAL_VAE, SCHEDULE_256, SCHEDULE_512, ModelConfig, VARConfig,
-                      VQVAEConfig, validate)
+from .configs import (
+    NAMED_CONFIGS,
+    OFFICIAL_VAE,
+    SCHEDULE_256,
+    SCHEDULE_512,
+    ModelConfig,
+    VARConfig,
+    VQVAEConfig,
+    validate,
+)
 from .family import VARModel
 
 StateDict = dict[str, torch.Tensor]

@@ -78,7 +78,7 @@ class ModelConfig:
                 "description": self.description}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         try:
             var = dict(data["var"])
             vae = dict(data["vae"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .configs import ModelConfig, validate
 from .resample import resample

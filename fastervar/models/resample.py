@@ -9,7 +9,7 @@ matrices are built in numpy (float64), so graph tracing sees constants, not the 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ def _cubic(t: float, a: float = -0.75) -> np.ndarray:
     return np.array([far(t + 1), near(t), near(1 - t), far(2 - t)])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _matrix64(src: int, dst: int, mode: str) -> np.ndarray:
     m = np.zeros((dst, src))
     scale = src / dst

@@ -7,10 +7,9 @@ torch.Generator with seed + j, exactly as one upstream `autoregressive_infer_cfg
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import time
 
 import torch
 from tqdm.auto import tqdm

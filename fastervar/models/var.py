@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .configs import VARConfig
 
@@ -53,7 +53,7 @@ class SelfAttention(nn.Module):
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head q, k, v of shape (B, H, L, hd), with the L2 normalisation applied."""
-        b, n, c = x.shape
+        b, n, _ = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = linear(x, self.mat_qkv, self.factors.get("mat_qkv"), bias)
         qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim)

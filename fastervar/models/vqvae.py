@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .configs import VQVAEConfig
 from .resample import resample

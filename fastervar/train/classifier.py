@@ -54,7 +54,7 @@ def test_accuracy(ext: ClassifierFeatures, data_dir: str | None) -> float:
 
 def reference_stats(ext: ClassifierFeatures, data_dir: str | None, kid_samples: int = 2000) -> dict[str, np.ndarray]:
     """Gaussian statistics of all 10k real test images, plus a feature sample for KID."""
-    images, labels = load_split("test", data_dir)
+    images, _ = load_split("test", data_dir)
     feats = ext.features(to_uint8_rgb(images))
     mu, sigma = gaussian_stats(feats)
     pick = np.random.default_rng(0).choice(len(feats), kid_samples, replace=False)
@@ -80,10 +80,8 @@ def build_eval_assets(work: Path, out: Path, seed: int, data_dir: str | None) ->
     (out / "classifier").mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "classifier" / "classifier.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    with atomic_path(out / "classifier" / "fashion_test_stats.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **stats)
-    with atomic_path(out / "fashion_mnist_test_1000.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **real_test_subset(data_dir))
+    with atomic_path(out / "classifier" / "fashion_test_stats.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **stats)
+    with atomic_path(out / "fashion_mnist_test_1000.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **real_test_subset(data_dir))
     return {"classifier_test_accuracy": float(stats["test_accuracy"])}
