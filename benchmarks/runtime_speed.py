@@ -31,19 +31,26 @@ from fastervar.profiles import resolve
 from fastervar.runtime.manifest import read_manifest
 from fastervar.runtime.pipeline import Pipeline
 
-MODES = ("shared", "prepacked")      # one weight copy for all sessions / onnxruntime's per-session repacking
+# chain: the single whole-generation graph in one session (what `fastervar run` uses);
+# shared: one session per step graph on one memory-mapped weight copy; prepacked: the same with
+# onnxruntime's per-session weight repacking.
+MODES = ("chain", "shared", "prepacked")
 RSS_PROBE = """
-import resource, sys
+import sys
 from fastervar.runtime.pipeline import Pipeline
-p = Pipeline.from_bundle(sys.argv[1], verify=False, threads=int(sys.argv[2]), prepack=sys.argv[3] == "1")
+mode = sys.argv[3]
+p = Pipeline.from_bundle(sys.argv[1], verify=False, threads=int(sys.argv[2]), prepack=mode == "prepacked",
+                         chain=mode == "chain")
 p.generate([1], seed=0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM is this process's own peak; getrusage's ru_maxrss would carry the parent's across fork+exec
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(int(hwm.split()[1]) * 1024)
 """
 
 
-def peak_rss(bundle: Path, threads: int, prepack: bool) -> int:
+def peak_rss(bundle: Path, threads: int, mode: str) -> int:
     """Peak resident memory of a fresh process that loads the bundle and makes one image."""
-    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(bundle), str(threads), "1" if prepack else "0"],
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(bundle), str(threads), mode],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
@@ -76,21 +83,23 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"{bundle} holds profile {manifest.data['profile']['name']!r}, not {profile.name!r}; pass another --bundle")
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bundle_bytes = sum(f.stat().st_size for f in bundle.iterdir())
-    rss = {mode: peak_rss(bundle, args.threads, mode == "prepacked") for mode in MODES}
+    rss = {mode: peak_rss(bundle, args.threads, mode) for mode in MODES}
     runtime_weights = manifest.weights["bytes"]
 
-    pipes = {mode: Pipeline.from_bundle(bundle, verify=False, threads=args.threads, prepack=mode == "prepacked")
-             for mode in MODES}
-    pipe = pipes["shared"]
+    pipes = {mode: Pipeline.from_bundle(bundle, verify=False, threads=args.threads, prepack=mode == "prepacked",
+                                        chain=mode == "chain") for mode in MODES}
     acc = AcceleratedModel(model, profile)
     classes = [(7 * i) % model.cfg.var.num_classes for i in range(args.batch)]
     ref = generate(acc, classes, settings, seed=0, batch_size=args.batch)
-    got = pipe.generate(classes, seed=0)
-    tokens_equal = all(np.array_equal(got.tokens[k], t.numpy()) for k, t in enumerate(ref.tokens))
-    image_diff = int(np.abs(got.images.astype(int) - ref.images.numpy().astype(int)).max())
+    tokens_equal, image_diff = {}, {}
+    for mode in ("chain", "shared"):
+        got = pipes[mode].generate(classes, seed=0)
+        tokens_equal[mode] = all(np.array_equal(got.tokens[k], t.numpy()) for k, t in enumerate(ref.tokens))
+        image_diff[mode] = int(np.abs(got.images.astype(int) - ref.images.numpy().astype(int)).max())
 
     generate(model, classes, settings, seed=0, batch_size=args.batch)          # warm-up
-    pipes["prepacked"].generate(classes, seed=0)                                # warm-up
+    for mode in MODES:                                                          # warm-up
+        pipes[mode].generate(classes, seed=0)
     runs: dict[str, list] = {"torch_baseline": [], **{f"ort_{m}": [] for m in MODES}}
     for rep in range(args.reps):
         g = generate(model, classes, settings, seed=rep, batch_size=args.batch)
@@ -98,12 +107,13 @@ def main(argv: list[str] | None = None) -> dict:
         line = f"rep {rep}: torch baseline {g.seconds_total:7.3f}s"
         for mode in MODES:
             r = pipes[mode].generate(classes, seed=rep)
-            runs[f"ort_{mode}"].append({"steps": r.step_seconds, "decode": r.decode_seconds, "total": r.seconds_total})
+            runs[f"ort_{mode}"].append({"steps": r.step_seconds, "decode": r.decode_seconds, "graph": r.graph_seconds,
+                                        "total": r.seconds_total})
             line += f"   ORT {mode} {r.seconds_total:7.3f}s"
         print(line, file=sys.stderr)
 
     def med(name: str, key: str, k: int | None = None) -> float:
-        return statistics.median(r[key][k] if k is not None else r[key] for r in runs[name])
+        return statistics.median(r.get(key, 0.0)[k] if k is not None else r.get(key, 0.0) for r in runs[name])
 
     def ratio(mode: str) -> float:
         return statistics.median(b["total"] / a["total"] for b, a in zip(runs["torch_baseline"], runs[f"ort_{mode}"]))
@@ -114,14 +124,16 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in MODES:
         print(f"runtime peak RSS ({mode}) {rss[mode] / 2**20:.1f} MiB = {rss[mode] / runtime_weights:.3f}x the "
               f"bundle's weights ({runtime_weights / 2**20:.1f} MiB)")
-    print(f"parity with the torch accelerated path: tokens {'equal' if tokens_equal else 'DIFFER'} at every step, "
-          f"images within {image_diff} uint8 level(s)\n")
+    for mode, equal in tokens_equal.items():
+        print(f"parity ({mode}) with the torch accelerated path: tokens "
+              f"{'equal' if equal else 'DIFFER'} at every step, images within {image_diff[mode]} uint8 level(s)")
+    print()
     cols = ["torch_baseline"] + [f"ort_{m}" for m in MODES]
     print(f"{'step':>6} {'tokens':>9} {'mode':>7}" + "".join(f"{c:>16}" for c in cols) + "   (median seconds)")
     for k, plan in enumerate(profile.steps):
         run = plan.keep if plan.mode == "reduce" else (0 if plan.mode == "skip" else model.tokens_at(k))
         print(f"{k:>6} {run:>4}/{model.tokens_at(k):<4}{plan.mode:>7}" + "".join(f"{med(c, 'steps', k):>16.4f}" for c in cols))
-    for key in ("decode", "total"):
+    for key in ("decode", "graph", "total"):
         print(f"{key:>6} {'':>9} {'':>7}" + "".join(f"{med(c, key):>16.4f}" for c in cols))
     result = {
         "model": args.model, "profile": profile.name, "batch": args.batch, "reps": args.reps, "threads": args.threads,

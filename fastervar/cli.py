@@ -339,16 +339,19 @@ def _check_bundle_target(out_dir: str) -> None:
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Chunk size [default: the bundle's max batch].")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads per session (0: onnxruntime's default).")
+@click.option("--step-graphs", is_flag=True,
+              help="Run one engine per step graph instead of the single whole-generation graph (TensorRT plans do).")
 @click.option("--prepack", is_flag=True,
-              help="Let onnxruntime repack weights per step graph: faster on CPU, one weight copy per graph.")
-def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, threads, prepack) -> None:
+              help="With --step-graphs: let onnxruntime repack weights per graph (faster, one weight copy per graph).")
+def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, threads, step_graphs, prepack) -> None:
     """Generate with an exported bundle: torch-free, on onnxruntime or TensorRT."""
     from .runtime.images import output_dir, write_pngs
     from .runtime.pipeline import Pipeline
 
     classes = _parse_classes(class_ids, classes_file)
     with output_dir(out_dir):
-        pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads, prepack=prepack)
+        pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads, prepack=prepack,
+                                    chain=False if step_graphs else None)
         result = pipe.generate(classes, seed=seed, batch_size=batch_size)
         paths = write_pngs(result.images, out_dir)
     click.echo(f"wrote {len(paths)} images to {out_dir} ({result.seconds_total:.2f} s on {provider})")
@@ -390,10 +393,10 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     profile = _load_profile(profile_spec) if profile_spec else _default_profile(model)
     _accelerated(model, profile)
-    pipeline = None if no_bundle else _bench_pipeline(model, profile, settings, bundle_path, out_dir, batch_size,
+    pipelines = {} if no_bundle else _bench_pipelines(model, profile, settings, bundle_path, out_dir, batch_size,
                                                       provider)
     quality = "none" if random_weights else ("paired" if var_checkpoint else "full")
-    result, report = run_bench(model, profile, pipeline, settings, images, seed, batch_size, Path(out_dir), quality,
+    result, report = run_bench(model, profile, pipelines, settings, images, seed, batch_size, Path(out_dir), quality,
                                peers=not no_peers)
     click.echo(table(result))
     if json_path:
@@ -412,20 +415,20 @@ def _default_profile(model):
     return _load_profile(name) if name in shipped() else paper_split(model.cfg)
 
 
-def _bench_pipeline(model, profile, settings, bundle_path, out_dir, batch_size, provider):
+def _bench_pipelines(model, profile, settings, bundle_path, out_dir, batch_size, provider) -> dict:
     """The given bundle (checked to hold this profile), or a fresh export into OUT/bundle."""
-    from .runtime.pipeline import Pipeline
+    from .bench.command import runtime_variants
     if bundle_path is None:
         from .calibrate.run import weights_sha256
         from .export.bundle import export_bundle
         bundle_path = Path(out_dir) / "bundle"
         _check_bundle_target(str(bundle_path))
         export_bundle(model, profile, bundle_path, settings, max_batch=batch_size, weights_sha256=weights_sha256(model))
-    pipe = Pipeline.from_bundle(bundle_path, provider=provider)
-    if pipe.manifest.data["profile"]["json"]["steps"] != profile.to_dict()["steps"]:
-        raise FastervarError(f"bundle {bundle_path} was exported with profile "
-                             f"{pipe.manifest.data['profile']['name']!r}, not {profile.name!r}")
-    return pipe
+    pipes = runtime_variants(Path(bundle_path), provider)
+    made_for = pipes["bundle"].manifest.data["profile"]
+    if made_for["json"]["steps"] != profile.to_dict()["steps"]:
+        raise FastervarError(f"bundle {bundle_path} was exported with profile {made_for['name']!r}, not {profile.name!r}")
+    return pipes
 
 
 @main.command()

@@ -33,10 +33,13 @@ def bench_dir(tmp_path_factory):
 def test_bench_runs_every_variant_on_the_same_noise(bench_dir):
     res = json.loads((bench_dir / "b.json").read_text())
     rows = res["variants"]
-    assert list(rows) == ["baseline", "accelerated", "bundle", "fastvar-like", "skipvar-like"]
+    assert list(rows) == ["baseline", "accelerated", "bundle", "bundle-steps", "fastvar-like", "skipvar-like"]
     # the bundle is the accelerated profile on another backend: same tokens, so the same images
-    assert abs(rows["bundle"]["paired_ssim"] - rows["accelerated"]["paired_ssim"]) < 1e-3
-    assert rows["bundle"]["class_accuracy"] == rows["accelerated"]["class_accuracy"]
+    for b in ("bundle", "bundle-steps"):
+        assert abs(rows[b]["paired_ssim"] - rows["accelerated"]["paired_ssim"]) < 1e-3
+        assert rows[b]["class_accuracy"] == rows["accelerated"]["class_accuracy"]
+    assert rows["bundle"]["graph_seconds"] > 0 and rows["bundle"]["speedup_transformer"] is None
+    assert rows["bundle-steps"]["graph_seconds"] == 0 and sum(rows["bundle-steps"]["step_seconds"]) > 0
     for name, r in rows.items():
         assert len(r["step_seconds"]) == 7 and r["seconds_total"] > 0
         assert r["class_accuracy"] is not None and r["frechet_distance"] is not None
@@ -61,7 +64,7 @@ def test_bench_random_weights_is_speed_only(tmp_path):
             "--out", str(tmp_path / "r"))
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r" / "bench.json").read_text())["variants"]
-    assert list(rows) == ["baseline", "accelerated", "bundle"]
+    assert list(rows) == ["baseline", "accelerated", "bundle", "bundle-steps"]
     assert all("paired_ssim" not in r and "class_accuracy" not in r for r in rows.values())
 
 

@@ -50,19 +50,20 @@ def bundles(tmp_path_factory, embedded):
     return out
 
 
-def _parity(model, profile, path: Path, classes, seed: int) -> None:
+def _parity(model, profile, path: Path, classes, seed: int, chain: bool | None = None) -> None:
     ref = generate(AcceleratedModel(model, profile), classes, SETTINGS, seed=seed, batch_size=len(classes))
-    got = Pipeline.from_bundle(path).generate(classes, seed=seed)
+    got = Pipeline.from_bundle(path, chain=chain).generate(classes, seed=seed)
     for k, t in enumerate(ref.tokens):
         assert np.array_equal(got.tokens[k], t.numpy()), f"step {k} tokens differ"
     diff = np.abs(got.images.astype(int) - ref.images.numpy().astype(int))
     assert diff.max() <= 1
 
 
+@pytest.mark.parametrize("chain", [True, False], ids=["one-graph", "step-graphs"])
 @pytest.mark.parametrize("name", ["identity", "fashion-tiny-calibrated"])
-def test_runtime_tokens_equal_torch_accelerated_path(bundles, embedded, name):
+def test_runtime_tokens_equal_torch_accelerated_path(bundles, embedded, name, chain):
     prof, path = bundles[name]
-    _parity(embedded, prof, path, CLASSES, seed=4)     # 7 images, max batch 4: two chunks
+    _parity(embedded, prof, path, CLASSES, seed=4, chain=chain)     # 7 images, max batch 4: two chunks
 
 
 def test_d16_schedule_paper_split_parity(tmp_path):
@@ -70,7 +71,9 @@ def test_d16_schedule_paper_split_parity(tmp_path):
     from fastervar.accel.presets import paper_split
     model = random_model("tiny-d16-schedule")
     prof = paper_split(model.cfg)
-    _parity(model, prof, export_bundle(model, prof, tmp_path / "b", SETTINGS, progress=False), [1, 4], seed=2)
+    path = export_bundle(model, prof, tmp_path / "b", SETTINGS, progress=False)
+    _parity(model, prof, path, [1, 4], seed=2, chain=True)
+    _parity(model, prof, path, [1, 4], seed=2, chain=False)
 
 
 def test_bundle_layout_and_weights_stored_once(bundles, embedded):
@@ -85,6 +88,9 @@ def test_bundle_layout_and_weights_stored_once(bundles, embedded):
         ext = {i.name for i in g.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL}
         assert ext == set(e["initializers"])
         assert all(d.value == "weights.bin" for i in g.graph.initializer for d in i.external_data if d.key == "location")
+    chain = man["chain"]
+    assert [i["name"] for i in chain["inputs"]] == ["labels"] + [f"noise.{k}" for k in range(7)]
+    assert set(chain["initializers"]) <= set(man["weights"]["tensors"])   # shares weights.bin, adds nothing
     model_bytes = sum(p.numel() * 4 for p in embedded.parameters())
     bundle_bytes = sum(f.stat().st_size for f in path.iterdir())
     assert bundle_bytes <= 1.15 * model_bytes
@@ -132,6 +138,10 @@ def test_bad_bundles_are_refused_with_one_line(bundles, tmp_path):
     assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "step3.onnx does not match the hash")
     (b / "step3.onnx").unlink()
     assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "missing step3.onnx")
+    shutil.rmtree(b)
+    b = _copy(bundles, tmp_path)
+    (b / "chain.onnx").write_bytes(b"not a graph")
+    assert_bad_input(run("run", str(b), "--class", "1", "--out", out), "chain.onnx does not match the hash")
     shutil.rmtree(b)
     b = _copy(bundles, tmp_path)
     with open(b / "weights.bin", "r+b") as f:

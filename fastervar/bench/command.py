@@ -21,6 +21,15 @@ def bench_classes(num_classes: int, images: int) -> list[int]:
     return [(7 * i) % num_classes for i in range(images)]
 
 
+def runtime_variants(bundle: Path, provider: str) -> dict:
+    """The bundle as `fastervar run` runs it and, when that is the single graph, per step too."""
+    from ..runtime.pipeline import Pipeline
+    main = Pipeline.from_bundle(bundle, provider=provider)
+    if not main.single_graph:
+        return {"bundle": main}
+    return {"bundle": main, "bundle-steps": Pipeline.from_bundle(bundle, provider=provider, verify=False, chain=False)}
+
+
 def check_bundle_settings(pipeline, settings: SamplingSettings) -> None:
     """A bundle samples with the settings baked into it; comparing it under others would mislead."""
     baked = pipeline.manifest.data["sampler"]
@@ -31,13 +40,15 @@ def check_bundle_settings(pipeline, settings: SamplingSettings) -> None:
                              f"pass the same options or re-export")
 
 
-def bench(model: VARModel, profile: Profile, pipeline, settings: SamplingSettings, images: int, seed: int,
+def bench(model: VARModel, profile: Profile, pipelines: dict, settings: SamplingSettings, images: int, seed: int,
           batch_size: int, out_dir: Path, quality: str, peers: bool = True) -> tuple[dict, Path]:
-    """Run every variant and write the report; `quality` is full, paired or none (speed only)."""
-    if pipeline is not None:
-        check_bundle_settings(pipeline, settings)
+    """Run every variant and write the report; `quality` is full, paired or none (speed only).
+    `pipelines` names the runtime variants (bundle: as `fastervar run` runs it; bundle-steps: one
+    engine per step graph, so the per-step times show)."""
+    for pipe in pipelines.values():
+        check_bundle_settings(pipe, settings)
     model.batch_invariant = False          # batched convolutions, as a server runs them
-    variants = make_variants(model, profile, pipeline, peers)
+    variants = make_variants(model, profile, pipelines, peers)
     judge = quality_judge(model) if quality == "full" else None
     result, samples = run_bench(model, variants, bench_classes(model.cfg.var.num_classes, images), settings, seed,
                                 batch_size, paired=quality != "none", judge=judge)
@@ -46,6 +57,6 @@ def bench(model: VARModel, profile: Profile, pipeline, settings: SamplingSetting
                                "torch_threads": torch.get_num_threads(),
                                "device": "cuda" if model.var.head.weight.is_cuda else "cpu",
                                "machine": platform.machine(),
-                               "runtime_provider": getattr(pipeline, "provider", None)})
+                               "runtime_provider": next((p.provider for p in pipelines.values()), None)})
     report = write_report(result, out_dir, samples, f"fastervar bench: {model.cfg.name}, profile {profile.name}")
     return result, report

@@ -38,6 +38,8 @@ def step_table(result: dict) -> str:
     for k in range(n_steps):
         lines.append(f"| {k} | " + " | ".join(f"{rows[n]['step_seconds'][k]:.4f}" for n in names) + " |")
     lines.append("| decode | " + " | ".join(f"{rows[n]['decode_seconds']:.4f}" for n in names) + " |")
+    if any(rows[n].get("graph_seconds") for n in names):
+        lines.append("| one graph (all steps + decode) | " + " | ".join(f"{rows[n]['graph_seconds']:.4f}" for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -63,8 +65,12 @@ def plot_steps(result: dict, dest: Path) -> None:
         vals = np.array([(rows[v]["step_seconds"][k] if k < n_steps else rows[v]["decode_seconds"]) / n for v in names])
         ax.bar(names, vals * 1e3, bottom=bottom * 1e3, color=cmap(k), label=f"step {k}" if k < n_steps else "decode")
         bottom += vals
+    whole = np.array([rows[v].get("graph_seconds", 0.0) / n for v in names])
+    if whole.any():
+        ax.bar(names, whole * 1e3, bottom=bottom * 1e3, color="#bbbbbb", hatch="//", label="one graph (all)")
     ax.set_ylabel("ms per image")
     ax.set_title("Where the time goes, per variant")
+    ax.tick_params(axis="x", labelrotation=20)
     ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, dest)
 

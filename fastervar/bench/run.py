@@ -31,10 +31,11 @@ class Variant:
     profile: str | None
 
 
-def make_variants(model: VARModel, profile: Profile, pipeline=None, peers: bool = True) -> list[Variant]:
+def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = None, peers: bool = True) -> list[Variant]:
+    """`pipelines` maps variant names (e.g. bundle, bundle-steps) to runtime Pipelines."""
     out = [Variant("baseline", model, None), Variant("accelerated", AcceleratedModel(model, profile), profile.name)]
-    if pipeline is not None:
-        out.append(Variant("bundle", pipeline, pipeline.manifest.data["profile"]["name"]))
+    for name, pipe in (pipelines or {}).items():
+        out.append(Variant(name, pipe, pipe.manifest.data["profile"]["name"]))
     if peers:
         for p in (fastvar_like(model.cfg), skipvar_like(model.cfg)):
             out.append(Variant(p.name.removeprefix(f"{model.cfg.name}-"), AcceleratedModel(model, p), p.name))
@@ -42,13 +43,13 @@ def make_variants(model: VARModel, profile: Profile, pipeline=None, peers: bool 
 
 
 def _run(v: Variant, classes: list[int], lo: int, settings: SamplingSettings, seed: int, device: str):
-    """One batch: (uint8 images, per-step seconds, decode seconds)."""
+    """One batch: (uint8 images, per-step seconds, decode seconds, single-graph seconds)."""
     if isinstance(v.runner, (VARModel, AcceleratedModel)):
         labels = torch.tensor(classes, device=device)
         g = generate_batch(v.runner, labels, settings, seed, list(range(lo, lo + len(classes))))
-        return g.images.cpu().numpy(), g.step_seconds, g.decode_seconds
+        return g.images.cpu().numpy(), g.step_seconds, g.decode_seconds, 0.0
     r = v.runner.generate(classes, seed=seed, first_index=lo)
-    return r.images, r.step_seconds, r.decode_seconds
+    return r.images, r.step_seconds, r.decode_seconds, r.graph_seconds
 
 
 def run_bench(model: VARModel, variants: list[Variant], classes: list[int], settings: SamplingSettings,
@@ -62,16 +63,18 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
     images = {v.name: [] for v in variants}
     steps = {v.name: np.zeros(model.num_steps) for v in variants}
     decode = dict.fromkeys(images, 0.0)
+    whole = dict.fromkeys(images, 0.0)
     memory: dict[str, int | None] = dict.fromkeys(images, 0)
     starts = range(0, len(classes), batch_size)
     for lo in tqdm(starts, desc=f"bench ({len(variants)} variants)", unit="batch", disable=not progress):
         chunk = classes[lo:lo + batch_size]
         for v in variants:
             with PeakMemory(device) as mem:
-                imgs, st, dec = _run(v, chunk, lo, settings, seed, device)
+                imgs, st, dec, graph = _run(v, chunk, lo, settings, seed, device)
             images[v.name].append(imgs)
             steps[v.name] += st
             decode[v.name] += dec
+            whole[v.name] += graph
             if mem.peak_bytes is None or memory[v.name] is None:
                 memory[v.name] = None
             else:
@@ -82,11 +85,12 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
     out = {"images": n, "batch_size": batch_size, "seed": seed, "variants": {}}
     for v in variants:
         imgs = np.concatenate(images[v.name])
-        total = steps[v.name].sum() + decode[v.name]
+        total = steps[v.name].sum() + decode[v.name] + whole[v.name]
+        split = whole[v.name] == 0
         row = {"profile": v.profile, "seconds_total": total, "seconds_per_image": total / n,
-               "seconds_steps": float(steps[v.name].sum()), "step_seconds": steps[v.name].tolist(),
-               "decode_seconds": decode[v.name], "speedup_total": base_total / total,
-               "speedup_transformer": base_steps / max(steps[v.name].sum(), 1e-12),
+               "seconds_steps": float(steps[v.name].sum()) if split else None, "step_seconds": steps[v.name].tolist(),
+               "decode_seconds": decode[v.name], "graph_seconds": whole[v.name], "speedup_total": base_total / total,
+               "speedup_transformer": base_steps / max(steps[v.name].sum(), 1e-12) if split else None,
                "peak_memory_mib": None if memory[v.name] is None else memory[v.name] / 2**20}
         if paired and v.name != "baseline":
             row.update(paired_psnr=mean_psnr(base_imgs, imgs), paired_ssim=float(ssim(base_imgs, imgs).mean()))

@@ -25,7 +25,7 @@ from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from ..runtime.atomic import atomic_dir
 from ..runtime.manifest import FORMAT, MANIFEST, WEIGHTS, file_sha256
-from .graphs import DecoderGraph, StepGraph, StepIO, example_feeds, plan_io
+from .graphs import ChainGraph, DecoderGraph, StepGraph, StepIO, example_feeds, plan_io
 from .weights import WeightStore
 
 OPSET = 17
@@ -64,8 +64,25 @@ def _trace(module: torch.nn.Module, args: tuple, inputs: list[dict], outputs: li
         return onnx.load(str(path), load_external_data=True)
 
 
+def _compact(graph: onnx.GraphProto) -> None:
+    """Short names for intermediate values, no node names, doc strings or shape annotations: the
+    exporter's scoped names are a third of a small model's bundle and the runtime needs none of them."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {i.name for i in graph.initializer}
+    short: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in keep:
+                short.setdefault(name, f"t{len(short)}")
+    for node in graph.node:
+        node.name, node.doc_string = "", ""
+        node.input[:] = [short.get(n, n) for n in node.input]
+        node.output[:] = [short.get(n, n) for n in node.output]
+    del graph.value_info[:]
+
+
 def _write_graph(model: onnx.ModelProto, path: Path, store: WeightStore) -> list[str]:
     used = store.externalize(model)
+    _compact(model.graph)
     model.producer_name, model.producer_version = "fastervar", __version__
     onnx.save(model, str(path))
     try:
@@ -109,7 +126,7 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
         store = WeightStore(tmp / WEIGHTS)
         engines = []
         try:
-            bar = tqdm(total=len(ios) + 1, desc="export graphs", disable=not progress)
+            bar = tqdm(total=len(ios) + 2, desc="export graphs", disable=not progress)
             for n, io in enumerate(ios):
                 ra, rb = recs[0][0][n], recs[1][0][n]
                 ins = [_spec(name, ra[name], rb[name]) for name in io.inputs]
@@ -122,6 +139,8 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
             graph = _trace(DecoderGraph(acc), (da["f_hat"],), ins, outs)
             engines.append(_engine("decoder", None, graph, ins, outs, tmp, store))
             bar.update()
+            chain = _chain_engine(acc, ios, settings, recs, tmp, store)
+            bar.update()
             bar.close()
         finally:
             store.close()
@@ -129,7 +148,22 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
             _build_plans(tmp, engines, max_batch, precision == "fp16", progress)
         manifest = _manifest(acc.model, acc.profile, settings, precision, max_batch, weights_sha256, ios, engines,
                              store, tmp)
+        manifest["chain"] = chain
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _chain_engine(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings, recs: list, root: Path,
+                  store: WeightStore) -> dict:
+    """The whole generation as one graph, from the recorded noise and images at both example batches."""
+    ins, outs = [], []
+    for io, a, b in zip(ios, recs[0][0], recs[1][0]):
+        ins.append(_spec(f"noise.{io.step}", a["noise"], b["noise"]))
+        outs.append(_spec(f"tokens.{io.step}", a["tokens"], b["tokens"]))
+    labels = _spec("labels", recs[0][0][0]["labels"], recs[1][0][0]["labels"])
+    images = _spec("images", recs[0][1]["images"], recs[1][1]["images"])
+    args = (recs[0][0][0]["labels"], *(r["noise"] for r in recs[0][0]))
+    graph = _trace(ChainGraph(acc, ios, settings), args, [labels, *ins], [images, *outs])
+    return _engine("chain", None, graph, [labels, *ins], [images, *outs], root, store)
 
 
 def _engine(name: str, step: int | None, graph: onnx.ModelProto, ins: list[dict], outs: list[dict], root: Path,

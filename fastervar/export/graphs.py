@@ -127,3 +127,29 @@ def example_feeds(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSe
             if name.startswith(OUT):
                 state[name[len(OUT):]] = t
     return records, {"f_hat": state["f_hat"], "images": DecoderGraph(acc)(state["f_hat"])}
+
+
+class ChainGraph(nn.Module):
+    """Every executed step and the decoder in one graph: labels and each step's noise in, images
+    and tokens out. One session then holds (and prepacks) each weight once, and a batch is one call."""
+
+    def __init__(self, acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings):
+        super().__init__()
+        self.acc, self.ios, self.settings = acc, ios, settings
+        self.model = acc.model
+        self.steps = [StepGraph(acc, io, settings) for io in ios]
+        self.decoder = DecoderGraph(acc)
+
+    def forward(self, labels: torch.Tensor, *noises: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b = labels.shape[0]
+        state: dict[str, torch.Tensor] = {"labels": labels, "f_hat": self.acc.init_state(1).f_hat.expand(b, -1, -1, -1)}
+        tokens = []
+        for step, io, noise in zip(self.steps, self.ios, noises):
+            state["noise"] = noise
+            outs = step(*(state[name] for name in io.inputs))
+            for name, t in zip(io.outputs, outs):
+                if name == "tokens":
+                    tokens.append(t)
+                else:
+                    state[name[len(OUT):]] = t
+        return (self.decoder(state["f_hat"]), *tokens)

@@ -82,6 +82,12 @@ class Manifest:
     def decoder(self) -> EngineSpec:
         return next(e for e in self.engines if e.step is None)
 
+    @property
+    def chain(self) -> EngineSpec | None:
+        """All steps and the decoder as one graph (absent from bundles that did not export it)."""
+        raw = self.data.get("chain")
+        return EngineSpec(**raw) if raw else None
+
 
 def read_manifest(root: str | Path, verify: bool = True) -> Manifest:
     """Parse and check a bundle's manifest; with `verify`, hash every file it names."""
@@ -101,6 +107,8 @@ def read_manifest(root: str | Path, verify: bool = True) -> Manifest:
                           f"(re-export the bundle with this version of fastervar)")
     try:
         engines = [EngineSpec(**e) for e in data["engines"]]
+        if data.get("chain"):
+            EngineSpec(**data["chain"])
         for key in ("model", "weights", "max_batch", "sampler", "precision"):
             data[key]
         for key in ("num_classes", "vocab_size", "patch_nums"):
@@ -109,7 +117,7 @@ def read_manifest(root: str | Path, verify: bool = True) -> Manifest:
         raise BundleError(f"{path} is malformed: missing or bad field {exc}") from None
     manifest = Manifest(root, data, engines)
     files = [(data["weights"]["file"], data["weights"]["sha256"])]
-    files += [(e.graph, e.sha256) for e in engines]
+    files += [(e.graph, e.sha256) for e in engines + ([manifest.chain] if manifest.chain else [])]
     files += [(e.plan, e.plan_sha256) for e in engines if e.plan]
     for name, digest in files:
         f = root / name

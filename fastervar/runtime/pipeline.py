@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import FastervarError
 from .manifest import Manifest, read_manifest
 from .noise import batch_uniform
-from .sessions import Engine, create_engines
+from .sessions import Engine, create_chain_engine, create_engines
 
 OUT = "out."
 
@@ -28,30 +28,44 @@ class RuntimeResult:
     tokens: list[np.ndarray]            # per scale step, (N, p*p) int64; (N, 0) for a skipped step
     step_seconds: list[float]           # per scale step (noise draw included), summed over chunks
     decode_seconds: float
+    graph_seconds: float = 0.0          # the single-graph engine: steps and decoder in one call
 
     @property
     def seconds_total(self) -> float:
-        return sum(self.step_seconds) + self.decode_seconds
+        return sum(self.step_seconds) + self.decode_seconds + self.graph_seconds
 
 
 class Pipeline:
     """A loaded bundle, ready to generate: `Pipeline.from_bundle(path).generate([3, 7], seed=0)`."""
 
-    def __init__(self, manifest: Manifest, engines: list[Engine], provider: str):
-        self.manifest, self.provider = manifest, provider
+    def __init__(self, manifest: Manifest, engines: list[Engine], provider: str, chain: Engine | None = None):
+        self.manifest, self.provider, self._chain = manifest, provider, chain
         self._steps = dict(zip([e.step for e in manifest.steps], engines[:-1]))
-        self._decoder = engines[-1]
+        self._decoder = engines[-1] if engines else None
 
     @classmethod
     def from_bundle(cls, path: str | Path, provider: str = "cpu", verify: bool = True,
-                    threads: int = 0, prepack: bool = False) -> Pipeline:
-        """Check the bundle (manifest, versions, hashes) and open an engine per graph.
+                    threads: int = 0, prepack: bool = False, chain: bool | None = None) -> Pipeline:
+        """Check the bundle (manifest, versions, hashes) and open its engines.
 
-        `prepack` lets onnxruntime repack matmul weights per session: faster on CPU, but each
-        step graph then holds its own copy of the weights.
+        `chain` runs the whole generation as one graph in one session (the default on onnxruntime
+        when the bundle has it): fastest, one weight copy, but no per-step timings. Otherwise an
+        engine per step graph sharing one memory-mapped weights file; `prepack` then lets
+        onnxruntime repack matmul weights per session: faster, but one weight copy per step graph.
         """
         manifest = read_manifest(path, verify=verify)
+        if chain is None:
+            chain = manifest.chain is not None and provider in ("cpu", "cuda")
+        if chain:
+            if manifest.chain is None:
+                raise FastervarError(f"bundle {path} has no single-graph engine; re-export it or run its step graphs")
+            return cls(manifest, [], provider, create_chain_engine(manifest, provider, threads))
         return cls(manifest, create_engines(manifest, provider, threads, prepack), provider)
+
+    @property
+    def single_graph(self) -> bool:
+        """Whether this pipeline runs the whole generation as one graph (no per-step times)."""
+        return self._chain is not None
 
     @property
     def num_classes(self) -> int:
@@ -80,9 +94,12 @@ class Pipeline:
             tokens=[np.concatenate([p.tokens[k] for p in parts]) for k in range(len(parts[0].tokens))],
             step_seconds=[sum(p.step_seconds[k] for p in parts) for k in range(len(parts[0].step_seconds))],
             decode_seconds=sum(p.decode_seconds for p in parts),
+            graph_seconds=sum(p.graph_seconds for p in parts),
         )
 
     def _chunk(self, classes: list[int], indices: range, seed: int) -> RuntimeResult:
+        if self._chain is not None:
+            return self._chain_chunk(classes, indices, seed)
         m = self.manifest
         b = len(classes)
         z = m.data["model"]["architecture"]["vae"]["z_channels"]
@@ -106,3 +123,17 @@ class Pipeline:
         t0 = time.perf_counter()
         images = self._decoder.run({"f_hat": state["f_hat"]})["images"]
         return RuntimeResult(images, tokens, seconds, time.perf_counter() - t0)
+
+    def _chain_chunk(self, classes: list[int], indices: range, seed: int) -> RuntimeResult:
+        """One call for the whole batch (noise draw included); per-step times stay zero, as one
+        graph cannot split them."""
+        m = self.manifest
+        t0 = time.perf_counter()
+        feeds = {"labels": np.asarray(classes, dtype=np.int64)}
+        executed = {e.step for e in m.steps}
+        for k, pn in enumerate(m.patch_nums):
+            if k in executed:
+                feeds[f"noise.{k}"] = batch_uniform(seed, indices, k, pn * pn, m.vocab_size)
+        out = self._chain.run(feeds)
+        tokens = [out.get(f"tokens.{k}", np.zeros((len(classes), 0), dtype=np.int64)) for k in range(len(m.patch_nums))]
+        return RuntimeResult(out["images"], tokens, [0.0] * len(m.patch_nums), 0.0, time.perf_counter() - t0)
