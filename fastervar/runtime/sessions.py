@@ -95,15 +95,19 @@ class OrtEngine:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
+def _check_available(provider: str) -> None:
+    have = available_providers()
+    if provider not in have:
+        raise FastervarError(f"provider {provider!r} is not available here; available: {', '.join(have) or 'none'}")
+
+
 def create_chain_engine(manifest: Manifest, provider: str, threads: int = 0) -> Engine:
     """The whole-generation graph in one session. onnxruntime loads its weights itself and repacks
     each matmul weight once, dropping the original, so one copy stays resident and matmuls run at
     their fastest."""
     if provider not in ("cpu", "cuda"):
         raise FastervarError(f"the single-graph engine runs on onnxruntime's cpu or cuda provider, not {provider!r}")
-    have = available_providers()
-    if provider not in have:
-        raise FastervarError(f"provider {provider!r} is not available here; available: {', '.join(have) or 'none'}")
+    _check_available(provider)
     return OrtEngine(manifest.root, manifest.chain, None, provider, threads, prepack=True)
 
 
@@ -111,9 +115,7 @@ def create_engines(manifest: Manifest, provider: str, threads: int = 0, prepack:
     """An engine per graph in the manifest's order, on `provider` (cpu, cuda or tensorrt)."""
     if provider not in PROVIDERS:
         raise FastervarError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    have = available_providers()
-    if provider not in have:
-        raise FastervarError(f"provider {provider!r} is not available here; available: {', '.join(have) or 'none'}")
+    _check_available(provider)
     if provider == "tensorrt" and all(e.plan for e in manifest.engines):
         from .tensorrt_engine import TensorRTEngine, runtime_available
         if runtime_available() is None:
