@@ -10,12 +10,12 @@ machine noise hits both alike; the table shows per-step medians and the JSON kee
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import torch
+from results_io import write_result
 
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.accel.cost import predicted_speedup
@@ -81,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(predicted from FLOPs {pred['transformer']:.2f}x)")
     print(f"end-to-end speedup (decoder included): {result['speedup_total']:.2f}x "
           f"(predicted {pred['total']:.2f}x)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
     return result
 
 

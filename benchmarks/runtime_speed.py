@@ -11,7 +11,6 @@ baseline / ORT runtime runs and prints per-step times for both, the VQVAE decode
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import write_result
 
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.export.bundle import export_bundle
@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in MODES:
         print(f"\nend-to-end image time, ORT runtime {mode} ({profile.name}) vs torch baseline: "
               f"{result['speedup_total'][mode]:.2f}x")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    write_result(args.json, result)
     return result
 
 

@@ -16,6 +16,7 @@ from fastervar.cli import main
 from fastervar.profiles import resolve
 
 from .test_cli import assert_bad_input
+from .test_export import interrupt_trace
 
 
 def run(*args: str):
@@ -89,28 +90,13 @@ def test_peak_memory_sees_an_allocation():
 
 
 def test_interrupted_demo_leaves_no_half_written_bundle(tmp_path, monkeypatch):
-    real = demo_mod.export_bundle
-
     def quick_calibrate(model, classes, seeds, settings, target, drop, out, report_dir, *rest):
         prof = resolve("fashion-tiny-calibrated")       # calibration itself is covered in test_profile_cli
         prof.save(out)
         return prof, report_dir / "report.md"
 
-    def interrupted_export(*args, **kwargs):
-        from fastervar.export import bundle as bundle_mod
-        calls = []
-        trace = bundle_mod._trace
-
-        def stop(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-            return trace(*a, **k)
-        monkeypatch.setattr(bundle_mod, "_trace", stop)
-        return real(*args, **kwargs)
-
     monkeypatch.setattr(demo_mod, "calibrate", quick_calibrate)
-    monkeypatch.setattr(demo_mod, "export_bundle", interrupted_export)
+    interrupt_trace(monkeypatch, 2)
     r = run("demo", "--out", str(tmp_path / "d"), "--seeds", "0,1,2,3,4", "--images", "10")
     assert r.exit_code == 130
     d = tmp_path / "d"

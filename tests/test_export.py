@@ -180,17 +180,22 @@ def test_export_cli_tensorrt_missing_keeps_onnx_bundle(tmp_path):
     assert Pipeline.from_bundle(out).generate([1]).images.shape == (1, 32, 32, 3)
 
 
-def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+def interrupt_trace(monkeypatch, at: int) -> None:
+    """Make export's `at`-th graph trace raise KeyboardInterrupt, as Ctrl-C would."""
     calls = []
     real = bundle_mod._trace
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(bundle_mod, "_trace", interrupted)
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    interrupt_trace(monkeypatch, 3)
     r = run("export", "--model", "tiny", "--random-weights", "--profile", "identity", "--out", str(tmp_path / "b"))
     assert r.exit_code == 130
     assert list(tmp_path.iterdir()) == []
