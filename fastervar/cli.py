@@ -255,14 +255,18 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per class, e.g. 0,1,2,3.")
 @click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this transformer speedup, best quality.")
 @click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="Where a judge exists (the embedded model): class accuracy may fall at most this far below the baseline's.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The profile JSON to write.")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Report folder [default: beside --out].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=".fastervar-cache", show_default=True,
               help="Baseline measurements are cached here and reused for a new target.")
 @click.option("--name", help="Profile name [default: MODEL-calibrated].")
+@click.option("--cost-model", type=click.Choice(["latency", "flops"]), default="latency", show_default=True,
+              help="Price candidates by a latency model fitted to probe runs timed here, or by FLOPs alone (no timing).")
 def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
               more_smooth, sampler, batch_size, classes_spec, seeds, target_speedup, max_quality_drop,
-              out_path, report_dir, cache_dir, name) -> None:
+              max_accuracy_drop, out_path, report_dir, cache_dir, name, cost_model) -> None:
     """Measure the baseline on sample prompts and choose an acceleration profile automatically."""
     from .calibrate.run import calibrate as run_calibrate
     from .models.loading import resolve_model
@@ -286,7 +290,7 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
     out = Path(out_path)
     rdir = Path(report_dir) if report_dir else out.with_name(out.stem + "-report")
     profile, report = run_calibrate(model, classes, seed_list, settings, target_speedup, max_quality_drop, out,
-                                    rdir, Path(cache_dir), batch_size, name)
+                                    rdir, Path(cache_dir), batch_size, name, max_accuracy_drop, cost_model)
     meas = profile.measured
     click.echo(f"wrote {out} (predicted transformer speedup {meas['predicted_speedup_transformer']:.2f}x, "
                f"measured end-to-end {meas['measured_speedup_total']:.2f}x, paired SSIM {meas['paired_ssim']:.3f})")
@@ -366,22 +370,26 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
               help="Exported bundle of that profile to run on the runtime [default: export one into OUT/bundle].")
 @click.option("--no-bundle", is_flag=True, help="Leave the runtime out (no export).")
 @click.option("--no-peers", is_flag=True, help="Leave the fastvar-like and skipvar-like profiles out.")
+@click.option("--compare", "compare_specs", metavar="PROFILE", multiple=True,
+              help="Another of our profiles to run in torch alongside (repeatable), e.g. one calibrated to a peer's speed.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--images", type=click.IntRange(min=2), default=100, show_default=True,
               help="Prompts, spread evenly over the classes.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--reps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Timed passes over the prompts (quality is judged once); more steady a small model's ratios.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
 def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, more_smooth,
-          profile_spec, bundle_path, no_bundle, no_peers, provider, images, seed, batch_size, out_dir,
-          json_path) -> None:
+          profile_spec, bundle_path, no_bundle, no_peers, compare_specs, provider, images, seed, batch_size, reps,
+          out_dir, json_path) -> None:
     """Baseline, accelerated (torch), the bundle (runtime) and the peers, side by side."""
     import json
 
     from .bench.command import bench as run_bench
-    from .bench.report import table
+    from .bench.report import equal_speed_table, table
     from .models.loading import resolve_model
     from .runtime.atomic import atomic_path
 
@@ -393,12 +401,17 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     profile = _load_profile(profile_spec) if profile_spec else _default_profile(model)
     _accelerated(model, profile)
+    compare = [_load_profile(spec) for spec in compare_specs]
+    for other in compare:
+        _accelerated(model, other)
     pipelines = {} if no_bundle else _bench_pipelines(model, profile, settings, bundle_path, out_dir, batch_size,
                                                       provider)
     quality = "none" if random_weights else ("paired" if var_checkpoint else "full")
     result, report = run_bench(model, profile, pipelines, settings, images, seed, batch_size, Path(out_dir), quality,
-                               peers=not no_peers)
+                               peers=not no_peers, compare=compare, reps=reps)
     click.echo(table(result))
+    if result.get("equal_speed"):
+        click.echo("\nAgainst the peers at equal measured speed (+-10%):\n" + equal_speed_table(result["equal_speed"]))
     if json_path:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(result, indent=2))

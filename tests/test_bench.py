@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fastervar.bench import demo as demo_mod
 from fastervar.bench.memory import PeakMemory
-from fastervar.bench.report import table
+from fastervar.bench.report import equal_speed, equal_speed_table, table
 from fastervar.cli import main
 from fastervar.profiles import resolve
 
@@ -26,7 +26,8 @@ def run(*args: str):
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
-    r = run("bench", "--images", "20", "--batch-size", "10", "--out", str(d / "report"), "--json", str(d / "b.json"))
+    r = run("bench", "--images", "20", "--batch-size", "10", "--compare", "fashion-tiny-calibrated-fast", "--reps", "2",
+            "--out", str(d / "report"), "--json", str(d / "b.json"))
     assert r.exit_code == 0, r.output
     return d
 
@@ -34,7 +35,9 @@ def bench_dir(tmp_path_factory):
 def test_bench_runs_every_variant_on_the_same_noise(bench_dir):
     res = json.loads((bench_dir / "b.json").read_text())
     rows = res["variants"]
-    assert list(rows) == ["baseline", "accelerated", "bundle", "bundle-steps", "fastvar-like", "skipvar-like"]
+    assert list(rows) == ["baseline", "accelerated", "bundle", "bundle-steps", "calibrated-fast", "fastvar-like",
+                          "skipvar-like"]
+    assert res["timed_passes"] == 2 and [r["peer"] for r in rows.values()] == [False] * 5 + [True] * 2
     # the bundle is the accelerated profile on another backend: same tokens, so the same images
     for b in ("bundle", "bundle-steps"):
         assert abs(rows[b]["paired_ssim"] - rows["accelerated"]["paired_ssim"]) < 1e-3
@@ -74,6 +77,9 @@ def test_bench_bad_arguments(bench_dir, tmp_path):
     assert_bad_input(run("bench", "--profile", "nope", "--out", out), "nope")
     assert_bad_input(run("bench", "--profile", "d16-paper-split", "--out", out), "made for another model")
     assert_bad_input(run("bench", "--bundle", str(tmp_path), "--no-bundle", "--out", out), "contradict")
+    assert_bad_input(run("bench", "--no-bundle", "--compare", "fashion-tiny-calibrated", "--out", out),
+                     "already in the bench")
+    assert_bad_input(run("bench", "--no-bundle", "--compare", "d16-paper-split", "--out", out), "made for another model")
     bundle = str(bench_dir / "report" / "bundle")
     assert_bad_input(run("bench", "--bundle", bundle, "--cfg", "3", "--out", out), "cfg 1.5 (asked 3.0)")
     assert_bad_input(run("bench", "--bundle", bundle, "--profile", "fashion-tiny-skipvar-like", "--out", out),
@@ -104,3 +110,26 @@ def test_interrupted_demo_leaves_no_half_written_bundle(tmp_path, monkeypatch):
     leftovers = [p.name for p in d.iterdir()]
     assert "bundle" not in leftovers and not any(n.startswith(".bundle") for n in leftovers)
     assert not (d / "images").exists()
+
+
+def _row(speed: float, ssim: float | None, fd: float | None, peer: bool = False) -> dict:
+    return {"speedup_total": speed, "paired_ssim": ssim, "frechet_distance": fd, "class_accuracy": 0.5, "peer": peer}
+
+
+def test_equal_speed_pairs_only_variants_within_ten_percent():
+    res = {"variants": {"baseline": _row(1.0, None, 100.0), "accelerated": _row(1.1, 0.9, 120.0),
+                        "fast": _row(1.75, 0.7, 300.0), "fastvar-like": _row(1.05, 0.8, 280.0, peer=True),
+                        "skipvar-like": _row(1.6, 0.8, 380.0, peer=True), "slow-peer": _row(3.0, 0.5, 900.0, peer=True)}}
+    rows = equal_speed(res)
+    pairs = [(r["peer"], r["ours"], r["ours_better"]) for r in rows]
+    # accelerated is within 10% of fastvar-like and better on both; fast is within 10% of skipvar-like
+    # but worse on SSIM; nothing of ours runs near 3x, and the peers are never paired with each other
+    assert pairs == [("fastvar-like", "accelerated", True), ("skipvar-like", "fast", False), ("slow-peer", None, None)]
+    md = equal_speed_table(rows)
+    assert "no variant of ours within 10%" in md and md.count("\n") == len(rows) + 1
+
+
+def test_bench_compares_extra_profiles_at_equal_speed(bench_dir):
+    res = json.loads((bench_dir / "b.json").read_text())
+    assert {r["peer"] for r in res["equal_speed"]} == {"fastvar-like", "skipvar-like"}
+    assert "at equal measured speed" in (bench_dir / "report" / "report.md").read_text()

@@ -7,6 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from fastervar.calibrate.latency import FEATURES
 from fastervar.cli import main
 from fastervar.profile import load
 
@@ -21,7 +22,7 @@ def run(*args: str):
 def calibrated(tmp_path_factory):
     d = tmp_path_factory.mktemp("cal")
     r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
-            "--target-speedup", "1.5", "--batch-size", "6", "--out", str(d / "p.json"),
+            "--target-speedup", "1.2", "--batch-size", "6", "--out", str(d / "p.json"),
             "--cache-dir", str(d / "cache"))
     assert r.exit_code == 0, r.output
     return d
@@ -29,19 +30,24 @@ def calibrated(tmp_path_factory):
 
 def test_calibrate_writes_profile_report_and_cache(calibrated):
     p = load(calibrated / "p.json")
-    assert p.calibrated and p.measured["predicted_speedup_transformer"] >= 1.5
+    assert p.calibrated and p.measured["predicted_speedup_transformer"] >= 1.2
+    # priced by a latency model fitted here, with the FLOP ratio kept beside it
+    lm = p.calibration["latency_model"]
+    assert lm["features"] == list(FEATURES) and min(lm["coefficients"]) >= 0 and lm["batch"] == 6
+    assert p.measured["predicted_speedup_transformer_flops"] > 1
     assert p.calibration["classes"] == [0, 3, 5] and p.calibration["seeds"] == [0, 1]
     report = calibrated / "p-report"
     assert sorted(f.name for f in report.iterdir()) == ["convergence.png", "cost_per_step.png", "front.png", "report.md"]
     assert "Candidates tried" in (report / "report.md").read_text()
     assert len(list((calibrated / "cache").glob("measure-*.npz"))) == 1
+    assert len(list((calibrated / "cache").glob("latency-*.json"))) == 1
 
 
 def test_calibrate_is_deterministic_and_reuses_measurements(calibrated):
     d = calibrated
     r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
-            "--target-speedup", "1.5", "--batch-size", "6", "--out", str(d / "q.json"), "--cache-dir", str(d / "cache"))
-    assert r.exit_code == 0 and "reusing baseline measurements" in r.output
+            "--target-speedup", "1.2", "--batch-size", "6", "--out", str(d / "q.json"), "--cache-dir", str(d / "cache"))
+    assert r.exit_code == 0 and "reusing baseline measurements" in r.output and "reusing the latency model" in r.output
     a, b = load(d / "p.json"), load(d / "q.json")
     assert [s.__dict__ for s in a.steps] == [s.__dict__ for s in b.steps]
 

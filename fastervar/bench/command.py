@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from ..errors import FastervarError
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile
-from .report import write_report
+from .report import equal_speed, write_report
 from .run import make_variants, quality_judge, run_bench
 
 
@@ -41,22 +42,25 @@ def check_bundle_settings(pipeline, settings: SamplingSettings) -> None:
 
 
 def bench(model: VARModel, profile: Profile, pipelines: dict, settings: SamplingSettings, images: int, seed: int,
-          batch_size: int, out_dir: Path, quality: str, peers: bool = True) -> tuple[dict, Path]:
+          batch_size: int, out_dir: Path, quality: str, peers: bool = True,
+          compare: Sequence[Profile] = (), reps: int = 1) -> tuple[dict, Path]:
     """Run every variant and write the report; `quality` is full, paired or none (speed only).
     `pipelines` names the runtime variants (bundle: as `fastervar run` runs it; bundle-steps: one
     engine per step graph, so the per-step times show)."""
     for pipe in pipelines.values():
         check_bundle_settings(pipe, settings)
     model.batch_invariant = False          # batched convolutions, as a server runs them
-    variants = make_variants(model, profile, pipelines, peers)
+    variants = make_variants(model, profile, pipelines, peers, compare)
     judge = quality_judge(model) if quality == "full" else None
     result, samples = run_bench(model, variants, bench_classes(model.cfg.var.num_classes, images), settings, seed,
-                                batch_size, paired=quality != "none", judge=judge)
+                                batch_size, paired=quality != "none", judge=judge, reps=reps)
     result.update(model=model.cfg.name, profile=profile.name, quality=quality, settings=settings.__dict__,
                   environment={"fastervar": __version__, "torch": torch.__version__,
                                "torch_threads": torch.get_num_threads(),
                                "device": "cuda" if model.var.head.weight.is_cuda else "cpu",
                                "machine": platform.machine(),
                                "runtime_provider": next((p.provider for p in pipelines.values()), None)})
+    if quality != "none":
+        result["equal_speed"] = equal_speed(result)
     report = write_report(result, out_dir, samples, f"fastervar bench: {model.cfg.name}, profile {profile.name}")
     return result, report

@@ -30,6 +30,44 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def equal_speed(result: dict, tolerance: float = 0.1) -> list[dict]:
+    """Each peer recipe against every one of our variants whose measured end-to-end speedup is
+    within +-tolerance of the peer's: the comparison that is fair to both."""
+    rows = result["variants"]
+    out = []
+    for peer, p in rows.items():
+        if not p.get("peer"):
+            continue
+        near = [(n, r) for n, r in rows.items() if n != "baseline" and not r.get("peer")
+                and abs(r["speedup_total"] / p["speedup_total"] - 1) <= tolerance]
+        for name, r in near or [(None, {})]:
+            row = {"peer": peer, "peer_speedup": p["speedup_total"], "ours": name, "ours_speedup": r.get("speedup_total")}
+            for key in ("paired_ssim", "frechet_distance", "class_accuracy"):
+                row[f"peer_{key}"], row[f"ours_{key}"] = p.get(key), r.get(key)
+            row["ours_better"] = None if name is None or r.get("paired_ssim") is None else bool(
+                r["paired_ssim"] > p["paired_ssim"]
+                and (r.get("frechet_distance") is None or r["frechet_distance"] < p["frechet_distance"]))
+            out.append(row)
+    return out
+
+
+def equal_speed_table(rows: list[dict]) -> str:
+    """Markdown for `equal_speed`: ours beside each peer, with a plain verdict."""
+    lines = ["| peer | speedup | SSIM | FD | class acc | ours | speedup | SSIM | FD | class acc | ours better |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+
+    def f(v, fmt: str) -> str:
+        return "" if v is None else fmt.format(v)
+    for r in rows:
+        verdict = {None: "no variant of ours within 10%", True: "yes (higher SSIM, lower FD)",
+                   False: "no"}[r["ours_better"]]
+        lines.append(f"| {r['peer']} | {f(r['peer_speedup'], '{:.2f}x')} | {f(r['peer_paired_ssim'], '{:.3f}')} | "
+                     f"{f(r['peer_frechet_distance'], '{:.1f}')} | {f(r['peer_class_accuracy'], '{:.3f}')} | "
+                     f"{r['ours'] or '-'} | {f(r['ours_speedup'], '{:.2f}x')} | {f(r['ours_paired_ssim'], '{:.3f}')} | "
+                     f"{f(r['ours_frechet_distance'], '{:.1f}')} | {f(r['ours_class_accuracy'], '{:.3f}')} | {verdict} |")
+    return "\n".join(lines)
+
+
 def step_table(result: dict) -> str:
     rows = result["variants"]
     names = list(rows)
@@ -94,6 +132,16 @@ def plot_front(result: dict, dest: Path) -> None:
     _save(fig, dest)
 
 
+def _equal_speed_section(result: dict) -> list[str]:
+    rows = result.get("equal_speed") or []
+    if not rows:
+        return []
+    return ["## Against the peers at equal measured speed (+-10%)", "",
+            ("Each peer recipe beside every variant of ours whose end-to-end speedup, measured in this run, "
+             "is within 10% of the peer's. Ours is better when its paired SSIM is higher and its FD lower."), "",
+            equal_speed_table(rows), ""]
+
+
 def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarray], title: str) -> Path:
     """bench.json, report.md and the plots in out_dir; returns the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,12 +154,13 @@ def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarra
     save_png(tile_grid(grid, rows=len(rows), scale=2), out_dir / "grid.png")
     env = result.get("environment", {})
     md = [f"# {title}", "",
-          (f"{result['images']} images, batch {result['batch_size']}, seed {result['seed']}, portable sampler; "
+          (f"{result['images']} images, batch {result['batch_size']}, seed {result['seed']}, portable sampler, "
+           f"{result.get('timed_passes', 1)} timed pass(es) (times are per pass); "
            f"variants interleaved batch by batch in one process. " + ", ".join(f"{k} {v}" for k, v in env.items())),
           "",
           ("Speedups are the baseline's time over the variant's, both measured in this run. Paired PSNR/SSIM "
            "compare each variant's image with the baseline's for the same prompt and noise."), "",
-          table(result), "", "## Per-step time (seconds, all images)", "", step_table(result), "",
+          table(result), "", *_equal_speed_section(result), "## Per-step time (seconds, all images)", "", step_table(result), "",
           "![per-step time](steps.png)", "", "![speed against quality](front.png)", "",
           "## Same seeds, every variant", "", "Rows, top to bottom: " + ", ".join(rows) + ".", "",
           "![grid](grid.png)", ""]

@@ -8,6 +8,7 @@ and their images can be compared pair by pair.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..accel.accelerated import AcceleratedModel
 from ..accel.presets import fastvar_like, skipvar_like
+from ..errors import FastervarError
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
 from ..models.sampler import generate_batch
@@ -29,16 +31,24 @@ class Variant:
     name: str
     runner: object               # a VARModel / AcceleratedModel, or a runtime Pipeline
     profile: str | None
+    peer: bool = False           # a peer's published recipe, not one of ours
 
 
-def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = None, peers: bool = True) -> list[Variant]:
-    """`pipelines` maps variant names (e.g. bundle, bundle-steps) to runtime Pipelines."""
+def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = None, peers: bool = True,
+                  compare: Sequence[Profile] = ()) -> list[Variant]:
+    """`pipelines` maps variant names (e.g. bundle, bundle-steps) to runtime Pipelines; `compare`
+    adds more of our profiles in torch (say, one calibrated to a peer's speed)."""
     out = [Variant("baseline", model, None), Variant("accelerated", AcceleratedModel(model, profile), profile.name)]
     for name, pipe in (pipelines or {}).items():
         out.append(Variant(name, pipe, pipe.manifest.data["profile"]["name"]))
+    for p in compare:
+        name = p.name.removeprefix(f"{model.cfg.name}-")
+        if p.name == profile.name or any(v.name == name for v in out):
+            raise FastervarError(f"profile {p.name!r} is already in the bench; give each profile once")
+        out.append(Variant(name, AcceleratedModel(model, p), p.name))
     if peers:
         for p in (fastvar_like(model.cfg), skipvar_like(model.cfg)):
-            out.append(Variant(p.name.removeprefix(f"{model.cfg.name}-"), AcceleratedModel(model, p), p.name))
+            out.append(Variant(p.name.removeprefix(f"{model.cfg.name}-"), AcceleratedModel(model, p), p.name, peer=True))
     return out
 
 
@@ -54,9 +64,11 @@ def _run(v: Variant, classes: list[int], lo: int, settings: SamplingSettings, se
 
 def run_bench(model: VARModel, variants: list[Variant], classes: list[int], settings: SamplingSettings,
               seed: int, batch_size: int, paired: bool = True, judge=None,
-              progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+              progress: bool = True, reps: int = 1) -> tuple[dict, dict[str, np.ndarray]]:
     """Time every variant; `paired` adds PSNR/SSIM against the baseline's images, `judge` (the
-    evaluator) class accuracy and FD/KID. Returns the figures and the first images of each variant."""
+    evaluator) class accuracy and FD/KID. `reps` passes over the prompts are timed (times are per
+    pass; more passes steady the ratios of a fast model). Returns the figures and the first images
+    of each variant."""
     device = "cuda" if model.var.head.weight.is_cuda else "cpu"
     for v in variants:                                        # warm-up, untimed
         _run(v, classes[:1], 0, settings, seed, device)
@@ -65,13 +77,15 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
     decode = dict.fromkeys(images, 0.0)
     whole = dict.fromkeys(images, 0.0)
     memory: dict[str, int | None] = dict.fromkeys(images, 0)
-    starts = range(0, len(classes), batch_size)
-    for lo in tqdm(starts, desc=f"bench ({len(variants)} variants)", unit="batch", disable=not progress):
+    per_pass = list(range(0, len(classes), batch_size))
+    starts = per_pass * reps
+    for i, lo in enumerate(tqdm(starts, desc=f"bench ({len(variants)} variants)", unit="batch", disable=not progress)):
         chunk = classes[lo:lo + batch_size]
         for v in variants:
             with PeakMemory(device) as mem:
                 imgs, st, dec, graph = _run(v, chunk, lo, settings, seed, device)
-            images[v.name].append(imgs)
+            if i < len(per_pass):                            # a repeat pass times the same images again
+                images[v.name].append(imgs)
             steps[v.name] += st
             decode[v.name] += dec
             whole[v.name] += graph
@@ -80,14 +94,18 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
             else:
                 memory[v.name] = max(memory[v.name], mem.peak_bytes)
     n = len(classes)
+    for name in images:                                       # seconds per pass over the prompts
+        steps[name] /= reps
+        decode[name] /= reps
+        whole[name] /= reps
     base_imgs = np.concatenate(images["baseline"])
     base_steps, base_total = steps["baseline"].sum(), steps["baseline"].sum() + decode["baseline"]
-    out = {"images": n, "batch_size": batch_size, "seed": seed, "variants": {}}
+    out = {"images": n, "batch_size": batch_size, "seed": seed, "timed_passes": reps, "variants": {}}
     for v in variants:
         imgs = np.concatenate(images[v.name])
         total = steps[v.name].sum() + decode[v.name] + whole[v.name]
         split = whole[v.name] == 0
-        row = {"profile": v.profile, "seconds_total": total, "seconds_per_image": total / n,
+        row = {"profile": v.profile, "peer": v.peer, "seconds_total": total, "seconds_per_image": total / n,
                "seconds_steps": float(steps[v.name].sum()) if split else None, "step_seconds": steps[v.name].tolist(),
                "decode_seconds": decode[v.name], "graph_seconds": whole[v.name], "speedup_total": base_total / total,
                "speedup_transformer": base_steps / max(steps[v.name].sum(), 1e-12) if split else None,
@@ -103,7 +121,6 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
 
 def quality_judge(model: VARModel):
     """Class accuracy and FD/KID from the shipped evaluator, for models in its domain; else None."""
-    from ..errors import FastervarError
     from ..evaluate.features import ClassifierFeatures
     from ..evaluate.run import (
         Reference,

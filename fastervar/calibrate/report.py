@@ -67,7 +67,7 @@ def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
         pts = [c for c in tried if c.knobs.selector == sel]
         ax.scatter([c.speedup for c in pts], [c.ssim for c in pts], label=sel, alpha=0.7)
     ax.scatter([chosen.speedup], [chosen.ssim], s=160, facecolors="none", edgecolors="red", label="chosen")
-    ax.set_xlabel("predicted transformer speedup (FLOPs)")
+    ax.set_xlabel("predicted scale-step speedup (see the cost model above)")
     ax.set_ylabel("paired SSIM to baseline")
     ax.set_title("Candidates tried")
     ax.legend(fontsize=7)

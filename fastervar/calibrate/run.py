@@ -20,6 +20,7 @@ from ..models.family import VARModel
 from ..models.sampler import generate
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
+from .latency import FEATURES, cached_latency
 from .measure import Measurements, cache_key, measure
 from .report import write_report
 from .search import Searcher, equal_speed_comparison, search, stage_split
@@ -62,7 +63,8 @@ def measured_speedup(model: VARModel, profile: Profile, classes: Sequence[int], 
 
 def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
               target_speedup: float | None, max_quality_drop: float | None, out: Path, report_dir: Path,
-              cache_dir: Path, batch: int = 16, name: str | None = None) -> tuple[Profile, Path]:
+              cache_dir: Path, batch: int = 16, name: str | None = None,
+              max_accuracy_drop: float = 0.02, cost_model: str = "latency") -> tuple[Profile, Path]:
     torch.manual_seed(0)
     sha = weights_sha256(model)
     judge = _judge(model)
@@ -82,11 +84,17 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
         cache_dir.mkdir(parents=True, exist_ok=True)
         m.save(cache)
     stages = stage_split(m)
+    timing_labels = [c for _ in seeds for c in classes][:batch]
+    latency = None
+    if cost_model == "latency":
+        latency, reused = cached_latency(model, timing_labels, settings, cache_dir, cache.stem)
+        tqdm.write(("reusing the latency model" if reused else "fitted a latency model")
+                   + f" for this machine (probe totals within {latency.fit_error:.0%} of measured)")
     bar = tqdm(desc="searching profiles", unit="cand")
     searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge and judge.predict,
-                        on_candidate=lambda c: bar.update())
+                        on_candidate=lambda c: bar.update(), latency=latency)
     try:
-        chosen, tried = search(searcher, target_speedup, max_quality_drop)
+        chosen, tried = search(searcher, target_speedup, max_quality_drop, max_accuracy_drop)
     finally:
         bar.close()
     peers = [searcher.score(p) for p in (fastvar_like(model.cfg), skipvar_like(model.cfg))]
@@ -100,21 +108,30 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     profile.calibration = {
         "classes": list(classes), "seeds": list(seeds), "settings": settings.__dict__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop},
+        "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop,
+                   "max_accuracy_drop": max_accuracy_drop if searcher.base_accuracy is not None else None},
         "measured_stages": stages, "candidates_tried": len(tried),
         "convergence": {"semantic": m.semantic.tolist(), "structure": m.structure.tolist(),
                         "guidance_tv": m.guidance_tv.tolist()},
         "baseline_class_accuracy": searcher.base_accuracy,
         "equal_speed_vs_peers": comparison,
+        "latency_model": latency and latency.to_dict(),
     }
     profile.measured = {"predicted_speedup_transformer": chosen.speedup,
                         "predicted_speedup_total": chosen.speedup_total,
+                        "predicted_speedup_transformer_flops": chosen.extra["flops_speedup"],
+                        "predicted_by": ("latency model fitted on this machine (see calibration.latency_model)"
+                                         if latency else "FLOPs"),
                         "measured_speedup_total": speed, "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
                         "class_accuracy": chosen.class_accuracy}
     header = {"model": model.cfg.name, "weights": sha[:16], "prompts": f"{len(classes)} classes x {len(seeds)} seeds",
               "target": f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}",
+              "cost model": ("FLOPs" if latency is None else
+                             f"latency model fitted to {len(FEATURES)} counts ({', '.join(FEATURES)}) from probe "
+                             f"runs timed on {latency.machine}; probe totals within {latency.fit_error:.0%}"),
               "measured speedup (wall, end to end)": f"{speed:.2f}x",
-              "baseline class accuracy": searcher.base_accuracy}
+              "baseline class accuracy": searcher.base_accuracy,
+              "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None}
     report_dir.parent.mkdir(parents=True, exist_ok=True)
     stage_dir = Path(tempfile.mkdtemp(dir=report_dir.parent, prefix=f".{report_dir.name}."))
     try:

@@ -8,6 +8,7 @@ target; nothing is hand-picked.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity, model_identity
+from .latency import LatencyModel
 from .measure import Measurements
 
 KEEP_RATIOS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
@@ -44,7 +46,7 @@ class Knobs:
 class Candidate:
     knobs: Knobs | None        # None for a profile that did not come from the search (a peer's)
     profile: Profile
-    speedup: float             # predicted, transformer FLOPs
+    speedup: float             # predicted scale-step speedup (the fitted latency model, else FLOPs)
     speedup_total: float
     ssim: float
     psnr: float
@@ -58,6 +60,7 @@ class Candidate:
             "boundary": k.boundary, "keep": k.keep, "selector": k.selector, "level": k.level,
             "drop_cfg": k.drop_cfg, "factorize": k.factorize, "skip_last": k.skip_last}
         return {**knobs, "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
+                "flops_speedup": self.extra.get("flops_speedup", self.speedup),
                 "paired_ssim": self.ssim, "paired_psnr": self.psnr, "class_accuracy": self.class_accuracy,
                 "meets_target": self.meets}
 
@@ -100,7 +103,7 @@ def build_profile(model: VARModel, m: Measurements, stages: dict[str, list[int]]
                 if r:
                     ranks[layer] = r
         if k.skip_last and s == steps - 1:
-            p.steps[s] = StepPlan(mode="skip", cfg=not k.drop_cfg)
+            p.steps[s] = StepPlan(mode="skip", cfg=False)        # guidance is moot for a step not run
             continue
         keep = max(1, min(n, round(k.keep * n)))
         rel = m.relevance[s].tolist() if k.selector == "relevance" else None
@@ -115,12 +118,14 @@ class Searcher:
     def __init__(self, model: VARModel, m: Measurements, stages: dict[str, list[int]], classes: Sequence[int],
                  seeds: Sequence[int], settings: SamplingSettings, batch: int,
                  judge: Callable[[np.ndarray], np.ndarray] | None,
-                 on_candidate: Callable[[Candidate], None] | None = None):
+                 on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None):
         self.model, self.m, self.stages, self.settings, self.batch = model, m, stages, settings, batch
+        self.latency = latency
         self.prompts = [(c, s) for s in seeds for c in classes]
         self.judge = judge
         self.on_candidate = on_candidate
         self.seen: dict[Knobs, Candidate] = {}
+        self.by_plan: dict[str, Candidate] = {}     # knobs that build the same steps share one run
         self.base_profile = identity(model.cfg)
         self.labels = np.array([c for c, _ in self.prompts])
         self.base_accuracy = None if judge is None else float((judge(m.final_images) == self.labels).mean())
@@ -153,19 +158,27 @@ class Searcher:
     def evaluate(self, k: Knobs) -> Candidate:
         if k in self.seen:
             return self.seen[k]
-        cand = self.score(build_profile(self.model, self.m, self.stages, k, "candidate"), k)
-        self.seen[k] = cand
+        profile = build_profile(self.model, self.m, self.stages, k, "candidate")
+        plan = json.dumps(profile.to_dict()["steps"], sort_keys=True)
+        if plan in self.by_plan:
+            self.seen[k] = self.by_plan[plan]
+            return self.seen[k]
+        cand = self.score(profile, k)
+        self.seen[k] = self.by_plan[plan] = cand
         if self.on_candidate is not None:
             self.on_candidate(cand)
         return cand
 
     def score(self, profile: Profile, knobs: Knobs | None = None) -> Candidate:
-        """Price and judge any profile (a candidate, or a peer's recipe) on the calibration prompts."""
-        sp = predicted_speedup(self.model.cfg, self.base_profile, profile, self.batch)
+        """Price and judge any profile (a candidate, or a peer's recipe) on the calibration prompts.
+        The price is the latency model's when there is one (time on this machine), else FLOPs."""
+        cfg = self.model.cfg
+        flops = predicted_speedup(cfg, self.base_profile, profile, self.batch)
+        sp = flops if self.latency is None else self.latency.speedup(cfg, self.base_profile, profile)
         images = self._images(profile)
         acc = None if self.judge is None else float((self.judge(images) == self.labels).mean())
         return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
-                         mean_psnr(images, self.m.final_images), acc)
+                         mean_psnr(images, self.m.final_images), acc, extra={"flops_speedup": flops["transformer"]})
 
 
 def _generate_at(acc: AcceleratedModel, classes: list[int], settings: SamplingSettings, seed: int,
@@ -207,16 +220,25 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
             return (ok, c.ssim if ok else c.speedup)
         return (ok, c.speedup if ok else c.ssim)
 
-    best = s.evaluate(Knobs(boundary=first_refine, keep=0.3, selector="relevance"))
-    for _ in range(2):
-        for field_name, values in (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", SELECTORS),
-                                   ("level", ("block", "layer", "latent")), ("drop_cfg", (True, False)),
-                                   ("factorize", (False, True)), ("skip_last", (False, True))):
-            for v in values:
-                cand = s.evaluate(replace(best.knobs, **{field_name: v}))
-                if score(cand) > score(best):
-                    best = cand
-    tried = list(s.seen.values())
+    axes = (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", SELECTORS),
+            ("level", ("block", "layer", "latent")), ("drop_cfg", (True, False)),
+            ("factorize", (False, True)), ("skip_last", (False, True)))
+    # two starts: reduce the measured refine steps, or skip the last step and reduce what is left
+    # before it; one knob at a time from either can miss the other's neighbourhood
+    starts = (Knobs(boundary=first_refine, keep=0.3, selector="relevance"),
+              Knobs(boundary=steps - 1, keep=0.3, selector="relevance", skip_last=True))
+    best = None
+    for start in starts:
+        local = s.evaluate(start)
+        for _ in range(2):
+            for field_name, values in axes:
+                for v in values:
+                    cand = s.evaluate(replace(local.knobs, **{field_name: v}))
+                    if score(cand) > score(local):
+                        local = cand
+        if best is None or score(local) > score(best):
+            best = local
+    tried = list({id(c): c for c in s.seen.values()}.values())
     for c in tried:
         score(c)
     if not best.meets:

@@ -1,0 +1,144 @@
+"""A latency model fitted on this machine, so calibration ranks candidates by the time they take here.
+
+FLOPs alone mislead in both directions: a small model at batch 16 spends much of each step on
+per-step overhead and on sampling every position over the whole vocabulary, which token reduction
+does not shrink; a large model at batch 1 streams all its weights every step whatever the token
+count. So each step's time is modelled as a non-negative mix of five counts the analytic cost model
+gives for any profile (an executed step, matmul FLOPs, attention FLOPs, sampled logits, restored
+values), with the weights fitted to per-step wall times of a few probe profiles timed on this
+machine. The fit is cached next to the baseline measurements, which keeps calibration
+deterministic once the cache exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+from tqdm.auto import tqdm
+
+from ..accel.accelerated import AcceleratedModel
+from ..accel.cost import step_costs
+from ..accel.presets import fastvar_like, paper_split
+from ..models.configs import ModelConfig
+from ..models.family import VARModel
+from ..models.sampler import generate_batch
+from ..models.sampling import SamplingSettings
+from ..profile import Profile, StepPlan, identity
+from ..runtime.atomic import atomic_path
+
+FEATURES = ("step", "matmul_flops", "attention_flops", "sampled_logits", "restored_values")
+
+
+def step_features(cfg: ModelConfig, profile: Profile, batch: int) -> np.ndarray:
+    """(steps, len(FEATURES)) counts for `profile` at `batch` images; a skipped step is all zeros."""
+    rows = []
+    for cost, plan in zip(step_costs(cfg, profile, batch), profile.steps):
+        if plan.mode == "skip":
+            rows.append([0.0] * len(FEATURES))
+            continue
+        n = cfg.var.patch_nums[cost.step] ** 2
+        restored = 0.0
+        if plan.mode == "reduce":
+            per_layer = cfg.var.depth if plan.restore_level == "layer" else 1
+            restored = float(cost.batch * n * cfg.var.embed_dim * per_layer)
+        rows.append([1.0, cost.flops_linear + cost.flops_head, cost.flops_attention,
+                     float(batch * n * cfg.vae.vocab_size), restored])
+    return np.array(rows, dtype=np.float64)
+
+
+@dataclass
+class LatencyModel:
+    """Seconds per unit of each feature, the decoder's seconds per batch, and how well the fit held."""
+
+    batch: int
+    coefficients: list[float]
+    decode_seconds: float
+    fit_error: float                   # median relative error over the probes' per-profile totals
+    machine: str
+
+    def step_seconds(self, cfg: ModelConfig, profile: Profile) -> np.ndarray:
+        return step_features(cfg, profile, self.batch) @ np.asarray(self.coefficients)
+
+    def speedup(self, cfg: ModelConfig, baseline: Profile, profile: Profile) -> dict[str, float]:
+        """Predicted baseline/profile time on this machine: scale steps only, and with the decoder."""
+        base = float(self.step_seconds(cfg, baseline).sum())
+        acc = max(float(self.step_seconds(cfg, profile).sum()), 1e-12)
+        return {"transformer": base / acc,
+                "total": (base + self.decode_seconds) / (acc + self.decode_seconds)}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "features": list(FEATURES)}
+
+
+def fit(observations: list[tuple[np.ndarray, np.ndarray]], batch: int, decode_seconds: float,
+        machine: str) -> LatencyModel:
+    """Non-negative least squares over every (features, per-step seconds) pair of every probe."""
+    x = np.concatenate([f for f, _ in observations])
+    y = np.concatenate([s for _, s in observations])
+    scale = np.where(x.max(axis=0) > 0, x.max(axis=0), 1.0)
+    coef, _ = nnls(x / scale, y)
+    coef = coef / scale
+    errors = [abs(float((f @ coef).sum()) / float(s.sum()) - 1) for f, s in observations]
+    return LatencyModel(batch, coef.tolist(), decode_seconds, float(np.median(errors)), machine)
+
+
+def probes(cfg: ModelConfig) -> list[Profile]:
+    """Profiles that move the features apart: guidance on and off, block- and layer-level reduction."""
+    base = identity(cfg, "probe-baseline")
+    unguided = identity(cfg, "probe-unguided")
+    unguided.steps = [StepPlan(mode="full", cfg=False) for _ in unguided.steps]
+    return [base, unguided, paper_split(cfg), fastvar_like(cfg)]
+
+
+def machine_id() -> str:
+    return f"{platform.node()}/{platform.machine()}/torch{torch.__version__}/threads{torch.get_num_threads()}"
+
+
+def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, reps: int = 3) -> LatencyModel:
+    """Time each probe on one batch of the calibration prompts, interleaved, and fit the model."""
+    cfg = model.cfg
+    device = model.var.head.weight.device
+    batch = torch.tensor(labels, device=device)
+    base, *others = probes(cfg)
+    runners = [(base, model)] + [(p, AcceleratedModel(model, p)) for p in others]
+    indices = list(range(len(labels)))
+    generate_batch(model, batch, settings, 0, indices)   # warm-up, untimed; the median over reps absorbs the rest
+    times: dict[str, list[np.ndarray]] = {p.name: [] for p, _ in runners}
+    decode: list[float] = []
+    with tqdm(total=reps * len(runners), desc="timing probe profiles", unit="run") as bar:
+        for rep in range(reps):
+            for p, r in runners:
+                g = generate_batch(r, batch, settings, rep, indices)
+                times[p.name].append(np.asarray(g.step_seconds))
+                decode.append(g.decode_seconds)
+                bar.update()
+    obs = [(step_features(cfg, p, len(labels)), np.median(np.stack(times[p.name]), axis=0)) for p, _ in runners]
+    return fit(obs, len(labels), statistics.median(decode), machine_id())
+
+
+def cached_latency(model: VARModel, labels: list[int], settings: SamplingSettings, cache_dir: Path,
+                   key: str) -> tuple[LatencyModel, bool]:
+    """The fitted model from the cache when it was made for this key on this machine, else measured
+    and cached. Returns (model, reused)."""
+    tag = hashlib.sha256(f"{key}|{labels}|{machine_id()}".encode()).hexdigest()[:16]
+    path = cache_dir / f"latency-{tag}.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            data.pop("features", None)
+            return LatencyModel(**data), True
+        except (OSError, ValueError, TypeError):
+            pass
+    lm = measure_latency(model, labels, settings)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(lm.to_dict(), indent=2))
+    return lm, False

@@ -1,0 +1,57 @@
+"""The latency model calibration prices candidates with: features, the fit, and its cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fastervar.accel.presets import fastvar_like, paper_split, skipvar_like
+from fastervar.calibrate import latency as L
+from fastervar.models.configs import get_config
+from fastervar.profile import identity
+
+CFG = get_config("fashion-tiny")
+
+
+def test_features_follow_the_plan():
+    base = L.step_features(CFG, identity(CFG), 4)
+    skip = L.step_features(CFG, skipvar_like(CFG), 4)
+    assert base.shape == (7, len(L.FEATURES))
+    assert (skip[6] == 0).all() and skip[5, 1] < base[5, 1]            # skipped; unguided halves the matmuls
+    assert skip[5, 3] == base[5, 3]                                    # ...but every position is still sampled
+    block, layer = L.step_features(CFG, paper_split(CFG), 4), L.step_features(CFG, fastvar_like(CFG), 4)
+    assert block[6, 4] > 0 and base[6, 4] == 0                         # restoration only on reduce steps
+    assert layer[6, 4] == pytest.approx(block[6, 4] * CFG.var.depth * 2)   # per layer, guided (2 rows per image)
+
+
+def test_fit_recovers_known_costs_and_prices_profiles():
+    truth = np.array([0.01, 2e-11, 3e-11, 5e-8, 3e-8])
+    obs = [(L.step_features(CFG, p, 16), L.step_features(CFG, p, 16) @ truth) for p in L.probes(CFG)]
+    lm = L.fit(obs, 16, 0.1, "test")
+    assert np.allclose(lm.coefficients, truth, rtol=1e-4) and lm.fit_error < 1e-6
+    base = identity(CFG)
+    assert lm.speedup(CFG, base, base) == {"transformer": pytest.approx(1.0), "total": pytest.approx(1.0)}
+    sp = lm.speedup(CFG, base, skipvar_like(CFG))
+    want = (L.step_features(CFG, base, 16) @ truth).sum() / (L.step_features(CFG, skipvar_like(CFG), 16) @ truth).sum()
+    assert sp["transformer"] == pytest.approx(want) and 1 < sp["total"] < sp["transformer"]
+
+
+def test_latency_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(model, labels, settings):
+        calls.append(labels)
+        return L.LatencyModel(len(labels), [0.01, 0, 0, 0, 0], 0.1, 0.0, L.machine_id())
+    monkeypatch.setattr(L, "measure_latency", fake)
+    first, reused = L.cached_latency(None, [1, 2], None, tmp_path, "k")
+    again, reused_again = L.cached_latency(None, [1, 2], None, tmp_path, "k")
+    assert (reused, reused_again) == (False, True) and again == first and len(calls) == 1
+    (cache,) = tmp_path.glob("latency-*.json")
+    assert json.loads(cache.read_text())["features"] == list(L.FEATURES)
+    L.cached_latency(None, [1, 2], None, tmp_path, "other prompts")   # another key: measured anew
+    assert len(calls) == 2
+    cache.write_text("{not json")                                    # a corrupt cache is measured again
+    L.cached_latency(None, [1, 2], None, tmp_path, "k")
+    assert len(calls) == 3
