@@ -255,6 +255,8 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per class, e.g. 0,1,2,3.")
 @click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this transformer speedup, best quality.")
 @click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
+@click.option("--match-peer", type=click.Choice(["fastvar-like", "skipvar-like"]),
+              help="Target that peer's speed (90% of its predicted speedup) at no less than its class accuracy.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Where a judge exists (the embedded model): class accuracy may fall at most this far below the baseline's.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The profile JSON to write.")
@@ -266,13 +268,13 @@ def _int_list(text: str, what: str) -> list[int]:
               help="Price candidates by a latency model fitted to probe runs timed here, or by FLOPs alone (no timing).")
 def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
               more_smooth, sampler, batch_size, classes_spec, seeds, target_speedup, max_quality_drop,
-              max_accuracy_drop, out_path, report_dir, cache_dir, name, cost_model) -> None:
+              match_peer, max_accuracy_drop, out_path, report_dir, cache_dir, name, cost_model) -> None:
     """Measure the baseline on sample prompts and choose an acceleration profile automatically."""
     from .calibrate.run import calibrate as run_calibrate
     from .models.loading import resolve_model
 
-    if (target_speedup is None) == (max_quality_drop is None):
-        raise FastervarError("give exactly one target: --target-speedup X or --max-quality-drop Y")
+    if sum(t is not None for t in (target_speedup, max_quality_drop, match_peer)) != 1:
+        raise FastervarError("give exactly one target: --target-speedup X, --max-quality-drop Y or --match-peer NAME")
     seed_list = _int_list(seeds, "--seeds")
     if not seed_list or min(seed_list) < 0:
         raise FastervarError("--seeds must list non-negative integers")
@@ -290,10 +292,12 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
     out = Path(out_path)
     rdir = Path(report_dir) if report_dir else out.with_name(out.stem + "-report")
     profile, report = run_calibrate(model, classes, seed_list, settings, target_speedup, max_quality_drop, out,
-                                    rdir, Path(cache_dir), batch_size, name, max_accuracy_drop, cost_model)
+                                    rdir, Path(cache_dir), batch_size, name, max_accuracy_drop, cost_model,
+                                    match_peer)
     meas = profile.measured
-    click.echo(f"wrote {out} (predicted transformer speedup {meas['predicted_speedup_transformer']:.2f}x, "
-               f"measured end-to-end {meas['measured_speedup_total']:.2f}x, paired SSIM {meas['paired_ssim']:.3f})")
+    click.echo(f"wrote {out} (predicted speedup {meas['predicted_speedup_transformer']:.2f}x on the scale steps, "
+               f"{meas['predicted_speedup_total']:.2f}x end to end; measured end to end "
+               f"{meas['measured_speedup_total']:.2f}x; paired SSIM {meas['paired_ssim']:.3f})")
     click.echo(f"report: {report}")
 
 

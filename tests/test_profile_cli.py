@@ -104,3 +104,20 @@ def test_profile_for_another_model(tmp_path):
 def test_calibrate_needs_one_target(tmp_path):
     r = run("calibrate", "--model", "tiny", "--random-weights", "--out", str(tmp_path / "p.json"))
     assert_bad_input(r, "give exactly one target")
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--match-peer", "skipvar-like", "--target-speedup", "2",
+            "--out", str(tmp_path / "p.json"))
+    assert_bad_input(r, "give exactly one target")
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--match-peer", "hart", "--out", str(tmp_path / "p.json"))
+    assert r.exit_code == 2 and "'hart' is not one of" in r.output and "Traceback" not in r.output
+
+
+def test_match_peer_targets_the_peer_speed(calibrated):
+    d = calibrated
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
+            "--match-peer", "skipvar-like", "--batch-size", "6", "--out", str(d / "m.json"), "--cache-dir", str(d / "cache"))
+    assert r.exit_code == 0, r.output
+    p = load(d / "m.json")
+    target = p.calibration["target"]
+    peer = next(row for row in p.calibration["equal_speed_vs_peers"] if row["peer"] == "tiny-skipvar-like")
+    assert target["match_peer"] == "skipvar-like" and target["speedup"] == round(0.9 * peer["peer_speedup"], 3)
+    assert p.measured["predicted_speedup_transformer"] >= target["speedup"]

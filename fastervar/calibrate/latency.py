@@ -102,8 +102,11 @@ def machine_id() -> str:
     return f"{platform.node()}/{platform.machine()}/torch{torch.__version__}/threads{torch.get_num_threads()}"
 
 
-def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, reps: int = 3) -> LatencyModel:
-    """Time each probe on one batch of the calibration prompts, interleaved, and fit the model."""
+def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, min_reps: int = 3,
+                    max_reps: int = 15, min_seconds: float = 6.0) -> LatencyModel:
+    """Time each probe on one batch of the calibration prompts, interleaved, and fit the model.
+    Fast models get more rounds (until `min_seconds` of timing or `max_reps`): their per-step
+    times are short and noisy, and the per-step medians steady with more samples."""
     cfg = model.cfg
     device = model.var.head.weight.device
     batch = torch.tensor(labels, device=device)
@@ -113,13 +116,17 @@ def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettin
     generate_batch(model, batch, settings, 0, indices)   # warm-up, untimed; the median over reps absorbs the rest
     times: dict[str, list[np.ndarray]] = {p.name: [] for p, _ in runners}
     decode: list[float] = []
-    with tqdm(total=reps * len(runners), desc="timing probe profiles", unit="run") as bar:
-        for rep in range(reps):
+    spent = 0.0
+    with tqdm(desc="timing probe profiles", unit="run") as bar:
+        rep = 0
+        while rep < min_reps or (spent < min_seconds and rep < max_reps):
             for p, r in runners:
                 g = generate_batch(r, batch, settings, rep, indices)
                 times[p.name].append(np.asarray(g.step_seconds))
                 decode.append(g.decode_seconds)
+                spent += g.seconds_total
                 bar.update()
+            rep += 1
     obs = [(step_features(cfg, p, len(labels)), np.median(np.stack(times[p.name]), axis=0)) for p, _ in runners]
     return fit(obs, len(labels), statistics.median(decode), machine_id())
 

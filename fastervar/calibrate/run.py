@@ -23,7 +23,7 @@ from ..profile import Profile, model_identity
 from .latency import FEATURES, cached_latency
 from .measure import Measurements, cache_key, measure
 from .report import write_report
-from .search import Searcher, equal_speed_comparison, search, stage_split
+from .search import Candidate, Searcher, equal_speed_comparison, search, stage_split
 
 
 def weights_sha256(model: VARModel) -> str:
@@ -61,10 +61,24 @@ def measured_speedup(model: VARModel, profile: Profile, classes: Sequence[int], 
     return float(np.median(ratios))
 
 
+def peer_target(peer: Candidate, base_accuracy: float | None, max_accuracy_drop: float) -> tuple[float, float]:
+    """Compete with a peer at its own speed: reach 90% of its predicted speedup (the equal-speed
+    band) while keeping at least its class accuracy."""
+    target = round(0.9 * peer.speedup, 3)
+    if base_accuracy is not None and peer.class_accuracy is not None:
+        max_accuracy_drop = max(0.0, base_accuracy - peer.class_accuracy)
+    tqdm.write(f"matching {peer.profile.name}: predicted {peer.speedup:.2f}x here, so target {target:g}x"
+               + (f" with class accuracy >= {peer.class_accuracy:.3f}" if peer.class_accuracy is not None else ""))
+    return target, max_accuracy_drop
+
+
 def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
               target_speedup: float | None, max_quality_drop: float | None, out: Path, report_dir: Path,
               cache_dir: Path, batch: int = 16, name: str | None = None,
-              max_accuracy_drop: float = 0.02, cost_model: str = "latency") -> tuple[Profile, Path]:
+              max_accuracy_drop: float = 0.02, cost_model: str = "latency",
+              match_peer: str | None = None) -> tuple[Profile, Path]:
+    """Measure (cached), fit the latency model (cached), search, then write the profile and its report
+    atomically. `match_peer` (fastvar-like or skipvar-like) sets the target from that peer's recipe."""
     torch.manual_seed(0)
     sha = weights_sha256(model)
     judge = _judge(model)
@@ -94,11 +108,15 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge and judge.predict,
                         on_candidate=lambda c: bar.update(), latency=latency)
     try:
+        peers = {p.name.removeprefix(f"{model.cfg.name}-"): searcher.score(p)
+                 for p in (fastvar_like(model.cfg), skipvar_like(model.cfg))}
+        if match_peer is not None:
+            target_speedup, max_accuracy_drop = peer_target(peers[match_peer], searcher.base_accuracy,
+                                                            max_accuracy_drop)
         chosen, tried = search(searcher, target_speedup, max_quality_drop, max_accuracy_drop)
     finally:
         bar.close()
-    peers = [searcher.score(p) for p in (fastvar_like(model.cfg), skipvar_like(model.cfg))]
-    comparison = equal_speed_comparison(peers, tried)
+    comparison = equal_speed_comparison(list(peers.values()), tried)
     profile = chosen.profile
     profile.name = name or f"{model.cfg.name}-calibrated"
     profile.model = model_identity(model.cfg, sha)
@@ -108,7 +126,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     profile.calibration = {
         "classes": list(classes), "seeds": list(seeds), "settings": settings.__dict__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop,
+        "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop, "match_peer": match_peer,
                    "max_accuracy_drop": max_accuracy_drop if searcher.base_accuracy is not None else None},
         "measured_stages": stages, "candidates_tried": len(tried),
         "convergence": {"semantic": m.semantic.tolist(), "structure": m.structure.tolist(),
@@ -125,7 +143,8 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
                         "measured_speedup_total": speed, "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
                         "class_accuracy": chosen.class_accuracy}
     header = {"model": model.cfg.name, "weights": sha[:16], "prompts": f"{len(classes)} classes x {len(seeds)} seeds",
-              "target": f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}",
+              "target": (f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}")
+              + (f" (matching {match_peer})" if match_peer else ""),
               "cost model": ("FLOPs" if latency is None else
                              f"latency model fitted to {len(FEATURES)} counts ({', '.join(FEATURES)}) from probe "
                              f"runs timed on {latency.machine}; probe totals within {latency.fit_error:.0%}"),
