@@ -95,12 +95,25 @@ def test_peak_memory_sees_an_allocation():
     assert m.peak_bytes is not None and m.peak_bytes >= 48 * 2**20
 
 
-def test_interrupted_demo_leaves_no_half_written_bundle(tmp_path, monkeypatch):
-    def quick_calibrate(model, classes, seeds, settings, target, drop, out, report_dir, *rest):
-        prof = resolve("fashion-tiny-calibrated")       # calibration itself is covered in test_profile_cli
-        prof.save(out)
-        return prof, report_dir / "report.md"
+def quick_calibrate(model, classes, seeds, settings, target, drop, out, report_dir, *rest):
+    prof = resolve("fashion-tiny-calibrated")       # calibration itself is covered in test_profile_cli
+    prof.save(out)
+    return prof, report_dir / "report.md"
 
+
+def test_demo_runs_every_stage_and_compares_both_peers_at_equal_speed(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_mod, "calibrate", quick_calibrate)
+    r = run("demo", "--out", str(tmp_path / "d"), "--seeds", "0", "--images", "20")
+    assert r.exit_code == 0, r.output
+    d = tmp_path / "d"
+    assert len(list((d / "images").glob("*.png"))) == 10 and (d / "bundle" / "manifest.json").exists()
+    res = json.loads((d / "bench" / "bench.json").read_text())
+    assert "calibrated-fast" in res["variants"]
+    assert {row["peer"] for row in res["equal_speed"]} == {"fastvar-like", "skipvar-like"}
+    assert "bundle vs baseline:" in r.output
+
+
+def test_interrupted_demo_leaves_no_half_written_bundle(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_mod, "calibrate", quick_calibrate)
     interrupt_trace(monkeypatch, 2)
     r = run("demo", "--out", str(tmp_path / "d"), "--seeds", "0,1,2,3,4", "--images", "10")
