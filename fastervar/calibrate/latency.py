@@ -102,7 +102,7 @@ def machine_id() -> str:
     return f"{platform.node()}/{platform.machine()}/torch{torch.__version__}/threads{torch.get_num_threads()}"
 
 
-def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, min_reps: int = 3,
+def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, min_reps: int = 2,
                     max_reps: int = 15, min_seconds: float = 6.0) -> LatencyModel:
     """Time each probe on one batch of the calibration prompts, interleaved, and fit the model.
     Fast models get more rounds (until `min_seconds` of timing or `max_reps`): their per-step
