@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from fastervar.calibrate.measure import measure
-from fastervar.calibrate.search import Knobs, Searcher, search, stage_split
+from fastervar.calibrate.search import (
+    Candidate,
+    Knobs,
+    Searcher,
+    _unmet_message,
+    search,
+    stage_split,
+)
 from fastervar.models.loading import random_model
 from fastervar.models.sampling import SamplingSettings
 
@@ -24,3 +31,18 @@ def test_search_shares_equal_plans_and_explores_skipping_the_last_step():
     assert len(tried) == len(runs)                # every distinct plan is listed once
     assert any(c.knobs.skip_last and c.knobs.boundary == last for c in tried)
     assert any(not c.knobs.skip_last for c in tried)
+
+
+def _cand(speed: float, ssim: float, acc: float | None) -> Candidate:
+    return Candidate(None, None, speed, speed, ssim, 20.0, acc)
+
+
+def test_an_unmet_target_names_the_nearest_candidate_on_each_side():
+    tried = [_cand(1.5, 0.76, 0.75), _cand(1.8, 0.79, 0.65), _cand(2.0, 0.70, 0.55), _cand(1.1, 0.93, 0.86)]
+    msg = _unmet_message(tried, 1.6, None, 0.93, 0.23)
+    assert msg.startswith("no candidate meets the target (speedup 1.6x with class accuracy >= 0.700); ")
+    assert "fastest within the accuracy limit: predicted speedup 1.50x at paired SSIM 0.760, class accuracy 0.750" in msg
+    assert "most accurate at >= 1.6x: predicted speedup 1.80x" in msg
+    # without a judge there is only one side
+    plain = [_cand(c.speedup, c.ssim, None) for c in tried]
+    assert _unmet_message(plain, 40, None, None, 0.02).endswith("closest: predicted speedup 2.00x at paired SSIM 0.700")

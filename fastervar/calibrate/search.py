@@ -242,12 +242,38 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
     for c in tried:
         score(c)
     if not best.meets:
-        closest = max(tried, key=lambda c: c.speedup if target_speedup is not None else c.ssim)
-        want = f"speedup {target_speedup:g}x" if target_speedup is not None else f"quality drop <= {max_drop:g}"
-        raise FastervarError(f"no candidate meets the target ({want}); closest: predicted speedup "
-                             f"{closest.speedup:.2f}x at paired SSIM {closest.ssim:.3f}"
-                             + (f", class accuracy {closest.class_accuracy:.3f}" if closest.class_accuracy is not None else ""))
+        raise FastervarError(_unmet_message(tried, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop))
     return best, tried
+
+
+def _describe(c: Candidate) -> str:
+    acc = f", class accuracy {c.class_accuracy:.3f}" if c.class_accuracy is not None else ""
+    return f"predicted speedup {c.speedup:.2f}x at paired SSIM {c.ssim:.3f}{acc}"
+
+
+def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_drop: float | None,
+                   base_accuracy: float | None, max_accuracy_drop: float) -> str:
+    """Say which half of the target failed: the nearest candidate on each side of it."""
+    floor = None if base_accuracy is None else base_accuracy - max_accuracy_drop
+    want = f"speedup {target_speedup:g}x" if target_speedup is not None else f"quality drop <= {max_drop:g}"
+    if floor is not None:
+        want += f" with class accuracy >= {floor:.3f}"
+    head = f"no candidate meets the target ({want}); "
+    if floor is None:
+        closest = max(tried, key=lambda c: c.speedup if target_speedup is not None else c.ssim)
+        return head + "closest: " + _describe(closest)
+    accurate = [c for c in tried if c.class_accuracy is None or c.class_accuracy >= floor]
+    if target_speedup is not None:
+        near = [c for c in tried if c.speedup >= target_speedup]
+        parts = []
+        if accurate:
+            parts.append("fastest within the accuracy limit: " + _describe(max(accurate, key=lambda c: c.speedup)))
+        if near:
+            parts.append(f"most accurate at >= {target_speedup:g}x: "
+                         + _describe(max(near, key=lambda c: (c.class_accuracy or 0.0, c.ssim))))
+        return head + "; ".join(parts or ["closest: " + _describe(max(tried, key=lambda c: c.speedup))])
+    pool = accurate or tried
+    return head + "closest: " + _describe(max(pool, key=lambda c: c.ssim))
 
 
 def equal_speed_comparison(peers: list[Candidate], tried: list[Candidate], tolerance: float = 0.1) -> list[dict]:
