@@ -56,19 +56,31 @@ def generate_batch(model: VARModel, labels: torch.Tensor, settings: SamplingSett
     `model` is a VARModel or anything with its step protocol (the accelerator's AcceleratedModel);
     a step that returns no output was skipped.
     """
+    clock = _clock(labels.device)
     cond = model.condition(labels, guided=True)
     state: StepState = model.init_state(labels.shape[0])
     tokens, seconds = [], []
     steps = range(model.num_steps)
     for k in tqdm(steps, desc="scale steps", leave=False, disable=not progress):
-        t0 = time.perf_counter()
+        t0 = clock()
         noise = step_noise(model, settings, k, seed, indices, generator)
         state, out = model.step(k, state, cond, noise, settings)
-        seconds.append(time.perf_counter() - t0)
+        seconds.append(clock() - t0)
         tokens.append(out.tokens if out is not None else labels.new_zeros(len(labels), 0))
-    t0 = time.perf_counter()
+    t0 = clock()
     images = to_uint8(model.decode(state.f_hat))
-    return Generation(images, tokens, state.f_hat, seconds, time.perf_counter() - t0)
+    return Generation(images, tokens, state.f_hat, seconds, clock() - t0)
+
+
+def _clock(device: torch.device):
+    """Wall clock that, on a GPU, first waits for queued work, so per-step times are the steps' own."""
+    if device.type != "cuda":
+        return time.perf_counter
+
+    def synced() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return synced
 
 
 def batch_generator(settings: SamplingSettings, device: torch.device, seed: int, batch_index: int
