@@ -253,7 +253,7 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--classes", "classes_spec", default="all", show_default=True,
               help="Calibration prompts: 'all', a list like 0,3,7, or a file of class indices.")
 @click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per class, e.g. 0,1,2,3.")
-@click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this transformer speedup, best quality.")
+@click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this predicted scale-step speedup (see --cost-model), then the best quality.")
 @click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
 @click.option("--match-peer", type=click.Choice(["fastvar-like", "skipvar-like"]),
               help="Target that peer's speed (90% of its predicted speedup) at no less than its class accuracy.")
@@ -262,7 +262,7 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The profile JSON to write.")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Report folder [default: beside --out].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=".fastervar-cache", show_default=True,
-              help="Baseline measurements are cached here and reused for a new target.")
+              help="Baseline measurements and the latency model are cached here and reused for a new target.")
 @click.option("--name", help="Profile name [default: MODEL-calibrated].")
 @click.option("--cost-model", type=click.Choice(["latency", "flops"]), default="latency", show_default=True,
               help="Price candidates by a latency model fitted to probe runs timed here, or by FLOPs alone (no timing).")
@@ -382,7 +382,7 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--reps", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Timed passes over the prompts (quality is judged once); more steady a small model's ratios.")
+              help="Timed passes over the prompts (quality is judged once); more passes steady a fast model's ratios.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
