@@ -472,13 +472,22 @@ def profiles() -> None:
 
 @profiles.command("list")
 def profiles_list() -> None:
-    """Name, model, calibrated or not, and predicted speedup of every shipped profile."""
+    """Name, model, calibrated or not, and predicted scale-step speedup of every shipped profile:
+    by FLOPs for all (comparable across rows), and by the latency model where calibration fitted one
+    (closer to what the machine it was calibrated on measures)."""
+    from .accel.cost import step_costs
+    from .models.configs import get_config
+    from .profile import identity
     from .profiles import resolve, shipped
+    click.echo(f"{'profile':<32} {'model':<14} {'kind':<11} {'FLOPs':>7} {'latency':>8}  description")
     for name in shipped():
         p = resolve(name)
-        sp = p.measured.get("predicted_speedup_transformer")
-        click.echo(f"{name:<32} {p.model['config']:<14} {'calibrated' if p.calibrated else 'template':<11}"
-                   f" {f'{sp:.2f}x' if sp else '':>7}  {p.description[:60]}")
+        cfg = get_config(p.model["config"])
+        flops = sum(c.flops for c in step_costs(cfg, identity(cfg), 1)) / sum(c.flops for c in step_costs(cfg, p, 1))
+        lat = p.measured.get("predicted_speedup_transformer")
+        lat_txt = f"{lat:.2f}x" if lat and str(p.measured.get("predicted_by", "")).startswith("latency") else ""
+        click.echo(f"{name:<32} {cfg.name:<14} {'calibrated' if p.calibrated else 'template':<11}"
+                   f" {f'{flops:.2f}x':>7} {lat_txt:>8}  {p.description[:60]}")
 
 
 @profiles.command("show")

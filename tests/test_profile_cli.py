@@ -70,6 +70,10 @@ def test_generate_with_profile(calibrated, tmp_path):
 def test_profiles_list_and_show():
     r = run("profiles", "list")
     assert r.exit_code == 0 and "d16-paper-split" in r.output and "fashion-tiny-fastvar-like" in r.output
+    rows = {line.split()[0]: line.split() for line in r.output.splitlines()[1:]}
+    assert rows["d16-paper-split"][3] == "4.15x"                     # FLOPs for every row, comparable
+    assert rows["fashion-tiny-calibrated"][4].endswith("x")          # and the fitted latency model's where there is one
+    assert rows["fashion-tiny-skipvar-like"][4] == "SkipVAR"         # (none for templates: the description follows)
     shown = json.loads(run("profiles", "show", "d36-paper-split").output)
     assert shown["model"]["config"] == "d36" and shown["calibrated"] is False
 
