@@ -475,7 +475,7 @@ def profiles_list() -> None:
     """Name, model, calibrated or not, and predicted scale-step speedup of every shipped profile:
     by FLOPs for all (comparable across rows), and by the latency model where calibration fitted one
     (closer to what the machine it was calibrated on measures)."""
-    from .accel.cost import step_costs
+    from .accel.cost import steps_flops
     from .models.configs import get_config
     from .profile import identity
     from .profiles import resolve, shipped
@@ -483,7 +483,7 @@ def profiles_list() -> None:
     for name in shipped():
         p = resolve(name)
         cfg = get_config(p.model["config"])
-        flops = sum(c.flops for c in step_costs(cfg, identity(cfg), 1)) / sum(c.flops for c in step_costs(cfg, p, 1))
+        flops = steps_flops(cfg, identity(cfg), 1) / steps_flops(cfg, p, 1)      # no decoder: scale steps only
         lat = p.measured.get("predicted_speedup_transformer")
         lat_txt = f"{lat:.2f}x" if lat and str(p.measured.get("predicted_by", "")).startswith("latency") else ""
         click.echo(f"{name:<32} {cfg.name:<14} {'calibrated' if p.calibrated else 'template':<11}"

@@ -109,9 +109,13 @@ def decoder_flops(cfg: ModelConfig, batch: int = 1) -> float:
     return total
 
 
+def steps_flops(cfg: ModelConfig, profile: Profile, batch: int) -> float:
+    """FLOPs of every scale step of `profile` together."""
+    return sum(s.flops for s in step_costs(cfg, profile, batch))
+
+
 def predicted_speedup(cfg: ModelConfig, baseline: Profile, profile: Profile, batch: int) -> dict[str, float]:
     """FLOP ratios baseline/profile: transformer only, and with the decoder included."""
-    base = sum(s.flops for s in step_costs(cfg, baseline, batch))
-    acc = sum(s.flops for s in step_costs(cfg, profile, batch))
+    base, acc = steps_flops(cfg, baseline, batch), steps_flops(cfg, profile, batch)
     dec = decoder_flops(cfg, batch)
     return {"transformer": base / acc, "total": (base + dec) / (acc + dec)}

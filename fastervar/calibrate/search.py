@@ -238,7 +238,7 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
                         local = cand
         if best is None or score(local) > score(best):
             best = local
-    tried = list({id(c): c for c in s.seen.values()}.values())
+    tried = list(s.by_plan.values())
     for c in tried:
         score(c)
     if not best.meets:
