@@ -136,6 +136,7 @@ def _settings(cfg, top_k, top_p, more_smooth, sampler):
 def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, class_ids, classes_file, seed, cfg,
              top_k, top_p, more_smooth, sampler, batch_size, profile_spec, out_dir) -> None:
     """Generate one image per class: the reference (baseline) sampler, or accelerated by --profile."""
+    from .models.cuda_graphs import fast_path
     from .models.loading import resolve_model
     from .models.sampler import generate as run_generate
     from .runtime.images import output_dir, write_pngs
@@ -146,7 +147,7 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     with output_dir(out_dir):
         model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
         _check_classes(classes, model.cfg.var.num_classes)
-        runner = _accelerated(model, profile)
+        runner = fast_path(_accelerated(model, profile), settings)
         result = run_generate(runner, classes, settings, seed=seed, batch_size=batch_size, progress=True)
         paths = write_pngs(result.images.cpu().numpy(), out_dir)
     click.echo(f"wrote {len(paths)} images to {out_dir}")
@@ -227,6 +228,7 @@ def _print_table(result: dict) -> None:
 def grid(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
          more_smooth, sampler, batch_size, per_class, scale, out_path) -> None:
     """A sample grid: one row per class, --per-class samples each."""
+    from .models.cuda_graphs import fast_path
     from .models.loading import resolve_model
     from .models.sampler import generate as run_generate
     from .runtime.images import save_png, tile_grid
@@ -234,8 +236,9 @@ def grid(model_name, var_checkpoint, vae_checkpoint, random_weights, device, see
     _check_writable_parent(out_path)
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     classes = [c for c in range(min(model.cfg.var.num_classes, 10)) for _ in range(per_class)]
-    result = run_generate(model, classes, _settings(cfg, top_k, top_p, more_smooth, sampler), seed=seed,
-                          batch_size=batch_size, progress=True)
+    settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
+    result = run_generate(fast_path(model, settings), classes, settings, seed=seed, batch_size=batch_size,
+                          progress=True)
     save_png(tile_grid(result.images.cpu().numpy(), rows=len(classes) // per_class, scale=scale), out_path)
     click.echo(f"wrote {out_path}")
 
@@ -271,8 +274,11 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
               match_peer, max_accuracy_drop, out_path, report_dir, cache_dir, name, cost_model) -> None:
     """Measure the baseline on sample prompts and choose an acceleration profile automatically."""
     from .calibrate.run import calibrate as run_calibrate
+    from .calibrate.run import check_sampler
     from .models.loading import resolve_model
 
+    settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
+    check_sampler(settings)
     if sum(t is not None for t in (target_speedup, max_quality_drop, match_peer)) != 1:
         raise FastervarError("give exactly one target: --target-speedup X, --max-quality-drop Y or --match-peer NAME")
     seed_list = _int_list(seeds, "--seeds")
@@ -288,7 +294,6 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
     else:
         classes = _int_list(classes_spec, "--classes")
     _check_classes(classes, n_cls)
-    settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
     out = Path(out_path)
     rdir = Path(report_dir) if report_dir else out.with_name(out.stem + "-report")
     profile, report = run_calibrate(model, classes, seed_list, settings, target_speedup, max_quality_drop, out,
@@ -372,6 +377,8 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
               help="Profile to compare [default: fashion-tiny-calibrated, or MODEL-paper-split].")
 @click.option("--bundle", "bundle_path", type=click.Path(file_okay=False),
               help="Exported bundle of that profile to run on the runtime [default: export one into OUT/bundle].")
+@click.option("--identity-bundle", "identity_path", type=click.Path(file_okay=False),
+              help="The identity profile exported for the same model [default: export one into OUT/bundle-identity].")
 @click.option("--no-bundle", is_flag=True, help="Leave the runtime out (no export).")
 @click.option("--no-peers", is_flag=True, help="Leave the fastvar-like and skipvar-like profiles out.")
 @click.option("--compare", "compare_specs", metavar="PROFILE", multiple=True,
@@ -387,20 +394,20 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
 def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, more_smooth,
-          profile_spec, bundle_path, no_bundle, no_peers, compare_specs, provider, images, seed, batch_size, reps,
-          out_dir, json_path) -> None:
-    """Baseline, accelerated (torch), the bundle (runtime) and the peers, side by side."""
+          profile_spec, bundle_path, identity_path, no_bundle, no_peers, compare_specs, provider, images, seed,
+          batch_size, reps, out_dir, json_path) -> None:
+    """Baseline, accelerated (torch), the bundle and the identity bundle (runtime) and the peers, side by side."""
     import json
 
     from .bench.command import bench as run_bench
-    from .bench.report import equal_speed_table, table
+    from .bench.report import attribution_line, equal_speed_table, table
     from .models.loading import resolve_model
     from .runtime.atomic import atomic_path
 
     if json_path:
         _check_writable_parent(json_path)
-    if bundle_path and no_bundle:
-        raise FastervarError("--bundle and --no-bundle contradict each other")
+    if (bundle_path or identity_path) and no_bundle:
+        raise FastervarError("--bundle/--identity-bundle and --no-bundle contradict each other")
     settings = _settings(cfg, top_k, top_p, more_smooth, "portable")
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     profile = _load_profile(profile_spec) if profile_spec else _default_profile(model)
@@ -408,12 +415,14 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     compare = [_load_profile(spec) for spec in compare_specs]
     for other in compare:
         _accelerated(model, other)
-    pipelines = {} if no_bundle else _bench_pipelines(model, profile, settings, bundle_path, out_dir, batch_size,
-                                                      provider)
+    pipelines = {} if no_bundle else _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_dir,
+                                                      batch_size, provider)
     quality = "none" if random_weights else ("paired" if var_checkpoint else "full")
     result, report = run_bench(model, profile, pipelines, settings, images, seed, batch_size, Path(out_dir), quality,
                                peers=not no_peers, compare=compare, reps=reps)
     click.echo(table(result))
+    if result.get("attribution"):
+        click.echo("\n" + attribution_line(result))
     if result.get("equal_speed"):
         click.echo("\nAgainst the peers at equal measured speed (+-10%):\n" + equal_speed_table(result["equal_speed"]))
     if json_path:
@@ -432,16 +441,22 @@ def _default_profile(model):
     return _load_profile(name) if name in shipped() else paper_split(model.cfg)
 
 
-def _bench_pipelines(model, profile, settings, bundle_path, out_dir, batch_size, provider) -> dict:
-    """The given bundle (checked to hold this profile), or a fresh export into OUT/bundle."""
+def _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_dir, batch_size, provider) -> dict:
+    """The given bundles (checked to hold this profile, and the identity profile), or fresh exports
+    into OUT/bundle and OUT/bundle-identity."""
     from .bench.command import runtime_variants
-    if bundle_path is None:
-        from .calibrate.run import weights_sha256
-        from .export.bundle import export_bundle
-        bundle_path = Path(out_dir) / "bundle"
-        _check_bundle_target(str(bundle_path))
-        export_bundle(model, profile, bundle_path, settings, max_batch=batch_size, weights_sha256=weights_sha256(model))
-    pipes = runtime_variants(Path(bundle_path), provider)
+    from .calibrate.run import weights_sha256
+    from .export.bundle import export_bundle
+    from .profile import identity
+    sha = None
+    for path, made in ((bundle_path, profile), (identity_path, identity(model.cfg))):
+        if path is None:
+            dest = Path(out_dir) / ("bundle" if made is profile else "bundle-identity")
+            _check_bundle_target(str(dest))
+            sha = sha or weights_sha256(model)
+            export_bundle(model, made, dest, settings, max_batch=batch_size, weights_sha256=sha)
+    bundle_path = bundle_path or Path(out_dir) / "bundle"
+    pipes = runtime_variants(Path(bundle_path), provider, Path(identity_path or Path(out_dir) / "bundle-identity"))
     made_for = pipes["bundle"].manifest.data["profile"]
     if made_for["json"]["steps"] != profile.to_dict()["steps"]:
         raise FastervarError(f"bundle {bundle_path} was exported with profile {made_for['name']!r}, not {profile.name!r}")

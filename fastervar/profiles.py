@@ -1,4 +1,5 @@
-"""The shipped profiles (`profiles/*.json` at the repository root) and resolving `--profile`.
+"""The shipped profiles (`fastervar/assets/profiles/*.json`, installed with the package) and resolving
+`--profile`.
 
 `--profile` takes a path to a JSON file or the name of a shipped profile. No torch import.
 """
@@ -7,17 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .assets import PROFILES_DIR
 from .errors import FastervarError
 from .profile import Profile, load
-
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 
 def shipped() -> dict[str, Path]:
     """Name -> path of every shipped profile."""
-    if not SHIPPED_DIR.is_dir():
+    if not PROFILES_DIR.is_dir():
         return {}
-    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json"))}
+    return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.json"))}
 
 
 def resolve(spec: str) -> Profile:

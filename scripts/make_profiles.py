@@ -1,19 +1,16 @@
-"""Regenerate the hand-made profiles in profiles/: the paper-split templates for the official VAR
+"""Regenerate the hand-made profiles in fastervar/assets/profiles/: the paper-split templates for the official VAR
 models and the FastVAR-like / SkipVAR-like peers on the embedded model's schedule. The calibrated
 profile of the embedded model comes from `fastervar calibrate` (see README)."""
 
-from pathlib import Path
-
 from fastervar.accel.cost import predicted_speedup
 from fastervar.accel.presets import fastvar_like, paper_split, skipvar_like
+from fastervar.assets import PROFILES_DIR
 from fastervar.models.configs import get_config
 from fastervar.profile import identity
 
-OUT = Path(__file__).resolve().parent.parent / "profiles"
-
 
 def main() -> None:
-    OUT.mkdir(exist_ok=True)
+    PROFILES_DIR.mkdir(exist_ok=True)
     made = [paper_split(get_config(f"d{d}")) for d in (16, 20, 24, 30, 36)]
     made += [fastvar_like(get_config("fashion-tiny")), skipvar_like(get_config("fashion-tiny"))]
     for p in made:
@@ -21,8 +18,8 @@ def main() -> None:
         sp = predicted_speedup(cfg, identity(cfg), p, batch=1)
         p.measured = {"predicted_speedup_transformer": sp["transformer"], "predicted_speedup_total": sp["total"],
                       "predicted_at_batch": 1}
-        p.save(OUT / f"{p.name}.json")
-        print(f"wrote profiles/{p.name}.json")
+        p.save(PROFILES_DIR / f"{p.name}.json")
+        print(f"wrote {PROFILES_DIR / p.name}.json")
 
 
 if __name__ == "__main__":

@@ -58,12 +58,15 @@ def test_selectors_pick_the_right_tokens():
     rp = selectors.random_projection(feats, 2)
     # farthest-point: one of the two identical outliers plus one ordinary token, spanning both kinds
     assert rp.shape == (2, 2) and len(set(rp[0].tolist()) & {3, 9}) == 1
-    g = selectors.grid(1, 4, 4)[0].tolist()
-    assert g == [0, 3, 12, 15]             # the corners of a 4x4 map
-    assert len(set(selectors.grid(1, 8, 20)[0].tolist())) == 20
-    r = selectors.random(3, 36, 10, step=5)
-    assert torch.equal(r[0], r[2]) and torch.equal(r[0], selectors.random(1, 36, 10, step=5)[0])
-    assert selectors.relevance(1, [0.0, 3.0, 1.0, 2.0], 2).tolist() == [[1, 3]]
+    cpu = torch.device("cpu")
+    g = selectors.select("grid", feats, 4, 4, step=6)
+    assert g.tolist() == [[0, 3, 12, 15]] * 2            # the corners of a 4x4 map, for every image
+    assert len(set(selectors.grid(8, 20, cpu)[0].tolist())) == 20
+    r = selectors.select("random", torch.zeros(3, 36, 4), 10, 6, step=5)
+    assert r.shape == (3, 10) and torch.equal(r[0], r[2]) and torch.equal(r[0], selectors.random(36, 10, 5, cpu)[0])
+    assert selectors.select("relevance", feats[:1], 2, 2, step=1, scores=[0.0, 3.0, 1.0, 2.0]).tolist() == [[1, 3]]
+    # constants are made once per device, so a GPU step uploads nothing
+    assert selectors.grid(4, 4, cpu) is selectors.grid(4, 4, cpu)
 
 
 def test_block_restoration_takes_unselected_positions_from_the_cache(tiny_model):
@@ -74,7 +77,7 @@ def test_block_restoration_takes_unselected_positions_from_the_cache(tiny_model)
     cond = acc.condition(labels)
     state = acc.init_state(3)
     for k in range(6):
-        u = torch.rand(3, acc.tokens_at(k), tiny_model.cfg.vae.vocab_size, generator=torch.Generator().manual_seed(k))
+        u = torch.rand(3, acc.tokens_at(k), generator=torch.Generator().manual_seed(k))
         state, out = acc.step(k, state, cond, u, S)
     assert 4 in state.hidden
     up = acc._upsample_tokens(state.hidden[4][:3], 5, 6)
@@ -88,7 +91,7 @@ def test_dropping_guidance_halves_the_batch_and_slices_the_cache(tiny_model):
     cond = acc.condition(torch.tensor(CLASSES))
     state = acc.init_state(3)
     for k in range(7):
-        u = torch.rand(3, acc.tokens_at(k), tiny_model.cfg.vae.vocab_size)
+        u = torch.rand(3, acc.tokens_at(k))
         state, out = acc.step(k, state, cond, u, S)
         batch = 6 if k < 5 else 3
         assert out.logits.shape[0] == batch and state.caches[0][0].shape[0] == batch

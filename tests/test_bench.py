@@ -35,9 +35,15 @@ def bench_dir(tmp_path_factory):
 def test_bench_runs_every_variant_on_the_same_noise(bench_dir):
     res = json.loads((bench_dir / "b.json").read_text())
     rows = res["variants"]
-    assert list(rows) == ["baseline", "accelerated", "bundle", "bundle-steps", "calibrated-fast", "fastvar-like",
-                          "skipvar-like"]
-    assert res["timed_passes"] == 2 and [r["peer"] for r in rows.values()] == [False] * 5 + [True] * 2
+    assert list(rows) == ["baseline", "accelerated", "bundle-identity", "bundle", "bundle-steps", "calibrated-fast",
+                          "fastvar-like", "skipvar-like"]
+    assert res["timed_passes"] == 2 and [r["peer"] for r in rows.values()] == [False] * 6 + [True] * 2
+    # the identity bundle is the baseline compiled: the same tokens, images within one level
+    assert rows["bundle-identity"]["paired_psnr"] > 40 and rows["bundle-identity"]["paired_ssim"] > 0.99
+    assert rows["bundle-identity"]["class_accuracy"] == rows["baseline"]["class_accuracy"]
+    split = res["attribution"]
+    assert split["compiler"] == rows["bundle-identity"]["speedup_total"]
+    assert split["compiler"] * split["algorithm"] == pytest.approx(rows["bundle"]["speedup_total"])
     # the bundle is the accelerated profile on another backend: same tokens, so the same images
     for b in ("bundle", "bundle-steps"):
         assert abs(rows[b]["paired_ssim"] - rows["accelerated"]["paired_ssim"]) < 1e-3
@@ -58,6 +64,7 @@ def test_bench_report_matches_json(bench_dir):
     assert res == json.loads((bench_dir / "b.json").read_text())
     md = (rep / "report.md").read_text()
     assert table(res) in md
+    assert f"compiler {res['attribution']['compiler']:.2f}x" in md
     for png in ("steps.png", "front.png", "grid.png"):
         assert (rep / png).stat().st_size > 1000
     assert (rep / "bundle" / "manifest.json").exists()
@@ -68,7 +75,7 @@ def test_bench_random_weights_is_speed_only(tmp_path):
             "--out", str(tmp_path / "r"))
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r" / "bench.json").read_text())["variants"]
-    assert list(rows) == ["baseline", "accelerated", "bundle", "bundle-steps"]
+    assert list(rows) == ["baseline", "accelerated", "bundle-identity", "bundle", "bundle-steps"]
     assert all("paired_ssim" not in r and "class_accuracy" not in r for r in rows.values())
 
 
@@ -84,6 +91,8 @@ def test_bench_bad_arguments(bench_dir, tmp_path):
     assert_bad_input(run("bench", "--bundle", bundle, "--cfg", "3", "--out", out), "cfg 1.5 (asked 3.0)")
     assert_bad_input(run("bench", "--bundle", bundle, "--profile", "fashion-tiny-skipvar-like", "--out", out),
                      "was exported with profile 'fashion-tiny-calibrated'")
+    assert_bad_input(run("bench", "--bundle", bundle, "--identity-bundle", bundle, "--out", out),
+                     "not the identity profile")
     r = run("bench", "--images", "1", "--out", out)
     assert r.exit_code == 2 and "Traceback" not in r.output
 
@@ -110,7 +119,8 @@ def test_demo_runs_every_stage_and_compares_both_peers_at_equal_speed(tmp_path, 
     res = json.loads((d / "bench" / "bench.json").read_text())
     assert "calibrated-fast" in res["variants"]
     assert {row["peer"] for row in res["equal_speed"]} == {"fastvar-like", "skipvar-like"}
-    assert "bundle vs baseline:" in r.output
+    assert "bundle vs baseline:" in r.output and "compiler" in r.output
+    assert (d / "bundle-identity" / "manifest.json").exists() and "bundle-identity" in res["variants"]
 
 
 def test_interrupted_demo_leaves_no_half_written_bundle(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -79,7 +80,7 @@ def test_d16_schedule_paper_split_parity(tmp_path):
 def test_bundle_layout_and_weights_stored_once(bundles, embedded):
     _, path = bundles["fashion-tiny-calibrated"]
     man = json.loads((path / "manifest.json").read_text())
-    assert man["format"] == "fastervar-bundle/1" and man["precision"] == "fp32"
+    assert man["format"] == "fastervar-bundle/2" and man["precision"] == "fp32"
     names = [e["name"] for e in man["engines"]]
     assert names == [f"step{k}" for k in range(7)] + ["decoder"]
     for e in man["engines"]:
@@ -96,6 +97,74 @@ def test_bundle_layout_and_weights_stored_once(bundles, embedded):
     assert bundle_bytes <= 1.15 * model_bytes
     # every transformer weight appears once although seven graphs use it
     assert (path / "weights.bin").stat().st_size < model_bytes
+
+
+def _official_vocabulary_model():
+    """A small transformer over the official VQVAE's 4096 codes: the shapes that decide TopK sizes."""
+    from fastervar.models.configs import (
+        TINY_SCHEDULE,
+        ModelConfig,
+        VARConfig,
+        VQVAEConfig,
+    )
+    from fastervar.models.family import VARModel
+    from fastervar.models.loading import randomize_
+    cfg = ModelConfig("tiny-v4096", VARConfig(depth=1, embed_dim=32, num_heads=1, num_classes=10,
+                                              patch_nums=TINY_SCHEDULE),
+                      VQVAEConfig(vocab_size=4096, z_channels=8, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                  num_groups=8))
+    return randomize_(VARModel(cfg)).eval()
+
+
+@pytest.mark.parametrize("top_k", [900, 0], ids=["top-k-900", "top-p-only"])
+def test_bundles_take_one_noise_value_per_token_and_fit_tensorrt_topk(tmp_path, top_k):
+    """No noise input has a vocabulary axis, and no TopK asks TensorRT for more than 3840 (k = V =
+    4096 without top-k); the runtime still samples the torch path's tokens."""
+    from fastervar.export.inspect import bundle_facts
+    model = _official_vocabulary_model()
+    settings = SamplingSettings(top_k=top_k, top_p=0.96)
+    prof = identity(model.cfg)
+    path = export_bundle(model, prof, tmp_path / "b", settings, max_batch=2, progress=False)
+    facts = bundle_facts(path)
+    pn = model.cfg.var.patch_nums
+    seen = 0
+    for graph, f in facts.items():
+        for name, shape in f["noise"].items():
+            k = int(name.split(".")[1]) if "." in name else int(graph.removeprefix("step").removesuffix(".onnx"))
+            assert shape == ["batch", pn[k] ** 2], (graph, name, shape)
+            seen += 1
+    assert seen == 2 * len(pn)                  # every step graph and every step of the chain
+    ks = [k for f in facts.values() for k in f["topk"]]
+    assert ks and all(k is not None and k <= 3840 for k in ks)
+    assert max(ks) == (900 if top_k else 3840)
+    ref = generate(AcceleratedModel(model, prof), [3, 8], settings, seed=1, batch_size=2)
+    got = Pipeline.from_bundle(path).generate([3, 8], seed=1)
+    assert all(np.array_equal(got.tokens[k], t.numpy()) for k, t in enumerate(ref.tokens))
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_export_leaves_the_callers_model_where_it_was(tmp_path, device):
+    """Export traces on the CPU in float32; the model it was handed comes back unchanged."""
+    model = random_model("tiny").to(device, torch.float64)
+    model.batch_invariant = True
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_bundle(model, identity(model.cfg), tmp_path / "b", SETTINGS, progress=False)
+    w = model.var.head.weight
+    assert w.device.type == device and w.dtype == torch.float64 and model.batch_invariant
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_runtime_names_the_fix_when_onnxruntime_packages_clash(monkeypatch):
+    from fastervar.errors import FastervarError
+    from fastervar.runtime import sessions
+    monkeypatch.setattr(sessions, "available_providers", lambda: ["cpu"])
+    monkeypatch.setattr(sessions, "installed_onnxruntime_packages", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    with pytest.raises(FastervarError, match="pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"):
+        sessions._check_available("cuda")
+    monkeypatch.setattr(sessions, "installed_onnxruntime_packages", lambda: ["onnxruntime"])
+    with pytest.raises(FastervarError, match="is not available here; available: cpu"):
+        sessions._check_available("cuda")
 
 
 def test_cli_run_writes_the_pngs_generate_writes(bundles, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fastervar.calibrate.latency import FEATURES
@@ -113,6 +114,22 @@ def test_calibrate_needs_one_target(tmp_path):
     assert_bad_input(r, "give exactly one target")
     r = run("calibrate", "--model", "tiny", "--random-weights", "--match-peer", "hart", "--out", str(tmp_path / "p.json"))
     assert r.exit_code == 2 and "'hart' is not one of" in r.output and "Traceback" not in r.output
+
+
+def test_calibrate_official_sampler_is_one_line(tmp_path):
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--sampler", "official", "--target-speedup", "1.2",
+            "--out", str(tmp_path / "p.json"))
+    assert_bad_input(r, "only the portable sampler gives")
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="calibrating on a GPU needs CUDA (no GPU here)")
+def test_calibrate_runs_on_cuda(tmp_path):
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--device", "cuda", "--classes", "0,3", "--seeds", "0",
+            "--target-speedup", "1.1", "--batch-size", "2", "--out", str(tmp_path / "p.json"),
+            "--cache-dir", str(tmp_path / "cache"))
+    assert r.exit_code == 0, r.output
+    assert load(tmp_path / "p.json").calibrated
 
 
 def test_match_peer_targets_the_peer_speed(calibrated):

@@ -42,7 +42,7 @@ def test_step_grows_the_cache_and_accumulates_f_hat(tiny_model):
     state = tiny_model.init_state(1)
     seen = 0
     for k in range(tiny_model.num_steps):
-        u = torch.rand(1, tiny_model.tokens_at(k), tiny_model.cfg.vae.vocab_size)
+        u = torch.rand(1, tiny_model.tokens_at(k))
         before = state.f_hat.clone()
         state, out = tiny_model.step(k, state, cond, u, SamplingSettings())
         seen += tiny_model.tokens_at(k)

@@ -24,10 +24,11 @@ def test_cli_help_without_torch():
     assert "generate" in p.stdout, p.stderr
 
 
-def test_noise_is_keyed_by_seed_image_and_step():
-    from fastervar.runtime.noise import batch_uniform, step_uniform
-    a = step_uniform(1, 2, 3, 4, 5)
-    assert a.shape == (4, 5) and a.dtype.name == "float32" and (a >= 0).all() and (a < 1).all()
-    assert (batch_uniform(1, [7, 2], 3, 4, 5)[1] == a).all()
-    assert not (step_uniform(1, 2, 4, 4, 5) == a).all()
-    assert not (step_uniform(2, 2, 3, 4, 5) == a).all()
+def test_noise_is_one_uniform_per_token_keyed_by_seed_image_and_step():
+    from fastervar.runtime.noise import batch_uniform, image_keys, step_uniform
+    a = step_uniform(1, 2, 3, 256)
+    assert a.shape == (256,) and a.dtype.name == "float32" and (a >= 0).all() and (a < 1).all()
+    assert (batch_uniform(image_keys(1, [7, 2]), 3, 256)[1] == a).all()
+    assert (batch_uniform([(5, 0), (1, 2)], 3, 256)[1] == a).all()       # per-image seeds mix in one batch
+    assert not (step_uniform(1, 2, 4, 256) == a).all()
+    assert not (step_uniform(2, 2, 3, 256) == a).all()

@@ -142,7 +142,7 @@ class AcceleratedModel:
         idx, h = sample_step(g, noise, settings, k / (self.num_steps - 1), m.vae.quantize.embedding.weight)
         state.f_hat = m.update_f_hat(k, state.f_hat, h)
         state.caches = caches
-        return state, StepOutput(idx, logits)
+        return state, StepOutput(idx, logits, hidden)
 
     def _latent_step(self, k: int, plan: StepPlan, x: torch.Tensor, cond: torch.Tensor, state: AccelState,
                      noise: torch.Tensor | torch.Generator, settings: SamplingSettings):
@@ -157,7 +157,7 @@ class AcceleratedModel:
         logits = m.var.logits(hidden, cond)
         g = apply_guidance(logits, guidance_weight(settings.cfg, k, self.num_steps)) if rows == 2 else logits
         if isinstance(noise, torch.Tensor):
-            noise = noise.gather(1, idx.unsqueeze(-1).expand(-1, -1, noise.shape[-1]))
+            noise = noise.gather(1, idx)
         kept, h_kept = sample_step(g, noise, settings, k / (self.num_steps - 1), m.vae.quantize.embedding.weight)
         n = self.model.tokens_at(k)
         h = h_kept.new_zeros(b, n, h_kept.shape[-1]).scatter(1, idx.unsqueeze(-1).expand_as(h_kept), h_kept)

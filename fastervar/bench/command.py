@@ -22,13 +22,34 @@ def bench_classes(num_classes: int, images: int) -> list[int]:
     return [(7 * i) % num_classes for i in range(images)]
 
 
-def runtime_variants(bundle: Path, provider: str) -> dict:
-    """The bundle as `fastervar run` runs it and, when that is the single graph, per step too."""
+def runtime_variants(bundle: Path, provider: str, identity_bundle: Path | None = None) -> dict:
+    """The bundle as `fastervar run` runs it and, when that is the single graph, per step too; with
+    `identity_bundle` (the identity profile exported) also that, which separates what the compiled
+    runtime buys on an unchanged model from what the profile buys."""
     from ..runtime.pipeline import Pipeline
+    out = {}
+    if identity_bundle is not None:
+        ident = Pipeline.from_bundle(identity_bundle, provider=provider)
+        steps = ident.manifest.data["profile"]["json"]["steps"]
+        if any(s["mode"] != "full" or not s["cfg"] or s.get("ranks") for s in steps):
+            raise FastervarError(f"{identity_bundle} was exported with profile "
+                                 f"{ident.manifest.data['profile']['name']!r}, not the identity profile")
+        out["bundle-identity"] = ident
     main = Pipeline.from_bundle(bundle, provider=provider)
-    if not main.single_graph:
-        return {"bundle": main}
-    return {"bundle": main, "bundle-steps": Pipeline.from_bundle(bundle, provider=provider, verify=False, chain=False)}
+    out["bundle"] = main
+    if main.single_graph:
+        out["bundle-steps"] = Pipeline.from_bundle(bundle, provider=provider, verify=False, chain=False)
+    return out
+
+
+def attribution(result: dict) -> dict | None:
+    """The bundle's end-to-end speedup as compiler x algorithm: the identity bundle against the
+    torch baseline, then the profile's bundle against the identity bundle."""
+    rows = result["variants"]
+    if "bundle" not in rows or "bundle-identity" not in rows:
+        return None
+    compiler, total = rows["bundle-identity"]["speedup_total"], rows["bundle"]["speedup_total"]
+    return {"compiler": compiler, "algorithm": total / compiler, "total": total}
 
 
 def check_bundle_settings(pipeline, settings: SamplingSettings) -> None:
@@ -46,10 +67,10 @@ def bench(model: VARModel, profile: Profile, pipelines: dict, settings: Sampling
           compare: Sequence[Profile] = (), reps: int = 1) -> tuple[dict, Path]:
     """Run every variant and write the report; `quality` is full, paired or none (speed only).
     `pipelines` names the runtime variants (bundle: as `fastervar run` runs it; bundle-steps: one
-    engine per step graph, so the per-step times show)."""
+    engine per step graph, so the per-step times show; bundle-identity: the identity profile
+    exported)."""
     for pipe in pipelines.values():
         check_bundle_settings(pipe, settings)
-    model.batch_invariant = False          # batched convolutions, as a server runs them
     variants = make_variants(model, profile, pipelines, peers, compare)
     judge = quality_judge(model) if quality == "full" else None
     result, samples = run_bench(model, variants, bench_classes(model.cfg.var.num_classes, images), settings, seed,
@@ -62,5 +83,6 @@ def bench(model: VARModel, profile: Profile, pipelines: dict, settings: Sampling
                                "runtime_provider": next((p.provider for p in pipelines.values()), None)})
     if quality != "none":
         result["equal_speed"] = equal_speed(result)
+    result["attribution"] = attribution(result)
     report = write_report(result, out_dir, samples, f"fastervar bench: {model.cfg.name}, profile {profile.name}")
     return result, report

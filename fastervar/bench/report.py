@@ -142,6 +142,16 @@ def _equal_speed_section(result: dict) -> list[str]:
             equal_speed_table(rows), ""]
 
 
+def attribution_line(result: dict) -> str | None:
+    """The bundle's speedup split into the compiled runtime's share and the profile's."""
+    a = result.get("attribution")
+    if not a:
+        return None
+    return (f"bundle {a['total']:.2f}x end to end = compiler {a['compiler']:.2f}x (the identity profile exported, "
+            f"against the torch baseline) x algorithm {a['algorithm']:.2f}x (the profile's bundle against the "
+            f"identity bundle)")
+
+
 def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarray], title: str) -> Path:
     """bench.json, report.md and the plots in out_dir; returns the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,12 +165,13 @@ def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarra
     env = result.get("environment", {})
     md = [f"# {title}", "",
           (f"{result['images']} images, batch {result['batch_size']}, seed {result['seed']}, portable sampler, "
-           f"{result.get('timed_passes', 1)} timed pass(es) (times are per pass); "
-           f"variants interleaved batch by batch in one process. " + ", ".join(f"{k} {v}" for k, v in env.items())),
+           f"{result.get('timed_passes', 1)} timed pass(es) (times are medians per pass); "
+           f"variants warmed up at the timed batch size, then interleaved batch by batch in one process. " + ", ".join(f"{k} {v}" for k, v in env.items())),
           "",
           ("Speedups are the baseline's time over the variant's, both measured in this run. Paired PSNR/SSIM "
            "compare each variant's image with the baseline's for the same prompt and noise."), "",
-          table(result), "", *_equal_speed_section(result), "## Per-step time (seconds, all images)", "", step_table(result), "",
+          table(result), "", *([attribution_line(result), ""] if result.get("attribution") else []),
+          *_equal_speed_section(result), "## Per-step time (seconds, all images)", "", step_table(result), "",
           "![per-step time](steps.png)", "", "![speed against quality](front.png)", "",
           "## Same seeds, every variant", "", "Rows, top to bottom: " + ", ".join(rows) + ".", "",
           "![grid](grid.png)", ""]

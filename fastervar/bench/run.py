@@ -1,9 +1,9 @@
-"""Every path on the same prompts and noise, timed interleaved in one process.
+"""Every path on the same prompts and noise, timed by the one harness in one process.
 
 Variants: the torch baseline, the profile in torch, the profile as an exported bundle on the
-runtime, and the FastVAR-like and SkipVAR-like peers. Batch by batch each variant runs in turn, so
-machine noise hits all of them alike; all use the portable sampler, so they read the same noise
-and their images can be compared pair by pair.
+runtime (and the identity profile exported, which separates the compiler's share of the speedup
+from the algorithm's), and the FastVAR-like and SkipVAR-like peers. All use the portable sampler,
+so they read the same noise and their images can be compared pair by pair.
 """
 
 from __future__ import annotations
@@ -12,18 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from ..accel.accelerated import AcceleratedModel
 from ..accel.presets import fastvar_like, skipvar_like
 from ..errors import FastervarError
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
-from ..models.sampler import generate_batch
 from ..models.sampling import SamplingSettings
 from ..profile import Profile
-from .memory import PeakMemory
+from .timing import (
+    PipelineRunner,
+    TorchRunner,
+    batches,
+    first_pass,
+    interleaved,
+    speedup,
+    summarize,
+)
 
 
 @dataclass
@@ -52,64 +57,38 @@ def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = No
     return out
 
 
-def _run(v: Variant, classes: list[int], lo: int, settings: SamplingSettings, seed: int, device: str):
-    """One batch: (uint8 images, per-step seconds, decode seconds, single-graph seconds)."""
+def _runner(v: Variant, settings: SamplingSettings):
     if isinstance(v.runner, (VARModel, AcceleratedModel)):
-        labels = torch.tensor(classes, device=device)
-        g = generate_batch(v.runner, labels, settings, seed, list(range(lo, lo + len(classes))))
-        return g.images.cpu().numpy(), g.step_seconds, g.decode_seconds, 0.0
-    r = v.runner.generate(classes, seed=seed, first_index=lo)
-    return r.images, r.step_seconds, r.decode_seconds, r.graph_seconds
+        return TorchRunner(v.runner, settings)
+    return PipelineRunner(v.runner)
 
 
 def run_bench(model: VARModel, variants: list[Variant], classes: list[int], settings: SamplingSettings,
               seed: int, batch_size: int, paired: bool = True, judge=None,
               progress: bool = True, reps: int = 1) -> tuple[dict, dict[str, np.ndarray]]:
-    """Time every variant; `paired` adds PSNR/SSIM against the baseline's images, `judge` (the
-    evaluator) class accuracy and FD/KID. `reps` passes over the prompts are timed (times are per
-    pass; more passes steady the ratios of a fast model). Returns the figures and the first images
-    of each variant."""
+    """Time every variant through the timing harness; `paired` adds PSNR/SSIM against the
+    baseline's images, `judge` (the evaluator) class accuracy and FD/KID. `reps` passes over the
+    prompts are timed (times are medians per pass; ratios the median of the passes' ratios).
+    Returns the figures and the first images of each variant."""
     device = "cuda" if model.var.head.weight.is_cuda else "cpu"
-    for v in variants:                                        # warm-up, untimed
-        _run(v, classes[:1], 0, settings, seed, device)
-    images = {v.name: [] for v in variants}
-    steps = {v.name: np.zeros(model.num_steps) for v in variants}
-    decode = dict.fromkeys(images, 0.0)
-    whole = dict.fromkeys(images, 0.0)
-    memory: dict[str, int | None] = dict.fromkeys(images, 0)
-    per_pass = list(range(0, len(classes), batch_size))
-    starts = per_pass * reps
-    for i, lo in enumerate(tqdm(starts, desc=f"bench ({len(variants)} variants)", unit="batch", disable=not progress)):
-        chunk = classes[lo:lo + batch_size]
-        for v in variants:
-            with PeakMemory(device) as mem:
-                imgs, st, dec, graph = _run(v, chunk, lo, settings, seed, device)
-            if i < len(per_pass):                            # a repeat pass times the same images again
-                images[v.name].append(imgs)
-            steps[v.name] += st
-            decode[v.name] += dec
-            whole[v.name] += graph
-            if mem.peak_bytes is None or memory[v.name] is None:
-                memory[v.name] = None
-            else:
-                memory[v.name] = max(memory[v.name], mem.peak_bytes)
+    runners = {v.name: _runner(v, settings) for v in variants}
+    runs = interleaved(runners, batches(classes, seed, batch_size), reps=reps, device=device, memory=True,
+                       progress=progress, desc=f"bench ({len(variants)} variants)")
     n = len(classes)
-    for name in images:                                       # seconds per pass over the prompts
-        steps[name] /= reps
-        decode[name] /= reps
-        whole[name] /= reps
-    base_imgs = np.concatenate(images["baseline"])
-    base_steps, base_total = steps["baseline"].sum(), steps["baseline"].sum() + decode["baseline"]
+    base_imgs = first_pass(runs["baseline"]).images
     out = {"images": n, "batch_size": batch_size, "seed": seed, "timed_passes": reps, "variants": {}}
+    images = {}
     for v in variants:
-        imgs = np.concatenate(images[v.name])
-        total = steps[v.name].sum() + decode[v.name] + whole[v.name]
-        split = whole[v.name] == 0
-        row = {"profile": v.profile, "peer": v.peer, "seconds_total": total, "seconds_per_image": total / n,
-               "seconds_steps": float(steps[v.name].sum()) if split else None, "step_seconds": steps[v.name].tolist(),
-               "decode_seconds": decode[v.name], "graph_seconds": whole[v.name], "speedup_total": base_total / total,
-               "speedup_transformer": base_steps / max(steps[v.name].sum(), 1e-12) if split else None,
-               "peak_memory_mib": None if memory[v.name] is None else memory[v.name] / 2**20}
+        t = summarize(runs[v.name])
+        split = t.graph_seconds == 0
+        peaks = [r.peak_bytes for p in runs[v.name] for r in p]
+        row = {"profile": v.profile, "peer": v.peer, "seconds_total": t.seconds, "seconds_per_image": t.seconds / n,
+               "seconds_steps": t.seconds_steps if split else None, "step_seconds": t.step_seconds,
+               "decode_seconds": t.decode_seconds, "graph_seconds": t.graph_seconds, "pass_seconds": t.passes,
+               "speedup_total": speedup(runs["baseline"], runs[v.name]),
+               "speedup_transformer": speedup(runs["baseline"], runs[v.name], "steps") if split else None,
+               "peak_memory_mib": None if None in peaks else max(peaks) / 2**20}
+        imgs = first_pass(runs[v.name]).images
         if paired and v.name != "baseline":
             row.update(paired_psnr=mean_psnr(base_imgs, imgs), paired_ssim=float(ssim(base_imgs, imgs).mean()))
         if judge is not None:

@@ -22,14 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.optimize import nnls
-from tqdm.auto import tqdm
 
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import step_costs
 from ..accel.presets import fastvar_like, paper_split
+from ..bench.timing import TorchRunner, batches, interleaved, summarize
 from ..models.configs import ModelConfig
 from ..models.family import VARModel
-from ..models.sampler import generate_batch
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity
 from ..runtime.atomic import atomic_path
@@ -104,31 +103,19 @@ def machine_id() -> str:
 
 def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, min_reps: int = 2,
                     max_reps: int = 15, min_seconds: float = 6.0) -> LatencyModel:
-    """Time each probe on one batch of the calibration prompts, interleaved, and fit the model.
-    Fast models get more rounds (until `min_seconds` of timing or `max_reps`): their per-step
-    times are short and noisy, and the per-step medians steady with more samples."""
+    """Time each probe on one batch of the calibration prompts through the timing harness and fit
+    the model. Fast models get more rounds (until `min_seconds` of timing or `max_reps`): their
+    per-step times are short and noisy, and the per-step medians steady with more samples."""
     cfg = model.cfg
-    device = model.var.head.weight.device
-    batch = torch.tensor(labels, device=device)
     base, *others = probes(cfg)
-    runners = [(base, model)] + [(p, AcceleratedModel(model, p)) for p in others]
-    indices = list(range(len(labels)))
-    generate_batch(model, batch, settings, 0, indices)   # warm-up, untimed; the median over reps absorbs the rest
-    times: dict[str, list[np.ndarray]] = {p.name: [] for p, _ in runners}
-    decode: list[float] = []
-    spent = 0.0
-    with tqdm(desc="timing probe profiles", unit="run") as bar:
-        rep = 0
-        while rep < min_reps or (spent < min_seconds and rep < max_reps):
-            for p, r in runners:
-                g = generate_batch(r, batch, settings, rep, indices)
-                times[p.name].append(np.asarray(g.step_seconds))
-                decode.append(g.decode_seconds)
-                spent += g.seconds_total
-                bar.update()
-            rep += 1
-    obs = [(step_features(cfg, p, len(labels)), np.median(np.stack(times[p.name]), axis=0)) for p, _ in runners]
-    return fit(obs, len(labels), statistics.median(decode), machine_id())
+    probe_models = [(base, model)] + [(p, AcceleratedModel(model, p)) for p in others]
+    runners = {p.name: TorchRunner(m, settings) for p, m in probe_models}
+    device = "cuda" if model.var.head.weight.is_cuda else "cpu"
+    runs = interleaved(runners, batches(labels, 0, len(labels)), reps=min_reps, device=device,
+                       min_seconds=min_seconds, max_reps=max_reps, desc="timing probe profiles")
+    timings = {name: summarize(passes) for name, passes in runs.items()}
+    obs = [(step_features(cfg, p, len(labels)), np.asarray(timings[p.name].step_seconds)) for p, _ in probe_models]
+    return fit(obs, len(labels), statistics.median(t.decode_seconds for t in timings.values()), machine_id())
 
 
 def cached_latency(model: VARModel, labels: list[int], settings: SamplingSettings, cache_dir: Path,

@@ -25,13 +25,8 @@ import torch
 from ..evaluate.metrics import ssim
 from ..models.family import VARModel, to_uint8
 from ..models.resample import resample
-from ..models.sampler import step_noise
-from ..models.sampling import (
-    SamplingSettings,
-    apply_guidance,
-    guidance_weight,
-    sample_step,
-)
+from ..models.sampler import generate_batch
+from ..models.sampling import SamplingSettings, apply_guidance, guidance_weight
 from ..profile import FACTORIZABLE
 
 
@@ -72,7 +67,7 @@ class Measurements:
 def cache_key(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
               weights_sha256: str) -> str:
     blob = json.dumps({"model": model.cfg.to_dict(), "weights": weights_sha256, "classes": list(classes),
-                       "seeds": list(seeds), "settings": settings.__dict__, "version": 1}, sort_keys=True)
+                       "seeds": list(seeds), "settings": settings.__dict__, "version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -89,7 +84,7 @@ class _InputRecorder:
 
     def __init__(self, model: VARModel):
         self.model = model
-        self.step = -1
+        self.step_of = {model.tokens_at(k): k for k in range(model.num_steps)}   # token count -> step
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.handles = []
@@ -104,14 +99,15 @@ class _InputRecorder:
 
     def _hook(self, key: str) -> Callable:
         def hook(_mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            k = f"{self.step}/{key}"
+            x = args[0].detach()
+            k = f"{self.step_of[x.shape[1]]}/{key}"
+            x = x.reshape(-1, x.shape[-1]).double()
             self.sums[k] = self.sums.get(k, 0) + x.T @ x
             self.counts[k] = self.counts.get(k, 0) + x.shape[0]
         return hook
 
     def covariances(self) -> dict[str, np.ndarray]:
-        return {k: (v / self.counts[k]).float().numpy() for k, v in self.sums.items()}
+        return {k: (v / self.counts[k]).float().cpu().numpy() for k, v in self.sums.items()}
 
     def close(self) -> None:
         for h in self.handles:
@@ -134,44 +130,41 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def measure(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
             judge: Callable[[np.ndarray], np.ndarray] | None = None, batch_size: int = 16,
             progress: Callable[[int], None] | None = None) -> Measurements:
-    """Run the baseline over every (class, seed) pair with instrumentation; see the module docstring."""
+    """Run the baseline over every (class, seed) pair with instrumentation; see the module docstring.
+
+    It is the model's own step loop (`generate_batch`), eager, watched step by step; image i of
+    the prompt list draws its noise as (its seed, i), which the search reuses."""
     prompts = [(c, s) for s in seeds for c in classes]
     steps = model.num_steps
+    device = model.var.head.weight.device
     recorder = _InputRecorder(model)
     partial_imgs: list[list[np.ndarray]] = [[] for _ in range(steps)]
     partial_fhat: list[list[torch.Tensor]] = [[] for _ in range(steps)]
     tv = np.zeros(steps)
     rel = [np.zeros(model.tokens_at(k)) for k in range(steps)]
     tokens: list[list[np.ndarray]] = [[] for _ in range(steps)]
+    previous: dict[int, torch.Tensor] = {}
+
+    def watch(k: int, state, out) -> None:
+        b = state.f_hat.shape[0]
+        guided = apply_guidance(out.logits, guidance_weight(settings.cfg, k, steps))
+        tv[k] += 0.5 * (guided.softmax(-1) - out.logits[:b].softmax(-1)).abs().sum(-1).mean(-1).sum().item()
+        if k > 0:
+            pn, src, c = model.patch_nums[k], model.patch_nums[k - 1], out.hidden.shape[-1]
+            up = resample(previous[k - 1].transpose(1, 2).reshape(-1, c, src, src), pn, "bicubic")
+            err = (out.hidden - up.flatten(2).transpose(1, 2)).norm(dim=-1) / out.hidden.norm(dim=-1).clamp_min(1e-6)
+            rel[k] += err[:b].sum(0).cpu().numpy()
+        previous[k] = out.hidden
+        tokens[k].append(out.tokens.cpu().numpy())
+        partial_fhat[k].append(state.f_hat.clone())
+        partial_imgs[k].append(to_uint8(model.decode(state.f_hat)).cpu().numpy())
+
     try:
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo:lo + batch_size]
-            labels = torch.tensor([c for c, _ in chunk], device=model.var.head.weight.device)
-            cond = model.condition(labels)
-            state = model.init_state(len(chunk))
-            prev_hidden = None
-            for k in range(steps):
-                recorder.step = k
-                u = torch.cat([step_noise(model, settings, k, s, [lo + j], None) for j, (_, s) in enumerate(chunk)])
-                x = model.step_input(k, state.f_hat, cond)
-                hidden, caches = model.transformer(x, cond, state.caches)
-                logits = model.var.logits(hidden, cond)
-                b = len(chunk)
-                guided = apply_guidance(logits, guidance_weight(settings.cfg, k, steps))
-                tv[k] += 0.5 * (guided.softmax(-1) - logits[:b].softmax(-1)).abs().sum(-1).mean(-1).sum().item()
-                if prev_hidden is not None:
-                    pn, src = model.patch_nums[k], model.patch_nums[k - 1]
-                    c = hidden.shape[-1]
-                    up = resample(prev_hidden.transpose(1, 2).reshape(-1, c, src, src), pn, "bicubic")
-                    err = (hidden - up.flatten(2).transpose(1, 2)).norm(dim=-1) / hidden.norm(dim=-1).clamp_min(1e-6)
-                    rel[k] += err[:b].sum(0).cpu().numpy()
-                idx, h = sample_step(guided, u, settings, k / (steps - 1), model.vae.quantize.embedding.weight)
-                state.f_hat = model.update_f_hat(k, state.f_hat, h)
-                state.caches = caches
-                prev_hidden = hidden
-                tokens[k].append(idx.cpu().numpy())
-                partial_fhat[k].append(state.f_hat.clone())
-                partial_imgs[k].append(to_uint8(model.decode(state.f_hat)).cpu().numpy())
+            labels = torch.tensor([c for c, _ in chunk], device=device)
+            keys = [(s, lo + j) for j, (_, s) in enumerate(chunk)]
+            generate_batch(model, labels, settings, keys, on_step=watch)
             if progress is not None:
                 progress(len(chunk))
     finally:

@@ -6,18 +6,17 @@ import datetime as dt
 import hashlib
 import shutil
 import tempfile
-import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..accel.presets import fastvar_like, skipvar_like
+from ..bench.timing import TorchRunner, batches, interleaved, speedup
+from ..errors import FastervarError
 from ..models.family import VARModel
-from ..models.sampler import generate
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from .latency import FEATURES, cached_latency
@@ -45,20 +44,22 @@ def _judge(model: VARModel):
     return ClassifierFeatures.shipped()
 
 
+def check_sampler(settings: SamplingSettings) -> None:
+    """Calibration judges candidates against the baseline image for the same noise: portable only."""
+    if settings.sampler != "portable":
+        raise FastervarError("calibrate compares every candidate with the baseline on the same noise, which only "
+                             "the portable sampler gives; drop --sampler official (the profile it writes applies "
+                             "to either sampler)")
+
+
 def measured_speedup(model: VARModel, profile: Profile, classes: Sequence[int], settings: SamplingSettings,
                      batch: int, reps: int = 3) -> float:
-    """Wall-clock baseline/accelerated on the calibration prompts, interleaved, median of reps."""
+    """End-to-end baseline/accelerated on the calibration prompts, through the timing harness."""
     from ..accel.accelerated import AcceleratedModel
-    acc = AcceleratedModel(model, profile)
-    ratios = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        generate(model, classes, settings, batch_size=batch)
-        t1 = time.perf_counter()
-        generate(acc, classes, settings, batch_size=batch)
-        t2 = time.perf_counter()
-        ratios.append((t1 - t0) / (t2 - t1))
-    return float(np.median(ratios))
+    runners = {"baseline": TorchRunner(model, settings), "accelerated": TorchRunner(AcceleratedModel(model, profile), settings)}
+    device = "cuda" if model.var.head.weight.is_cuda else "cpu"
+    runs = interleaved(runners, batches(list(classes), 0, batch), reps=reps, device=device, desc="measuring speed")
+    return speedup(runs["baseline"], runs["accelerated"])
 
 
 def peer_target(peer: Candidate, base_accuracy: float | None, max_accuracy_drop: float) -> tuple[float, float]:
@@ -79,6 +80,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
               match_peer: str | None = None) -> tuple[Profile, Path]:
     """Measure (cached), fit the latency model (cached), search, then write the profile and its report
     atomically. `match_peer` (fastvar-like or skipvar-like) sets the target from that peer's recipe."""
+    check_sampler(settings)
     torch.manual_seed(0)
     sha = weights_sha256(model)
     judge = _judge(model)

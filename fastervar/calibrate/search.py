@@ -17,6 +17,7 @@ import numpy as np
 
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import predicted_speedup
+from ..bench.timing import Batch, TorchRunner
 from ..errors import FastervarError
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
@@ -122,6 +123,10 @@ class Searcher:
         self.model, self.m, self.stages, self.settings, self.batch = model, m, stages, settings, batch
         self.latency = latency
         self.prompts = [(c, s) for s in seeds for c in classes]
+        # the measurement run keyed image i's noise by (its seed, its position in the prompt list)
+        self.work = [Batch(tuple(c for c, _ in self.prompts[lo:lo + batch]),
+                           tuple((s, lo + j) for j, (_, s) in enumerate(self.prompts[lo:lo + batch])), 0)
+                     for lo in range(0, len(self.prompts), batch)]
         self.judge = judge
         self.on_candidate = on_candidate
         self.seen: dict[Knobs, Candidate] = {}
@@ -131,18 +136,9 @@ class Searcher:
         self.base_accuracy = None if judge is None else float((judge(m.final_images) == self.labels).mean())
 
     def _images(self, profile: Profile) -> np.ndarray:
-        acc = AcceleratedModel(self.model, profile, self._covariances(profile))
-        out = []
-        for seed in sorted({s for _, s in self.prompts}):
-            idx = [i for i, (_, s) in enumerate(self.prompts) if s == seed]
-            classes = [self.prompts[i][0] for i in idx]
-            # the measurement run keyed image i's noise by its position in the prompt list
-            g = _generate_at(acc, classes, self.settings, seed, idx, self.batch)
-            out.append((idx, g))
-        images = np.empty_like(self.m.final_images)
-        for idx, g in out:
-            images[idx] = g
-        return images
+        """The profile's images of the prompts, each with the noise the measurement run gave it."""
+        run = TorchRunner(AcceleratedModel(self.model, profile, self._covariances(profile)), self.settings)
+        return np.concatenate([run(b).images for b in self.work])
 
     def _covariances(self, profile: Profile) -> dict:
         import torch
@@ -152,7 +148,7 @@ class Searcher:
                 for i in range(self.model.cfg.var.depth):
                     c = self.m.input_cov.get(f"{s}/{i}/{layer}")
                     if c is not None:
-                        covs[(i, layer)] = torch.from_numpy(c).float()
+                        covs[(i, layer)] = torch.from_numpy(c).float().to(self.model.var.head.weight.device)
         return covs
 
     def evaluate(self, k: Knobs) -> Candidate:
@@ -179,19 +175,6 @@ class Searcher:
         acc = None if self.judge is None else float((self.judge(images) == self.labels).mean())
         return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
                          mean_psnr(images, self.m.final_images), acc, extra={"flops_speedup": flops["transformer"]})
-
-
-def _generate_at(acc: AcceleratedModel, classes: list[int], settings: SamplingSettings, seed: int,
-                 indices: list[int], batch: int) -> np.ndarray:
-    """Generate with noise keyed by explicit image indices (those of the measurement run)."""
-    import torch
-
-    from ..models.sampler import generate_batch
-    parts = []
-    for lo in range(0, len(classes), batch):
-        labels = torch.tensor(classes[lo:lo + batch])
-        parts.append(generate_batch(acc, labels, settings, seed, indices[lo:lo + batch]).images.numpy())
-    return np.concatenate(parts)
 
 
 def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, base_accuracy: float | None,

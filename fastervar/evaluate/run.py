@@ -6,12 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..assets import REAL_TEST_IMAGES_FILE, REFERENCE_STATS_FILE
+from ..bench.timing import (
+    TorchRunner,
+    batches,
+    first_pass,
+    interleaved,
+    speedup,
+    summarize,
+)
 from ..errors import FastervarError
 from ..models.family import VARModel, to_uint8
-from ..models.sampler import Generation, batch_generator, generate_batch, merge
 from ..models.sampling import SamplingSettings
 from ..profile import Profile
 from .features import ClassifierFeatures, FeatureExtractor
@@ -80,29 +86,14 @@ def check_embedded_domain(model: VARModel) -> None:
                              f"{model.cfg.var.num_classes} classes")
 
 
-def _interleaved(runners: list, classes: list[int], settings: SamplingSettings, seed: int, batch_size: int,
-                 progress: bool) -> list[Generation]:
-    """Generate the same prompts with every runner, batch by batch in turn, so machine noise hits
-    all of them alike; the portable sampler gives every runner the same noise."""
-    device = runners[0].var.head.weight.device
-    parts: list[list[Generation]] = [[] for _ in runners]
-    starts = range(0, len(classes), batch_size)
-    for lo in tqdm(starts, desc="batches", disable=not progress):
-        idx = list(range(lo, min(lo + batch_size, len(classes))))
-        labels = torch.tensor([classes[i] for i in idx], device=device)
-        for r, runner in enumerate(runners):
-            gen = batch_generator(settings, device, seed, lo // batch_size)
-            parts[r].append(generate_batch(runner, labels, settings, seed, idx, gen))
-    return [merge(p) for p in parts]
-
-
-def _side(ext: FeatureExtractor, ref: Reference, gen: Generation, classes: list[int]) -> dict:
-    images = gen.images.cpu().numpy()
+def _side(ext: FeatureExtractor, ref: Reference, passes: list, classes: list[int]) -> tuple[dict, np.ndarray]:
+    images = first_pass(passes).images
+    t = summarize(passes)
     out = {"class_accuracy": class_accuracy(ext, images, classes)}
     out.update(distribution_scores(ext, ref, images))
-    out.update(seconds_transformer=gen.seconds_transformer, seconds_total=gen.seconds_total,
-               step_seconds=gen.step_seconds, decode_seconds=gen.decode_seconds)
-    return out
+    out.update(seconds_transformer=t.seconds_steps, seconds_total=t.seconds, step_seconds=t.step_seconds,
+               decode_seconds=t.decode_seconds)
+    return out, images
 
 
 def evaluate(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings, samples_per_class: int,
@@ -115,12 +106,13 @@ def evaluate(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings,
     real, _ = real_test_images()
     if ref is None:
         ref = Reference.from_images(ext, real)
-    runners: list = [model]
+    runners = {"baseline": TorchRunner(model, settings)}
     if profile is not None:
         from ..accel.accelerated import AcceleratedModel
-        runners.append(AcceleratedModel(model, profile))
-    gens = _interleaved(runners, classes, settings, seed, batch_size, progress)
-    base = _side(ext, ref, gens[0], classes)
+        runners["accelerated"] = TorchRunner(AcceleratedModel(model, profile), settings)
+    device = "cuda" if model.var.head.weight.is_cuda else "cpu"
+    runs = interleaved(runners, batches(classes, seed, batch_size), device=device, progress=progress, desc="batches")
+    base, base_images = _side(ext, ref, runs["baseline"], classes)
     out = {"samples": len(classes), "seconds": base["seconds_total"], "feature_extractor": ext.name,
            "classifier_test_accuracy": ref.test_accuracy, "class_accuracy": base["class_accuracy"],
            "frechet_distance": base["frechet_distance"], "kid": base["kid"]}
@@ -129,10 +121,10 @@ def evaluate(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings,
     out.update(reference_frechet_distance=ref_scores["frechet_distance"], reference_kid=ref_scores["kid"],
                reference_samples=n_ref)
     if profile is not None:
-        acc = _side(ext, ref, gens[1], classes)
-        a, b = gens[0].images.cpu().numpy(), gens[1].images.cpu().numpy()
+        acc, acc_images = _side(ext, ref, runs["accelerated"], classes)
         out.update(profile=profile.name, baseline=base, accelerated=acc,
-                   speedup_transformer=base["seconds_transformer"] / acc["seconds_transformer"],
-                   speedup_total=base["seconds_total"] / acc["seconds_total"],
-                   paired_psnr=mean_psnr(a, b), paired_ssim=float(ssim(a, b).mean()))
+                   speedup_transformer=speedup(runs["baseline"], runs["accelerated"], "steps"),
+                   speedup_total=speedup(runs["baseline"], runs["accelerated"]),
+                   paired_psnr=mean_psnr(base_images, acc_images),
+                   paired_ssim=float(ssim(base_images, acc_images).mean()))
     return out

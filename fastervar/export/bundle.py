@@ -102,19 +102,22 @@ def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: 
         raise FastervarError("bundles sample with the portable sampler; --sampler official cannot be exported")
     if max_batch < 1:
         raise FastervarError(f"--max-batch must be at least 1, got {max_batch}")
-    model = model.cpu().float().eval()
-    acc = AcceleratedModel(copy.deepcopy(model) if precision == "fp16" else model, profile)
-    was_invariant = acc.model.batch_invariant
-    acc.model.batch_invariant = False         # per-image Python loops would bake the batch size into the graphs
-    if precision == "fp16":
-        # Half weights traced under autocast: matmuls run in fp16 while autocast keeps softmax and
-        # norms in float32, and the logits (hence the whole sampling tail) are float32.
-        acc.cast_(torch.float16)
+    # Graphs are traced on the CPU in float32; the caller's model goes back where it was afterwards.
+    where = model.var.head.weight
+    device, dtype, invariant = where.device, where.dtype, model.batch_invariant
+    model.to("cpu", torch.float32).eval()
+    model.batch_invariant = False         # per-image Python loops would bake the batch size into the graphs
     try:
+        acc = AcceleratedModel(copy.deepcopy(model) if precision == "fp16" else model, profile)
+        if precision == "fp16":
+            # Half weights traced under autocast: matmuls run in fp16 while autocast keeps softmax and
+            # norms in float32, and the logits (hence the whole sampling tail) are float32.
+            acc.cast_(torch.float16)
         with torch.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16"):
             _write_bundle(acc, out, settings, precision, max_batch, weights_sha256, tensorrt, progress)
     finally:
-        acc.model.batch_invariant = was_invariant
+        model.to(device, dtype)
+        model.batch_invariant = invariant
     return Path(out)
 
 

@@ -1,7 +1,7 @@
 """The traceable modules behind a bundle's graphs, and the state each step reads and writes.
 
 A step graph is one accelerated scale step with its profile baked in: it takes the class labels,
-the accumulated latent, the step's uniform noise and whatever state earlier steps left (KV caches,
+the accumulated latent, the step's noise (one uniform per token) and whatever state earlier steps left (KV caches,
 cached block outputs or sublayer branches for restoration), and returns the new latent, the tokens
 and only the state a later step still reads. State travels by name: a graph output `out.NAME`
 becomes the input `NAME` of the next graph that needs it.
@@ -119,7 +119,7 @@ def example_feeds(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSe
     state: dict[str, torch.Tensor] = {"labels": labels, "f_hat": acc.init_state(batch).f_hat}
     records = []
     for io in ios:
-        state["noise"] = torch.rand(batch, acc.tokens_at(io.step), acc.cfg.vae.vocab_size, generator=noise_gen)
+        state["noise"] = torch.rand(batch, acc.tokens_at(io.step), generator=noise_gen)
         ins = {name: state[name] for name in io.inputs}
         outs = StepGraph(acc, io, settings)(*ins.values())
         records.append({**ins, **dict(zip(io.outputs, outs))})

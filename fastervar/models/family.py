@@ -9,7 +9,7 @@ reference sampler, the accelerator and the exporter all call these same pieces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,19 +33,20 @@ class StepState:
 class StepOutput:
     tokens: torch.Tensor                      # (B, p*p) sampled indices
     logits: torch.Tensor                      # (2B or B, p*p, V) raw logits before guidance
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden: torch.Tensor | None = None        # (2B or B, p*p, C) the last block's output
 
 
 class VARModel(nn.Module):
     """A VAR transformer and the VQVAE it was trained against, run one scale step at a time."""
 
-    def __init__(self, cfg: ModelConfig, batch_invariant: bool = True):
+    def __init__(self, cfg: ModelConfig, batch_invariant: bool = False):
         super().__init__()
         validate(cfg)
         self.cfg = cfg
         # Convolution kernels pick their algorithm by batch size, so the same latent can decode to
         # images one uint8 level apart in different batches. Running the conv parts image by image
-        # keeps an image independent of its batch, as the portable sampler promises.
+        # makes an image bit-identical whatever its batch: a parity check's opt-in, never the
+        # timed path (upstream, and a server, convolve the whole batch at once).
         self.batch_invariant = batch_invariant
         self.vae = VQVAE(cfg.vae, cfg.var.patch_nums)
         self.var = VAR(cfg.var, cfg.vae.z_channels, cfg.vae.vocab_size)
@@ -110,7 +111,7 @@ class VARModel(nn.Module):
             if guided else logits
         idx, h = sample_step(guided_logits, noise, settings, ratio, self.vae.quantize.embedding.weight)
         f_hat = self.update_f_hat(step, state.f_hat, h)
-        return StepState(f_hat, caches), StepOutput(idx, logits)
+        return StepState(f_hat, caches), StepOutput(idx, logits, hidden)
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Latent to image in [0, 1]."""

@@ -49,10 +49,17 @@ def resample_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     return torch.from_numpy(_matrix64(src, dst, mode)).float()
 
 
+@cache
+def _resident(src: int, dst: int, mode: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The matrix, made once per device and dtype: no host-to-device copy per call (which a CUDA
+    graph could not capture, and which stalls an eager GPU step)."""
+    return resample_matrix(src, dst, mode).to(device=device, dtype=dtype)
+
+
 def resample(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """Resample a (B, C, h, h) map to (B, C, size, size) with the constant matrix."""
     src = x.shape[-1]
     if src == size:
         return x
-    m = resample_matrix(src, size, mode).to(device=x.device, dtype=x.dtype)
+    m = _resident(src, size, mode, x.device, x.dtype)
     return torch.matmul(torch.matmul(m, x), m.T)

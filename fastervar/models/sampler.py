@@ -1,22 +1,27 @@
-"""The reference sampler: the baseline every accelerated path is compared against.
+"""The step loop: the one place that chains a model's scale steps into images.
 
-It chains the model's scale steps with full guidance. Batches are drawn in request order; in
-`portable` mode image i's noise comes from (seed, i) alone, in `official` mode batch j reseeds one
-torch.Generator with seed + j, exactly as one upstream `autoregressive_infer_cfg` call per batch.
+The reference sampler, the accelerated path, the CUDA-graph replay, calibration's instrumented
+measurement and every timed benchmark all run `generate_batch`; they differ only in the
+step-protocol object they hand it (`VARModel`, `AcceleratedModel`, `GraphedModel`) and in an
+optional per-step callback. Each image's portable noise comes from its own (seed, index) key; in
+`official` mode batch j reseeds one torch.Generator with seed + j, exactly as one upstream
+`autoregressive_infer_cfg` call per batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from ..runtime.noise import batch_uniform
-from .family import StepState, VARModel, to_uint8
+from ..runtime.noise import NoiseKey, batch_uniform, image_keys
+from .family import StepOutput, StepState, to_uint8
 from .sampling import SamplingSettings
+
+OnStep = Callable[[int, StepState, StepOutput | None], None]
 
 
 @dataclass
@@ -24,7 +29,7 @@ class Generation:
     images: torch.Tensor             # (N, H, W, 3) uint8
     tokens: list[torch.Tensor]       # per step, (N, p*p) int64; (N, 0) for a skipped step
     f_hat: torch.Tensor              # (N, Cvae, H', W') final latent
-    step_seconds: list[float]        # wall time per scale step (noise draw included), summed over batches
+    step_seconds: list[float]        # per scale step (noise draw included), summed over batches
     decode_seconds: float
 
     @property
@@ -37,64 +42,81 @@ class Generation:
         return self.seconds_transformer + self.decode_seconds
 
 
-def step_noise(model: VARModel, settings: SamplingSettings, step: int, seed: int,
-               indices: Sequence[int], generator: torch.Generator | None) -> torch.Tensor | torch.Generator:
-    """The noise a step consumes: a uniform tensor (portable) or the shared generator (official)."""
+class StepClock:
+    """Marks between the pieces of one batch without stalling the device: CUDA events on a GPU
+    (read once, after the batch), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        """Seconds between consecutive marks (waits for the device once)."""
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def step_noise(model, settings: SamplingSettings, step: int, keys: Sequence[NoiseKey],
+               generator: torch.Generator | None) -> torch.Tensor | torch.Generator:
+    """The noise a step consumes: one uniform per token (portable) or the shared generator (official)."""
     if settings.sampler == "official":
-        assert generator is not None
+        if generator is None:
+            raise ValueError("the official sampler needs the batch's torch.Generator")
         return generator
-    u = batch_uniform(seed, indices, step, model.tokens_at(step), model.cfg.vae.vocab_size)
+    u = batch_uniform(keys, step, model.tokens_at(step))
     return torch.from_numpy(u).to(model.var.head.weight.device)
 
 
 @torch.no_grad()
-def generate_batch(model: VARModel, labels: torch.Tensor, settings: SamplingSettings, seed: int,
-                   indices: Sequence[int], generator: torch.Generator | None = None,
+def generate_batch(model, labels: torch.Tensor, settings: SamplingSettings, keys: Sequence[NoiseKey],
+                   generator: torch.Generator | None = None, on_step: OnStep | None = None,
                    progress: bool = False) -> Generation:
     """Run every scale step for one batch and decode it.
 
-    `model` is a VARModel or anything with its step protocol (the accelerator's AcceleratedModel);
-    a step that returns no output was skipped.
+    `model` is anything with the step protocol (VARModel, AcceleratedModel, GraphedModel); a
+    step that returns no output was skipped. `keys` gives each image's (seed, index) noise key;
+    `on_step(k, state, output)` sees every step's result (calibration's measurements).
     """
-    clock = _clock(labels.device)
+    clock = StepClock(labels.device)
+    clock.mark()
     cond = model.condition(labels, guided=True)
     state: StepState = model.init_state(labels.shape[0])
-    tokens, seconds = [], []
-    steps = range(model.num_steps)
-    for k in tqdm(steps, desc="scale steps", leave=False, disable=not progress):
-        t0 = clock()
-        noise = step_noise(model, settings, k, seed, indices, generator)
+    tokens = []
+    for k in tqdm(range(model.num_steps), desc="scale steps", leave=False, disable=not progress):
+        noise = step_noise(model, settings, k, keys, generator)
         state, out = model.step(k, state, cond, noise, settings)
-        seconds.append(clock() - t0)
+        if on_step is not None:
+            on_step(k, state, out)
         tokens.append(out.tokens if out is not None else labels.new_zeros(len(labels), 0))
-    t0 = clock()
+        clock.mark()
     images = to_uint8(model.decode(state.f_hat))
-    return Generation(images, tokens, state.f_hat, seconds, clock() - t0)
+    clock.mark()
+    seconds = clock.intervals()
+    return Generation(images, tokens, state.f_hat, seconds[:-1], seconds[-1])
 
 
-def _clock(device: torch.device):
-    """Wall clock that, on a GPU, first waits for queued work, so per-step times are the steps' own."""
-    if device.type != "cuda":
-        return time.perf_counter
-
-    def synced() -> float:
-        torch.cuda.synchronize(device)
-        return time.perf_counter()
-    return synced
-
-
-def batch_generator(settings: SamplingSettings, device: torch.device, seed: int, batch_index: int
-                    ) -> torch.Generator | None:
-    """The official sampler's generator for batch j, seeded seed + j as one upstream call per batch."""
+def batch_generator(settings: SamplingSettings, device: torch.device, seed: int) -> torch.Generator | None:
+    """The official sampler's generator for one batch (seeded seed + j for batch j, as one
+    upstream call per batch); None for the portable sampler."""
     if settings.sampler != "official":
         return None
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed + batch_index)
+    gen.manual_seed(seed)
     return gen
 
 
 @torch.no_grad()
-def generate(model: VARModel, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
+def generate(model, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
              batch_size: int = 16, progress: bool = False) -> Generation:
     """Generate one image per entry of `classes`, in order."""
     device = model.var.head.weight.device
@@ -103,8 +125,8 @@ def generate(model: VARModel, classes: Sequence[int], settings: SamplingSettings
     for j, lo in enumerate(tqdm(starts, desc="batches", disable=not progress or len(starts) < 2)):
         idx = list(range(lo, min(lo + batch_size, len(classes))))
         labels = torch.tensor([classes[i] for i in idx], device=device)
-        parts.append(generate_batch(model, labels, settings, seed, idx, batch_generator(settings, device, seed, j),
-                                    progress))
+        parts.append(generate_batch(model, labels, settings, image_keys(seed, idx),
+                                    batch_generator(settings, device, seed + j), progress=progress))
     return merge(parts)
 
 

@@ -1,8 +1,11 @@
 """Token sampling inside a scale step: guidance, top-k/top-p filtering and the two samplers.
 
-`portable` is Gumbel-max over the filtered logits, driven by supplied uniform noise, so any backend
-given the same noise picks the same tokens. `official` draws with a torch.Generator in the same
-order and with the same ops as the upstream VAR sampler, for comparisons with published numbers.
+`portable` inverts the CDF of the filtered distribution at one supplied uniform per token: any
+backend given the same noise picks the same tokens, and the noise is (B, n), not (B, n, V). It
+filters over the top-k candidates only (TopK, then top-p on those k), at most `CANDIDATE_CAP`
+of them, so the graphs stay within TensorRT's TopK limit. `official` draws with a
+torch.Generator in the same order and with the same ops as the upstream VAR sampler, for
+comparisons with published numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ import torch
 from ..errors import FastervarError
 
 SAMPLERS = ("official", "portable")
+# TensorRT builds TopK only for k <= 3840; the portable sampler never asks for more candidates.
+CANDIDATE_CAP = 3840
+# The portable sampler's probability resolution: sums of up to 2^22 units stay exact in float32.
+PROBABILITY_UNITS = float(2 ** 22)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,9 @@ class SamplingSettings:
             raise FastervarError(f"top_p must be in [0, 1], got {self.top_p}")
         if self.cfg < 0:
             raise FastervarError(f"cfg must be >= 0, got {self.cfg}")
+        if self.more_smooth and self.sampler == "portable":
+            raise FastervarError("--more-smooth (upstream's soft code mix) draws noise for every codebook entry; "
+                                 "it needs --sampler official")
 
 
 def guidance_weight(cfg: float, step: int, steps: int) -> float:
@@ -49,7 +59,8 @@ def apply_guidance(logits: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set everything outside the top-k and the top-p nucleus to -inf (the largest always stays)."""
+    """Upstream's filter over the whole vocabulary: everything outside the top-k and the top-p
+    nucleus becomes -inf (the largest always stays). The official sampler uses it."""
     vocab = logits.shape[-1]
     if 0 < top_k < vocab:                     # k >= vocab keeps everything: skip the sort
         kth = logits.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
@@ -62,8 +73,41 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
-    return -torch.log(-torch.log(u))
+def candidate_count(vocab: int, top_k: int, top_p: float) -> int:
+    """How many of the most likely codes the portable sampler ranks: top-k (when it filters),
+    all codes for top-p alone, none (0: no ranking needed) without filtering; at most CANDIDATE_CAP."""
+    k = top_k if 0 < top_k < vocab else (vocab if top_p > 0 else 0)
+    return min(k, CANDIDATE_CAP)
+
+
+def portable_sample(logits: torch.Tensor, u: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Tokens (B, n) from logits (B, n, V) and uniforms u (B, n): inverse CDF of the filtered
+    distribution. With top-k and top-p this equals upstream's filter followed by a draw (up to ties).
+
+    Probabilities are counted in units of 2^-22 (floored) so that every cumulative sum is an exact
+    integer in float32: a float cumsum over thousands of small probabilities rounds differently on
+    each backend (torch's CPU kernel even accumulates in double), which would move the token picked
+    whenever u lands near a boundary. Only softmax's last-bit differences remain, a few units in 2^22.
+    """
+    k = candidate_count(logits.shape[-1], top_k, top_p)
+    if k == 0:                                           # no filtering: the whole vocabulary, in code order
+        probs, order = logits.softmax(dim=-1), None
+    else:
+        values, order = logits.topk(k, dim=-1, largest=True, sorted=True)
+        probs = values.softmax(dim=-1)
+    weight = (probs * PROBABILITY_UNITS).floor()
+    cdf = weight.cumsum(dim=-1)
+    if k and top_p > 0:
+        # upstream drops a code when the mass of codes no more likely than it is <= 1 - top_p, i.e.
+        # when the codes ranked above it already hold top_p; the most likely code always stays
+        keep = (cdf - weight) < top_p * cdf[..., -1:]
+        cdf = (weight * keep).cumsum(dim=-1)
+    else:
+        keep = torch.ones_like(weight, dtype=torch.bool)
+    # counts as floats (exact below 2^24): integer reductions are what TensorRT supports least
+    below = ((cdf <= u.unsqueeze(-1).to(cdf.dtype) * cdf[..., -1:]) & keep).float().sum(-1)
+    pos = torch.minimum(below, keep.float().sum(-1) - 1).long()
+    return pos if order is None else order.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
 
 
 def smooth_tau(ratio: float) -> float:
@@ -75,21 +119,18 @@ def sample_step(logits: torch.Tensor, noise: torch.Tensor | torch.Generator, set
                 ratio: float, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick tokens (B, n) and their code vectors (B, n, Cvae) from guided logits (B, n, V).
 
-    `noise` is a uniform (B, n, V) tensor for the portable sampler or a torch.Generator for the
+    `noise` is a uniform (B, n) tensor for the portable sampler or a torch.Generator for the
     official one.
     """
+    if not isinstance(noise, torch.Generator):
+        idx = portable_sample(logits, noise, settings.top_k, settings.top_p)
+        return idx, torch.nn.functional.embedding(idx, codebook)
     b, n, vocab = logits.shape
     filtered = filter_logits(logits, settings.top_k, settings.top_p)
-    gumbel = None
-    if isinstance(noise, torch.Generator):
-        probs = filtered.softmax(dim=-1).view(-1, vocab)
-        idx = torch.multinomial(probs, num_samples=1, replacement=True, generator=noise).view(b, n)
-        if settings.more_smooth:
-            gumbel = -torch.empty_like(filtered).exponential_(generator=noise).log()
-    else:
-        gumbel = gumbel_from_uniform(noise.to(filtered.dtype))
-        idx = (filtered + gumbel).argmax(dim=-1)
+    probs = filtered.softmax(dim=-1).view(-1, vocab)
+    idx = torch.multinomial(probs, num_samples=1, replacement=True, generator=noise).view(b, n)
     if settings.more_smooth:
+        gumbel = -torch.empty_like(filtered).exponential_(generator=noise).log()
         soft = ((filtered.mul(1 + ratio) + gumbel) / smooth_tau(ratio)).softmax(dim=-1)
         return idx, soft @ codebook.unsqueeze(0)
     return idx, torch.nn.functional.embedding(idx, codebook)

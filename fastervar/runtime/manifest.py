@@ -16,7 +16,8 @@ from typing import Any
 
 from ..errors import FastervarError
 
-FORMAT = "fastervar-bundle/1"
+# 2: noise is one uniform per token, (B, n); bundles of format 1 took (B, n, V) and must be re-exported
+FORMAT = "fastervar-bundle/2"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
 

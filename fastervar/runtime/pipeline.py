@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import FastervarError
 from .manifest import Manifest, read_manifest
-from .noise import batch_uniform
+from .noise import NoiseKey, batch_uniform, image_keys
 from .sessions import Engine, create_chain_engine, create_engines
 
 OUT = "out."
@@ -78,17 +78,23 @@ class Pipeline:
         Image i of the request draws its noise as image `first_index + i`, so a request split by
         the caller gives the same images as one request.
         """
-        classes = [int(c) for c in classes]
+        keys = image_keys(seed, range(first_index, first_index + len(classes)))
+        return self.generate_keyed(classes, keys, batch_size)
+
+    def generate_keyed(self, classes: Sequence[int], keys: Sequence[NoiseKey],
+                       batch_size: int | None = None) -> RuntimeResult:
+        """One image per class index, image i drawing its noise from `keys[i]` = (seed, index)."""
+        classes, keys = [int(c) for c in classes], list(keys)
         bad = [c for c in classes if not 0 <= c < self.num_classes]
         if bad:
             raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes "
                                  f"0..{self.num_classes - 1}")
         if not classes:
             raise FastervarError("no classes given")
+        if len(keys) != len(classes):
+            raise FastervarError(f"{len(classes)} classes but {len(keys)} noise keys")
         chunk = min(batch_size or self.manifest.max_batch, self.manifest.max_batch)
-        start = first_index
-        parts = [self._chunk(classes[lo:lo + chunk], range(start + lo, start + min(lo + chunk, len(classes))), seed)
-                 for lo in range(0, len(classes), chunk)]
+        parts = [self._chunk(classes[lo:lo + chunk], keys[lo:lo + chunk]) for lo in range(0, len(classes), chunk)]
         return RuntimeResult(
             images=np.concatenate([p.images for p in parts]),
             tokens=[np.concatenate([p.tokens[k] for p in parts]) for k in range(len(parts[0].tokens))],
@@ -97,9 +103,9 @@ class Pipeline:
             graph_seconds=sum(p.graph_seconds for p in parts),
         )
 
-    def _chunk(self, classes: list[int], indices: range, seed: int) -> RuntimeResult:
+    def _chunk(self, classes: list[int], keys: Sequence[NoiseKey]) -> RuntimeResult:
         if self._chain is not None:
-            return self._chain_chunk(classes, indices, seed)
+            return self._chain_chunk(classes, keys)
         m = self.manifest
         b = len(classes)
         z = m.data["model"]["architecture"]["vae"]["z_channels"]
@@ -114,7 +120,7 @@ class Pipeline:
             if engine is None:
                 tokens.append(np.zeros((b, 0), dtype=np.int64))
             else:
-                state["noise"] = batch_uniform(seed, indices, k, pn * pn, m.vocab_size)
+                state["noise"] = batch_uniform(keys, k, pn * pn)
                 spec = next(e for e in m.steps if e.step == k)
                 out = engine.run({i["name"]: state[i["name"]] for i in spec.inputs})
                 tokens.append(out.pop("tokens"))
@@ -124,7 +130,7 @@ class Pipeline:
         images = self._decoder.run({"f_hat": state["f_hat"]})["images"]
         return RuntimeResult(images, tokens, seconds, time.perf_counter() - t0)
 
-    def _chain_chunk(self, classes: list[int], indices: range, seed: int) -> RuntimeResult:
+    def _chain_chunk(self, classes: list[int], keys: Sequence[NoiseKey]) -> RuntimeResult:
         """One call for the whole batch (noise draw included); per-step times stay zero, as one
         graph cannot split them."""
         m = self.manifest
@@ -133,7 +139,7 @@ class Pipeline:
         executed = {e.step for e in m.steps}
         for k, pn in enumerate(m.patch_nums):
             if k in executed:
-                feeds[f"noise.{k}"] = batch_uniform(seed, indices, k, pn * pn, m.vocab_size)
+                feeds[f"noise.{k}"] = batch_uniform(keys, k, pn * pn)
         out = self._chain.run(feeds)
         tokens = [out.get(f"tokens.{k}", np.zeros((len(classes), 0), dtype=np.int64)) for k in range(len(m.patch_nums))]
         return RuntimeResult(out["images"], tokens, [0.0] * len(m.patch_nums), 0.0, time.perf_counter() - t0)

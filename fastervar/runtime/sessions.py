@@ -95,10 +95,25 @@ class OrtEngine:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
+def installed_onnxruntime_packages() -> list[str]:
+    """The onnxruntime distributions pip installed here; they all provide the one `onnxruntime`
+    module, so with two of them the last one written wins."""
+    from importlib.metadata import distributions
+    names = {(d.metadata["Name"] or "").lower() for d in distributions()}
+    return sorted(n for n in names if n == "onnxruntime" or n.startswith("onnxruntime-"))
+
+
 def _check_available(provider: str) -> None:
     have = available_providers()
-    if provider not in have:
-        raise FastervarError(f"provider {provider!r} is not available here; available: {', '.join(have) or 'none'}")
+    if provider in have:
+        return
+    packages = installed_onnxruntime_packages()
+    if provider in ("cuda", "tensorrt") and "onnxruntime" in packages and len(packages) > 1:
+        others = " ".join(p for p in packages if p != "onnxruntime")
+        raise FastervarError(f"provider {provider!r} is not available: onnxruntime and {others} are both installed, "
+                             f"and the CPU-only onnxruntime hides the GPU providers; fix: pip uninstall -y "
+                             f"onnxruntime {others} && pip install {others}")
+    raise FastervarError(f"provider {provider!r} is not available here; available: {', '.join(have) or 'none'}")
 
 
 def create_chain_engine(manifest: Manifest, provider: str, threads: int = 0) -> Engine:

@@ -1,0 +1,177 @@
+"""The GPU fast path: every scale step and the decoder replayed as CUDA graphs.
+
+A scale step has static shapes (its token count and KV-cache length are fixed by the schedule),
+so for a given batch size each step can be captured once and replayed. At batch 1 a GPU step is
+launch-bound (VAR-d16 on an H200: eager 108 ms per image, graphed 57 ms), and the accelerated
+profile only pays off once its extra small kernels stop costing a launch each.
+
+`GraphedModel` wraps any step-protocol model (`VARModel`, `AcceleratedModel`) and implements the
+same protocol, so `generate_batch` drives it like any other. The first batch of a size captures
+as it goes: each step runs once eagerly on a side stream (filling the per-device constants:
+resampling matrices, selector projections), is captured into a shared memory pool reading the
+previous step's graph outputs, then replayed. Later batches copy only the condition and the
+noise into the graphs' input buffers. Outputs live in the graphs' buffers, so `step` returns
+tokens and `decode` images as copies.
+
+Only the portable sampler is graphed (the official sampler's torch.Generator is host state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .family import StepOutput, StepState
+from .sampling import SamplingSettings
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in a step state (f_hat, KV caches, cached outputs), in a fixed order."""
+    if obj is None:
+        return []
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _tensors(x)]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj) for t in _tensors(obj[k])]
+    if dataclasses.is_dataclass(obj):
+        return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name))]
+    raise TypeError(f"unexpected {type(obj).__name__} in a step state")
+
+
+def _shallow(state: StepState) -> StepState:
+    """A copy whose lists and dicts are new: accelerated steps assign into the state they get, and
+    a graph's captured output state must survive being handed to the next step."""
+    def copy(v: Any) -> Any:
+        return list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+    return dataclasses.replace(state, **{f.name: copy(getattr(state, f.name)) for f in dataclasses.fields(state)
+                                         if f.init})
+
+
+@dataclass
+class _Captured:
+    graph: Any                                  # torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]                  # the buffers the graph reads: cond, noise, state
+    state: Any                                  # the graph's output state (decoder: the images)
+    output: StepOutput | None
+
+
+@dataclass
+class _Plan:
+    """The graphs of one batch size."""
+
+    pool: Any
+    cond: torch.Tensor | None
+    state0: StepState
+    steps: dict[int, _Captured] = field(default_factory=dict)
+    decoder: _Captured | None = None
+
+
+def _feed(entry: _Captured, live: list[torch.Tensor]) -> None:
+    """Copy live inputs into the graph's buffers, unless they already are those buffers."""
+    if len(live) != len(entry.inputs):
+        raise RuntimeError(f"step state has {len(live)} tensors; the graph was captured with {len(entry.inputs)}")
+    for dst, src in zip(entry.inputs, live):
+        if dst.data_ptr() != src.data_ptr():
+            dst.copy_(src)
+
+
+class GraphedModel:
+    """A step-protocol model whose steps and decoder replay as CUDA graphs, per batch size."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self._plans: dict[int, _Plan] = {}
+
+    # -- the step protocol, delegated ---------------------------------------------------------
+    @property
+    def var(self) -> Any:
+        return self.model.var
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    @property
+    def num_steps(self) -> int:
+        return self.model.num_steps
+
+    def tokens_at(self, step: int) -> int:
+        return self.model.tokens_at(step)
+
+    def _plan(self, batch: int) -> _Plan:
+        if batch not in self._plans:
+            self._plans[batch] = _Plan(pool=torch.cuda.graph_pool_handle(), cond=None,
+                                       state0=self.model.init_state(batch))
+        return self._plans[batch]
+
+    def condition(self, labels: torch.Tensor, guided: bool = True) -> torch.Tensor:
+        cond = self.model.condition(labels, guided=guided)
+        plan = self._plan(labels.shape[0])
+        if plan.cond is None:
+            plan.cond = cond.clone()
+        else:
+            plan.cond.copy_(cond)
+        return plan.cond
+
+    def init_state(self, batch: int) -> StepState:
+        return self._plan(batch).state0
+
+    def _skipped(self, k: int) -> bool:
+        profile = getattr(self.model, "profile", None)
+        return profile is not None and profile.steps[k].mode == "skip"
+
+    @torch.no_grad()
+    def step(self, k: int, state: StepState, cond: torch.Tensor, noise: torch.Tensor | torch.Generator,
+             settings: SamplingSettings) -> tuple[StepState, StepOutput | None]:
+        if isinstance(noise, torch.Generator) or self._skipped(k):
+            return self.model.step(k, _shallow(state), cond, noise, settings)
+        plan = self._plan(state.f_hat.shape[0])
+        entry = plan.steps.get(k)
+        if entry is None:
+            buffer = noise.clone()                   # the graph reads its noise from here
+            entry = self._capture(plan, [cond, buffer, *_tensors(state)],
+                                  lambda: self.model.step(k, _shallow(state), cond, buffer, settings))
+            plan.steps[k] = entry
+        else:
+            _feed(entry, [cond, noise, *_tensors(state)])
+            entry.graph.replay()
+        out = entry.output
+        return _shallow(entry.state), StepOutput(out.tokens.clone(), out.logits, out.hidden)
+
+    @torch.no_grad()
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        plan = self._plan(f_hat.shape[0])
+        if plan.decoder is None:
+            plan.decoder = self._capture(plan, [f_hat], lambda: (self.model.decode(f_hat), None))
+        else:
+            _feed(plan.decoder, [f_hat])
+            plan.decoder.graph.replay()
+        return plan.decoder.state.clone()
+
+    @staticmethod
+    def _capture(plan: _Plan, inputs: list[torch.Tensor], fn) -> _Captured:
+        """Warm `fn` up on a side stream, capture it into the plan's pool, and replay it once so its
+        outputs hold real values for the next step's capture."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=plan.pool):
+            state, output = fn()
+        graph.replay()
+        return _Captured(graph, inputs, state, output)
+
+
+def fast_path(model: Any, settings: SamplingSettings) -> Any:
+    """What the timed and user-facing paths run: CUDA graphs on a GPU with the portable sampler,
+    the model itself otherwise."""
+    if model.var.head.weight.is_cuda and settings.sampler == "portable" and not isinstance(model, GraphedModel):
+        return GraphedModel(model)
+    return model
