@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# GPU speed: torch eager vs CUDA graphs vs accelerated (vs TensorRT plans when --bundle is given).
+# GPU speed: eager against the package's CUDA-graph fast path, baseline and accelerated (and a
+# bundle's TensorRT plans when --bundle is given). Any benchmarks/gpu.py option passes through:
 #
-#   bash benchmarks/gpu.sh                                  # VAR-d16, batches 1 and 16, fp32
-#   bash benchmarks/gpu.sh --models d16,d30 --dtype bf16    # any benchmarks/gpu.py option
+#   bash benchmarks/gpu.sh                                  # VAR-d16, batches 1 and 16
+#   bash benchmarks/gpu.sh --models d16,d30 --reps 5
 #
-# Needs only torch (CUDA build) and numpy; the package need not be installed. The JSON goes to
-# $OUT/gpu.json when OUT is set, else out/gpu.json; a --json option overrides it.
+# Runs the package from this checkout (torch with CUDA, numpy, tqdm, click, pillow and, for the
+# embedded model, safetensors must be importable). The JSON goes to $OUT/gpu.json when OUT is set,
+# else out/gpu.json; a --json option overrides it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,9 +18,6 @@ else
   echo "nvidia-smi not found"
 fi
 
-python=${PYTHON:-}
-if [[ -z "$python" ]]; then
-  python=$(command -v python || command -v python3)
-fi
-export PYTHONUNBUFFERED=1
+python=${PYTHON:-$(command -v python || command -v python3)}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$python" benchmarks/gpu.py --json "${OUT:-out}/gpu.json" "$@"

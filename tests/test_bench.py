@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from fastervar.bench import demo as demo_mod
-from fastervar.bench.memory import PeakMemory
 from fastervar.bench.report import equal_speed, equal_speed_table, table
 from fastervar.cli import main
+from fastervar.memory import PeakMemory
 from fastervar.profiles import resolve
 
 from .test_cli import assert_bad_input

@@ -20,7 +20,7 @@ from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile
-from .timing import (
+from ..timing import (
     PipelineRunner,
     TorchRunner,
     batches,

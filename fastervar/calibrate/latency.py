@@ -26,12 +26,12 @@ from scipy.optimize import nnls
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import step_costs
 from ..accel.presets import fastvar_like, paper_split
-from ..bench.timing import TorchRunner, batches, interleaved, summarize
 from ..models.configs import ModelConfig
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity
 from ..runtime.atomic import atomic_path
+from ..timing import TorchRunner, batches, interleaved, summarize
 
 FEATURES = ("step", "matmul_flops", "attention_flops", "sampled_logits", "restored_values")
 

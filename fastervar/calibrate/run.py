@@ -14,11 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..accel.presets import fastvar_like, skipvar_like
-from ..bench.timing import TorchRunner, batches, interleaved, speedup
 from ..errors import FastervarError
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
+from ..timing import TorchRunner, batches, interleaved, speedup
 from .latency import FEATURES, cached_latency
 from .measure import Measurements, cache_key, measure
 from .report import write_report

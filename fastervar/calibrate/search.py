@@ -17,12 +17,12 @@ import numpy as np
 
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import predicted_speedup
-from ..bench.timing import Batch, TorchRunner
 from ..errors import FastervarError
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity, model_identity
+from ..timing import Batch, TorchRunner
 from .latency import LatencyModel
 from .measure import Measurements
 

@@ -8,7 +8,11 @@ import numpy as np
 import torch
 
 from ..assets import REAL_TEST_IMAGES_FILE, REFERENCE_STATS_FILE
-from ..bench.timing import (
+from ..errors import FastervarError
+from ..models.family import VARModel, to_uint8
+from ..models.sampling import SamplingSettings
+from ..profile import Profile
+from ..timing import (
     TorchRunner,
     batches,
     first_pass,
@@ -16,10 +20,6 @@ from ..bench.timing import (
     speedup,
     summarize,
 )
-from ..errors import FastervarError
-from ..models.family import VARModel, to_uint8
-from ..models.sampling import SamplingSettings
-from ..profile import Profile
 from .features import ClassifierFeatures, FeatureExtractor
 from .metrics import frechet_distance, gaussian_stats, kid, mean_psnr, ssim
 

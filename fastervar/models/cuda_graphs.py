@@ -105,9 +105,12 @@ class GraphedModel:
 
     def _plan(self, batch: int) -> _Plan:
         if batch not in self._plans:
-            self._plans[batch] = _Plan(pool=torch.cuda.graph_pool_handle(), cond=None,
-                                       state0=self.model.init_state(batch))
+            self._plans[batch] = _Plan(pool=self._new_pool(), cond=None, state0=self.model.init_state(batch))
         return self._plans[batch]
+
+    @staticmethod
+    def _new_pool() -> Any:
+        return torch.cuda.graph_pool_handle()
 
     def condition(self, labels: torch.Tensor, guided: bool = True) -> torch.Tensor:
         cond = self.model.condition(labels, guided=guided)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..runtime.noise import NoiseKey, image_keys
+from .runtime.noise import NoiseKey, image_keys
 from .memory import PeakMemory
 
 
@@ -54,7 +54,8 @@ class Run:
     tokens: list[np.ndarray]            # per step (B, p*p); (B, 0) for a skipped step
     step_seconds: list[float]           # per scale step (zeros when a single graph runs them all)
     decode_seconds: float
-    graph_seconds: float = 0.0          # a bundle's whole-generation graph
+    graph_seconds: float = 0.0          # one call that runs every step and the decoder (a bundle's
+                                        # whole-generation graph, upstream's sampler): not split by step
     wall_seconds: float = 0.0           # the whole call, device synchronized at both ends
     peak_bytes: int | None = None
 
@@ -64,18 +65,19 @@ Runner = Callable[[Batch], Run]
 
 class TorchRunner:
     """A step-protocol model (baseline or accelerated) through the one step loop, on its device's
-    fast path (CUDA graphs on a GPU with the portable sampler)."""
+    fast path (CUDA graphs on a GPU with the portable sampler); `fast=False` times the eager loop,
+    for the GPU benchmark's eager-against-graphs columns."""
 
-    def __init__(self, model, settings):
-        from ..models.cuda_graphs import fast_path
-        self.model = fast_path(model, settings)
+    def __init__(self, model, settings, fast: bool = True):
+        from .models.cuda_graphs import fast_path
+        self.model = fast_path(model, settings) if fast else model
         self.settings = settings
         self.device = model.var.head.weight.device
 
     def __call__(self, batch: Batch) -> Run:
         import torch
 
-        from ..models.sampler import batch_generator, generate_batch
+        from .models.sampler import batch_generator, generate_batch
         labels = torch.tensor(batch.labels, device=self.device)
         gen = batch_generator(self.settings, self.device, batch.generator_seed)
         g = generate_batch(self.model, labels, self.settings, batch.keys, gen)

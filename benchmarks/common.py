@@ -1,0 +1,76 @@
+"""Shared by the benchmark scripts: the models they time, bundles exported once and reused, and
+results written as JSON atomically."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from fastervar.accel.presets import paper_split
+from fastervar.export.bundle import export_bundle
+from fastervar.models.family import VARModel
+from fastervar.models.loading import embedded_model, random_model
+from fastervar.models.sampling import SamplingSettings
+from fastervar.profile import Profile, identity
+from fastervar.profiles import resolve, shipped
+from fastervar.runtime.atomic import atomic_path
+from fastervar.runtime.manifest import read_manifest
+
+
+def load_model(name: str) -> VARModel:
+    """The shipped model by name, or a named configuration with seeded random weights."""
+    return embedded_model() if name == "fashion-tiny" else random_model(name)
+
+
+def load_profile(spec: str | None, model: VARModel) -> Profile:
+    """'identity', a profile file or shipped name, or by default the shipped MODEL-paper-split (the
+    paper-split template made for the model's schedule where none is shipped)."""
+    if spec == "identity":
+        return identity(model.cfg)
+    if spec is None:
+        return resolve(f"{model.cfg.name}-paper-split") if f"{model.cfg.name}-paper-split" in shipped() \
+            else paper_split(model.cfg)
+    return resolve(spec)
+
+
+def ensure_bundle(model: VARModel, profile: Profile, path: Path, settings: SamplingSettings,
+                  max_batch: int) -> tuple[Path, float | None]:
+    """The bundle at `path`, exported there first unless it already holds this profile; returns
+    the path and the export's seconds (None when reused)."""
+    if (path / "manifest.json").exists():
+        made = read_manifest(path, verify=False).data
+        sampler = {"cfg": settings.cfg, "top_k": settings.top_k, "top_p": settings.top_p}
+        if (made["profile"]["json"]["steps"] != profile.to_dict()["steps"] or made["max_batch"] < max_batch
+                or any(made["sampler"][k] != v for k, v in sampler.items())):
+            raise SystemExit(f"{path} holds another profile, sampler settings or a smaller max batch; "
+                             f"remove it or pass another path")
+        return path, None
+    t0 = time.perf_counter()
+    export_bundle(model, profile, path, settings, max_batch=max_batch)
+    return path, time.perf_counter() - t0
+
+
+def write_result(path: Path | None, result: dict) -> None:
+    if path is None:
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+def graph_checks(bundle: Path) -> dict:
+    """What the bundle's graphs ask of TensorRT: every noise input's shape, the largest TopK."""
+    from fastervar.export.inspect import bundle_facts
+    facts = bundle_facts(bundle)
+    shapes = sorted({tuple(s) for f in facts.values() for s in f["noise"].values()},
+                    key=lambda s: [d if isinstance(d, int) else -1 for d in s])
+    ks = [k for f in facts.values() for k in f["topk"]]
+    vocab = read_manifest(bundle, verify=False).vocab_size
+    out = {"noise_shapes": [list(s) for s in shapes], "noise_has_vocab_axis": any(vocab in s for s in shapes),
+           "largest_topk": max((k for k in ks if k is not None), default=None), "topk_unknown": ks.count(None),
+           "vocab_size": vocab}
+    print(f"graph checks: noise inputs {', '.join(str(list(s)) for s in shapes)} "
+          f"({'a vocabulary axis!' if out['noise_has_vocab_axis'] else f'no axis of the {vocab}-code vocabulary'}); "
+          f"largest TopK k = {out['largest_topk']} (TensorRT allows 3840)")
+    return out
