@@ -82,7 +82,8 @@ def sampling_options(fn):
                      help="Guidance at the last step (linear ramp from 0)."),
         click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True),
         click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True),
-        click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode)."),
+        click.option("--more-smooth", is_flag=True,
+                     help="Soft Gumbel code mixing (upstream's visualisation mode; needs --sampler official)."),
         click.option("--sampler", type=click.Choice(["official", "portable"]), default="portable", show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
     ]):
@@ -91,13 +92,12 @@ def sampling_options(fn):
 
 
 def guidance_options(fn):
-    """Guidance and filtering without sampler choice: what a bundle bakes in."""
+    """Guidance and filtering of the portable sampler: what a bundle bakes in."""
     for opt in reversed([
         click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True,
                      help="Guidance at the last step (linear ramp from 0)."),
         click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True),
         click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True),
-        click.option("--more-smooth", is_flag=True, help="Soft Gumbel code mixing (upstream's visualisation mode)."),
     ]):
         fn = opt(fn)
     return fn
@@ -317,14 +317,14 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT plans (needs tensorrt and an NVIDIA GPU).")
 @guidance_options
 def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, profile_spec, out_dir, precision,
-           max_batch, tensorrt, cfg, top_k, top_p, more_smooth) -> None:
+           max_batch, tensorrt, cfg, top_k, top_p) -> None:
     """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`."""
     from .calibrate.run import weights_sha256
     from .export.bundle import export_bundle
     from .models.loading import resolve_model
     from .profile import check_against, identity
 
-    settings = _settings(cfg, top_k, top_p, more_smooth, "portable")
+    settings = _settings(cfg, top_k, top_p, False, "portable")
     profile = None if profile_spec == "identity" else _load_profile(profile_spec)
     _check_bundle_target(out_dir)
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
@@ -393,8 +393,8 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
-def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, more_smooth,
-          profile_spec, bundle_path, identity_path, no_bundle, no_peers, compare_specs, provider, images, seed,
+def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, profile_spec,
+          bundle_path, identity_path, no_bundle, no_peers, compare_specs, provider, images, seed,
           batch_size, reps, out_dir, json_path) -> None:
     """Baseline, accelerated (torch), the bundle and the identity bundle (runtime) and the peers, side by side."""
     import json
@@ -408,7 +408,7 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
         _check_writable_parent(json_path)
     if (bundle_path or identity_path) and no_bundle:
         raise FastervarError("--bundle/--identity-bundle and --no-bundle contradict each other")
-    settings = _settings(cfg, top_k, top_p, more_smooth, "portable")
+    settings = _settings(cfg, top_k, top_p, False, "portable")
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     profile = _load_profile(profile_spec) if profile_spec else _default_profile(model)
     _accelerated(model, profile)

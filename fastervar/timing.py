@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from .runtime.noise import NoiseKey, image_keys
 from .memory import PeakMemory
+from .runtime.noise import NoiseKey, image_keys
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,9 @@ def test_bad_arguments_are_usage_errors(tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.output
     r = run("generate", "--model", "tiny", "--random-weights", "--out", str(tmp_path / "o"))
     assert_bad_input(r, "no classes given")
+    r = run("generate", "--model", "tiny", "--random-weights", "--class", "1", "--more-smooth", "--out", str(tmp_path / "o"))
+    assert_bad_input(r, "it needs --sampler official")
+    assert not (tmp_path / "o").exists()
 
 
 def test_real_process_prints_one_line_and_exits_2(tmp_path):

@@ -1,4 +1,5 @@
-"""Model families (VAR and its VQVAE), checkpoint I/O, the scale-step unit and the reference sampler.
+"""Model families (VAR and its VQVAE), checkpoint I/O, the scale-step unit, its sampling, the one
+step loop and the CUDA-graph fast path.
 
 Importing this package needs torch; `configs` alone does not.
 """
