@@ -68,9 +68,10 @@ def graph_checks(bundle: Path) -> dict:
     ks = [k for f in facts.values() for k in f["topk"]]
     vocab = read_manifest(bundle, verify=False).vocab_size
     out = {"noise_shapes": [list(s) for s in shapes], "noise_has_vocab_axis": any(vocab in s for s in shapes),
-           "largest_topk": max((k for k in ks if k is not None), default=None), "topk_unknown": ks.count(None),
-           "vocab_size": vocab}
+           "topk_nodes": len(ks), "largest_topk": max((k for k in ks if k is not None), default=None),
+           "topk_unknown": ks.count(None), "vocab_size": vocab}
     print(f"graph checks: noise inputs {', '.join(str(list(s)) for s in shapes)} "
           f"({'a vocabulary axis!' if out['noise_has_vocab_axis'] else f'no axis of the {vocab}-code vocabulary'}); "
-          f"largest TopK k = {out['largest_topk']} (TensorRT allows 3840)")
+          f"{len(ks)} TopK nodes, the largest k = {out['largest_topk']} (TensorRT allows 3840)"
+          + (f", {out['topk_unknown']} with k unknown before run time" if out["topk_unknown"] else ""))
     return out

@@ -22,14 +22,25 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
 
 
 def topk_sizes(path: Path) -> list[int | None]:
-    """k of every TopK node in a graph (None where k is computed at run time)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    consts = _constants(graph)
+    """k of every TopK node in a graph. Where k is computed (a full sort exports as TopK with k =
+    the axis length), the axis length from shape inference stands for it: k can be no larger.
+    None only where neither is known before run time."""
+    model = onnx.load(str(path), load_external_data=False)
+    consts = _constants(model.graph)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.value_info, *inferred.input, *inferred.output]}
     sizes: list[int | None] = []
-    for node in graph.node:
-        if node.op_type == "TopK":
-            k = consts.get(node.input[1])
-            sizes.append(None if k is None else int(numpy_helper.to_array(k).reshape(-1)[0]))
+    for node in model.graph.node:
+        if node.op_type != "TopK":
+            continue
+        k = consts.get(node.input[1])
+        if k is not None:
+            sizes.append(int(numpy_helper.to_array(k).reshape(-1)[0]))
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        shape = shapes.get(node.input[0])
+        sizes.append(shape[axis] if shape else None)
     return sizes
 
 
