@@ -19,12 +19,17 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .memory import PeakMemory
 from .runtime.noise import NoiseKey, image_keys
+
+if TYPE_CHECKING:
+    from .models.family import StepModel
+    from .models.sampling import SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class TorchRunner:
     fast path (CUDA graphs on a GPU with the portable sampler); `fast=False` times the eager loop,
     for the GPU benchmark's eager-against-graphs columns."""
 
-    def __init__(self, model, settings, fast: bool = True):
+    def __init__(self, model: StepModel, settings: SamplingSettings, fast: bool = True):
         from .models.cuda_graphs import fast_path
         self.model = fast_path(model, settings) if fast else model
         self.settings = settings

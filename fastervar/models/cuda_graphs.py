@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .family import StepOutput, StepState
+from .family import StepModel, StepOutput, StepState
 from .sampling import SamplingSettings
 
 
@@ -83,7 +83,7 @@ def _feed(entry: _Captured, live: list[torch.Tensor]) -> None:
 class GraphedModel:
     """A step-protocol model whose steps and decoder replay as CUDA graphs, per batch size."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: StepModel):
         self.model = model
         self._plans: dict[int, _Plan] = {}
 
@@ -172,7 +172,7 @@ class GraphedModel:
         return _Captured(graph, inputs, state, output)
 
 
-def fast_path(model: Any, settings: SamplingSettings) -> Any:
+def fast_path(model: StepModel, settings: SamplingSettings) -> StepModel:
     """What the timed and user-facing paths run: CUDA graphs on a GPU with the portable sampler,
     the model itself otherwise."""
     if model.var.head.weight.is_cuda and settings.sampler == "portable" and not isinstance(model, GraphedModel):

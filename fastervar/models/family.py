@@ -10,6 +10,7 @@ reference sampler, the accelerator and the exporter all call these same pieces.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -34,6 +35,25 @@ class StepOutput:
     tokens: torch.Tensor                      # (B, p*p) sampled indices
     logits: torch.Tensor                      # (2B or B, p*p, V) raw logits before guidance
     hidden: torch.Tensor | None = None        # (2B or B, p*p, C) the last block's output
+
+
+class StepModel(Protocol):
+    """The scale-step protocol the step loop drives: `VARModel`, the accelerator's
+    `AcceleratedModel` and the CUDA-graph `GraphedModel` all implement it."""
+
+    var: VAR
+    num_steps: int
+
+    def tokens_at(self, step: int) -> int: ...
+
+    def condition(self, labels: torch.Tensor, guided: bool = True) -> torch.Tensor: ...
+
+    def init_state(self, batch: int) -> StepState: ...
+
+    def step(self, step: int, state: StepState, cond: torch.Tensor, noise: torch.Tensor | torch.Generator,
+             settings: SamplingSettings) -> tuple[StepState, StepOutput | None]: ...
+
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor: ...
 
 
 class VARModel(nn.Module):

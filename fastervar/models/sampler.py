@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime.noise import NoiseKey, batch_uniform, image_keys
-from .family import StepOutput, StepState, to_uint8
+from .family import StepModel, StepOutput, StepState, to_uint8
 from .sampling import SamplingSettings
 
 OnStep = Callable[[int, StepState, StepOutput | None], None]
@@ -66,7 +66,7 @@ class StepClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def step_noise(model, settings: SamplingSettings, step: int, keys: Sequence[NoiseKey],
+def step_noise(model: StepModel, settings: SamplingSettings, step: int, keys: Sequence[NoiseKey],
                generator: torch.Generator | None) -> torch.Tensor | torch.Generator:
     """The noise a step consumes: one uniform per token (portable) or the shared generator (official)."""
     if settings.sampler == "official":
@@ -78,7 +78,7 @@ def step_noise(model, settings: SamplingSettings, step: int, keys: Sequence[Nois
 
 
 @torch.no_grad()
-def generate_batch(model, labels: torch.Tensor, settings: SamplingSettings, keys: Sequence[NoiseKey],
+def generate_batch(model: StepModel, labels: torch.Tensor, settings: SamplingSettings, keys: Sequence[NoiseKey],
                    generator: torch.Generator | None = None, on_step: OnStep | None = None,
                    progress: bool = False) -> Generation:
     """Run every scale step for one batch and decode it.
@@ -116,7 +116,7 @@ def batch_generator(settings: SamplingSettings, device: torch.device, seed: int)
 
 
 @torch.no_grad()
-def generate(model, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
+def generate(model: StepModel, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
              batch_size: int = 16, progress: bool = False) -> Generation:
     """Generate one image per entry of `classes`, in order."""
     device = model.var.head.weight.device
