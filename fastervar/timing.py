@@ -106,14 +106,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(runners: dict[str, Runner], work: Sequence[Batch], reps: int = 1, device: str = "cpu",
+def _device(runners: dict[str, Runner]) -> str:
+    """Where the torch runners run: what the harness synchronizes around each run."""
+    on_gpu = any(getattr(getattr(r, "device", None), "type", None) == "cuda" for r in runners.values())
+    return "cuda" if on_gpu else "cpu"
+
+
+def interleaved(runners: dict[str, Runner], work: Sequence[Batch], reps: int = 1, device: str | None = None,
                 warmup: int = 1, memory: bool = False, min_seconds: float = 0.0, max_reps: int | None = None,
                 progress: bool = True, desc: str = "timing") -> dict[str, list[list[Run]]]:
     """Run every runner on every batch, interleaved; returns runs[name][pass][batch].
 
     At least `reps` passes; more, up to `max_reps`, until `min_seconds` of timed work (short
     workloads get more samples). `memory` records each run's peak memory above its start.
+    `device` defaults to the torch runners' own.
     """
+    device = device or _device(runners)
     for _ in range(warmup):
         for run in runners.values():
             run(work[0])

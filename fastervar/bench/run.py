@@ -70,9 +70,8 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
     baseline's images, `judge` (the evaluator) class accuracy and FD/KID. `reps` passes over the
     prompts are timed (times are medians per pass; ratios the median of the passes' ratios).
     Returns the figures and the first images of each variant."""
-    device = "cuda" if model.var.head.weight.is_cuda else "cpu"
     runners = {v.name: _runner(v, settings) for v in variants}
-    runs = interleaved(runners, batches(classes, seed, batch_size), reps=reps, device=device, memory=True,
+    runs = interleaved(runners, batches(classes, seed, batch_size), reps=reps, memory=True,
                        progress=progress, desc=f"bench ({len(variants)} variants)")
     n = len(classes)
     base_imgs = first_pass(runs["baseline"]).images

@@ -110,8 +110,7 @@ def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettin
     base, *others = probes(cfg)
     probe_models = [(base, model)] + [(p, AcceleratedModel(model, p)) for p in others]
     runners = {p.name: TorchRunner(m, settings) for p, m in probe_models}
-    device = "cuda" if model.var.head.weight.is_cuda else "cpu"
-    runs = interleaved(runners, batches(labels, 0, len(labels)), reps=min_reps, device=device,
+    runs = interleaved(runners, batches(labels, 0, len(labels)), reps=min_reps,
                        min_seconds=min_seconds, max_reps=max_reps, desc="timing probe profiles")
     timings = {name: summarize(passes) for name, passes in runs.items()}
     obs = [(step_features(cfg, p, len(labels)), np.asarray(timings[p.name].step_seconds)) for p, _ in probe_models]

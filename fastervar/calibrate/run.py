@@ -57,8 +57,7 @@ def measured_speedup(model: VARModel, profile: Profile, classes: Sequence[int], 
     """End-to-end baseline/accelerated on the calibration prompts, through the timing harness."""
     from ..accel.accelerated import AcceleratedModel
     runners = {"baseline": TorchRunner(model, settings), "accelerated": TorchRunner(AcceleratedModel(model, profile), settings)}
-    device = "cuda" if model.var.head.weight.is_cuda else "cpu"
-    runs = interleaved(runners, batches(list(classes), 0, batch), reps=reps, device=device, desc="measuring speed")
+    runs = interleaved(runners, batches(list(classes), 0, batch), reps=reps, desc="measuring speed")
     return speedup(runs["baseline"], runs["accelerated"])
 
 

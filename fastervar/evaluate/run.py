@@ -110,8 +110,7 @@ def evaluate(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings,
     if profile is not None:
         from ..accel.accelerated import AcceleratedModel
         runners["accelerated"] = TorchRunner(AcceleratedModel(model, profile), settings)
-    device = "cuda" if model.var.head.weight.is_cuda else "cpu"
-    runs = interleaved(runners, batches(classes, seed, batch_size), device=device, progress=progress, desc="batches")
+    runs = interleaved(runners, batches(classes, seed, batch_size), progress=progress, desc="batches")
     base, base_images = _side(ext, ref, runs["baseline"], classes)
     out = {"samples": len(classes), "seconds": base["seconds_total"], "feature_extractor": ext.name,
            "classifier_test_accuracy": ref.test_accuracy, "class_accuracy": base["class_accuracy"],
