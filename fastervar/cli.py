@@ -518,25 +518,30 @@ def profiles_show(name: str) -> None:
 @main.command("train-tiny")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Fashion-MNIST directory (default: the Debian package's /usr/share/datasets/fashion-mnist).")
-@click.option("--work-dir", type=click.Path(file_okay=False), default="runs/tiny", show_default=True,
-              help="Resumable checkpoints and the token cache.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Resumable checkpoints and the token cache [default: runs/MODEL].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Assets folder to write [default: the package's own, replacing the shipped model].")
+@click.option("--model", "model_name", type=click.Choice(["fashion-tiny", "fashion-16"]), default="fashion-tiny",
+              show_default=True, help="Which embedded model to train.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--vae-steps", type=click.IntRange(min=1), default=900, show_default=True)
-@click.option("--var-steps", type=click.IntRange(min=1), default=3600, show_default=True)
+@click.option("--vae-steps", type=click.IntRange(min=1), default=None,
+              help="VQVAE steps [default: 900 for fashion-tiny, 1000 for fashion-16].")
+@click.option("--var-steps", type=click.IntRange(min=1), default=None,
+              help="VAR steps [default: 3600 for fashion-tiny, 9000 for fashion-16].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-def train_tiny(data_dir, work_dir, out_dir, seed, vae_steps, var_steps, device) -> None:
-    """Train the embedded model (VQVAE, then VAR) and the evaluation classifier; resumes from --work-dir."""
+def train_tiny(data_dir, work_dir, out_dir, model_name, seed, vae_steps, var_steps, device) -> None:
+    """Train an embedded model (VQVAE, then VAR) and the evaluation classifier; resumes from --work-dir."""
     from .assets import ROOT
     from .models.loading import resolve_device
     from .train.data import load_split
-    from .train.tiny import TrainSettings, train_all
+    from .train.tiny import settings_for, train_all
 
     load_split("train", data_dir)
     resolve_device(device)
-    settings = TrainSettings(seed=seed, vae_steps=vae_steps, var_steps=var_steps, device=device)
-    summary = train_all(Path(work_dir), Path(out_dir) if out_dir else ROOT, settings, data_dir)
+    settings = settings_for(model_name, seed=seed, vae_steps=vae_steps, var_steps=var_steps, device=device)
+    summary = train_all(model_name, Path(work_dir or f"runs/{model_name}"), Path(out_dir) if out_dir else ROOT,
+                        settings, data_dir)
     for k, v in summary.items():
         click.echo(f"{k:>28}: {v:.4g}")
 
