@@ -319,10 +319,15 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
 def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, profile_spec, out_dir, precision,
            max_batch, tensorrt, cfg, top_k, top_p) -> None:
     """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`."""
+    import time
+
     from .calibrate.run import weights_sha256
     from .export.bundle import export_bundle
+    from .memory import peak_resident_bytes
     from .models.loading import resolve_model
     from .profile import check_against, identity
+
+    t0 = time.perf_counter()
 
     settings = _settings(cfg, top_k, top_p, False, "portable")
     profile = None if profile_spec == "identity" else _load_profile(profile_spec)
@@ -333,7 +338,11 @@ def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, p
     check_against(profile, model.cfg, sha if profile.model.get("weights_sha256") else None)
     path = export_bundle(model, profile, out_dir, settings, precision, max_batch, sha, tensorrt)
     size = sum(f.stat().st_size for f in path.iterdir())
-    click.echo(f"wrote bundle {path} ({size / 2**20:.1f} MiB; profile {profile.name}, {precision})")
+    weights = sum(t.numel() * t.element_size() for part in (model.var, model.vae) for t in part.state_dict().values())
+    peak = peak_resident_bytes()
+    peak_txt = f", peak memory {peak / 2**30:.2f} GiB ({peak / weights:.1f}x the weights)" if peak else ""
+    click.echo(f"wrote bundle {path} ({size / 2**20:.1f} MiB; profile {profile.name}, {precision}) in "
+               f"{time.perf_counter() - t0:.0f} s{peak_txt}; the model's weights are {weights / 2**30:.2f} GiB")
 
 
 def _check_bundle_target(out_dir: str) -> None:

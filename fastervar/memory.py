@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 _STATM = Path("/proc/self/statm")
+_STATUS = Path("/proc/self/status")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -20,6 +21,37 @@ def resident_bytes() -> int | None:
         return int(_STATM.read_text().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+def peak_resident_bytes() -> int | None:
+    """The kernel's high-water mark of this process's resident set (VmHWM), or None off Linux."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_resident() -> bool:
+    """Restart VmHWM from the current resident set (Linux's clear_refs); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def available_bytes() -> int | None:
+    """Memory the kernel can still give without swapping (MemAvailable), or None off Linux."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class PeakMemory:

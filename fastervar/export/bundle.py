@@ -1,18 +1,21 @@
 """`fastervar export`: trace each executed step and the decoder, pack them into a bundle.
 
-Graphs come from the TorchScript-based ONNX exporter (opset 17) with a dynamic batch axis; every
-large initializer then moves to one shared `weights.bin` (see weights.py). Everything is written to
-a temp directory that replaces the target only when the whole bundle, manifest last, is complete.
+Graphs come from the TorchScript-based ONNX exporter (opset 17) with a dynamic batch axis and the
+parameters left out of the proto; fold.py binds them to one shared `weights.bin` (weights.py), so
+export streams: one graph and one step's example state in memory at a time, each weight written
+once. Everything is written to a temp directory that replaces the target only when the whole
+bundle, manifest last, is complete.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
-import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from tqdm.auto import tqdm
@@ -25,17 +28,24 @@ from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from ..runtime.atomic import atomic_dir
 from ..runtime.manifest import FORMAT, MANIFEST, WEIGHTS, file_sha256
-from .graphs import ChainGraph, DecoderGraph, StepGraph, StepIO, example_feeds, plan_io
+from .chain import join_chain
+from .fold import ConstantBinder
+from .graphs import DecoderGraph, StepGraph, StepIO, example_steps, plan_io
 from .weights import WeightStore
 
 OPSET = 17
 PRECISIONS = ("fp32", "fp16")
-_EXAMPLE_BATCHES = (3, 5)     # two batch sizes tell which axes scale with the batch
+# Graphs are traced at the first batch size; a run at the second tells which axes scale with the
+# batch (rows = 2 x batch). The second is 1: it records shapes only, so it should cost the least memory.
+_EXAMPLE_BATCHES = (2, 1)
 
 
-def _symbolic(name: str, a: torch.Tensor, b: torch.Tensor) -> list:
+Shape = tuple[tuple[int, ...], torch.dtype]
+
+
+def _symbolic(name: str, a: tuple[int, ...], b: tuple[int, ...]) -> list:
     dims: list = []
-    for i, (x, y) in enumerate(zip(a.shape, b.shape)):
+    for i, (x, y) in enumerate(zip(a, b)):
         if x == y:
             dims.append(int(x))
         elif (x, y) == _EXAMPLE_BATCHES:
@@ -47,21 +57,52 @@ def _symbolic(name: str, a: torch.Tensor, b: torch.Tensor) -> list:
     return dims
 
 
-def _spec(name: str, a: torch.Tensor, b: torch.Tensor) -> dict:
-    return {"name": name, "dtype": str(a.dtype).removeprefix("torch."), "shape": _symbolic(name, a, b)}
+def _spec(name: str, a: torch.Tensor, b: Shape) -> dict:
+    return {"name": name, "dtype": str(a.dtype).removeprefix("torch."), "shape": _symbolic(name, tuple(a.shape), b[0])}
 
 
-def _trace(module: torch.nn.Module, args: tuple, inputs: list[dict], outputs: list[dict]) -> onnx.ModelProto:
-    """Export through a scratch file: past 2 GB the exporter must put weights beside a real path."""
+class _WeightsAsInputs(torch.nn.Module):
+    """Runs a module with its parameters and buffers taken from the trailing inputs, so the exporter
+    sees them as graph inputs rather than state. Exported state is copied into protos by the
+    exporter's shape inference (0.6 GB per VAR-d16 step graph); inputs carry only their shapes."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self._target = [module]                       # a list, so it is not registered as state
+        named = dict(module.named_parameters()) | dict(module.named_buffers())
+        self.names = list(named)
+        self.tensors = tuple(t.detach() for t in named.values())
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        module, n = self._target[0], len(tensors) - len(self.names)
+        saved = []
+        for name, t in zip(self.names, tensors[n:]):
+            path, _, attr = name.rpartition(".")
+            owner = module.get_submodule(path)
+            table = owner._parameters if attr in owner._parameters else owner._buffers
+            saved.append((table, attr, table[attr]))
+            table[attr] = t
+        try:
+            return module(*tensors[:n])
+        finally:
+            for table, attr, old in saved:
+                table[attr] = old
+
+
+def _trace(module: torch.nn.Module, args: tuple, inputs: list[dict],
+           outputs: list[dict]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The graph with the weights as extra inputs (the proto holds none of them), and the weights
+    by input name, as arrays sharing the model's memory."""
     dyn = {s["name"]: {i: d for i, d in enumerate(s["shape"]) if isinstance(d, str)} for s in inputs + outputs}
-    with tempfile.TemporaryDirectory(prefix="fastervar-trace-") as scratch, warnings.catch_warnings(), \
-            torch.no_grad():
+    wrapper = _WeightsAsInputs(module)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        path = Path(scratch) / "graph.onnx"
-        torch.onnx.export(module, args, str(path), input_names=[s["name"] for s in inputs],
+        torch.onnx.export(wrapper, (*args, *wrapper.tensors), buf,
+                          input_names=[s["name"] for s in inputs] + wrapper.names,
                           output_names=[s["name"] for s in outputs], dynamic_axes=dyn, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
-        return onnx.load(str(path), load_external_data=True)
+                          export_params=False, do_constant_folding=False, dynamo=False)
+    return onnx.load_from_string(buf.getvalue()), {k: t.numpy() for k, t in zip(wrapper.names, wrapper.tensors)}
 
 
 def _compact(graph: onnx.GraphProto) -> None:
@@ -80,18 +121,6 @@ def _compact(graph: onnx.GraphProto) -> None:
     del graph.value_info[:]
 
 
-def _write_graph(model: onnx.ModelProto, path: Path, store: WeightStore) -> list[str]:
-    used = store.externalize(model)
-    _compact(model.graph)
-    model.producer_name, model.producer_version = "fastervar", __version__
-    onnx.save(model, str(path))
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as exc:
-        raise FastervarError(f"internal: the ONNX checker rejected {path.name}: {str(exc).splitlines()[0]}") from None
-    return used
-
-
 def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: SamplingSettings,
                   precision: str = "fp32", max_batch: int = 16, weights_sha256: str | None = None,
                   tensorrt: bool = False, progress: bool = True) -> Path:
@@ -102,6 +131,7 @@ def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: 
         raise FastervarError("bundles sample with the portable sampler; --sampler official cannot be exported")
     if max_batch < 1:
         raise FastervarError(f"--max-batch must be at least 1, got {max_batch}")
+    check_memory(model, precision)
     # Graphs are traced on the CPU in float32; the caller's model goes back where it was afterwards.
     where = model.var.head.weight
     device, dtype, invariant = where.device, where.dtype, model.batch_invariant
@@ -121,28 +151,53 @@ def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: 
     return Path(out)
 
 
+def check_memory(model: VARModel, precision: str) -> None:
+    """Fail before writing anything when the machine cannot hold what export adds to the model:
+    one step's state at the example batch, the fp16 copy of the weights, and one weight in flight."""
+    from ..memory import available_bytes
+
+    free = available_bytes()
+    if free is None:
+        return
+    cfg = model.cfg
+    rows = 2 * _EXAMPLE_BATCHES[0]
+    state = 2 * 2 * cfg.var.depth * rows * cfg.var.seq_len * cfg.var.embed_dim * 4     # caches in and out
+    tensors = [t for part in (model.var, model.vae) for t in part.state_dict().values()]
+    weights = sum(t.numel() * 4 for t in tensors)
+    need = state + 2 * max(t.numel() * 4 for t in tensors) + (weights // 2 if precision == "fp16" else 0) + 2**28
+    if need > free:
+        raise FastervarError(f"export needs about {need / 2**30:.1f} GiB of memory beyond the loaded model "
+                             f"({weights / 2**30:.2f} GiB of weights) and only {free / 2**30:.1f} GiB is "
+                             f"available; free memory or use a machine with more")
+
+
 def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSettings, precision: str,
                   max_batch: int, weights_sha256: str | None, tensorrt: bool, progress: bool) -> None:
+    """Each graph is traced, bound to the weights file and written before the next is traced."""
     ios = plan_io(acc)
-    recs = [example_feeds(acc, ios, settings, b) for b in _EXAMPLE_BATCHES]
+    shapes = [{k: (tuple(v.shape), v.dtype) for k, v in feeds.items()}
+              for feeds in example_steps(acc, ios, settings, _EXAMPLE_BATCHES[1])]
     with atomic_dir(out) as tmp:
         store = WeightStore(tmp / WEIGHTS)
+        binder = ConstantBinder(store, OPSET)
         engines = []
         try:
             bar = tqdm(total=len(ios) + 2, desc="export graphs", disable=not progress)
-            for n, io in enumerate(ios):
-                ra, rb = recs[0][0][n], recs[1][0][n]
-                ins = [_spec(name, ra[name], rb[name]) for name in io.inputs]
-                outs = [_spec(name, ra[name], rb[name]) for name in io.outputs]
-                graph = _trace(StepGraph(acc, io, settings), tuple(ra[n_] for n_ in io.inputs), ins, outs)
-                engines.append(_engine(f"step{io.step}", io.step, graph, ins, outs, tmp, store))
+            examples = example_steps(acc, ios, settings, _EXAMPLE_BATCHES[0])
+            for io_, feeds, other in zip(ios, examples, shapes):
+                ins = [_spec(name, feeds[name], other[name]) for name in io_.inputs]
+                outs = [_spec(name, feeds[name], other[name]) for name in io_.outputs]
+                graph, params = _trace(StepGraph(acc, io_, settings), tuple(feeds[n] for n in io_.inputs), ins, outs)
+                del feeds
+                engines.append(_engine(f"step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params))
                 bar.update()
-            da, db = recs[0][1], recs[1][1]
-            ins, outs = [_spec("f_hat", da["f_hat"], db["f_hat"])], [_spec("images", da["images"], db["images"])]
-            graph = _trace(DecoderGraph(acc), (da["f_hat"],), ins, outs)
-            engines.append(_engine("decoder", None, graph, ins, outs, tmp, store))
+            dec, other = next(examples), shapes[-1]
+            ins, outs = [_spec("f_hat", dec["f_hat"], other["f_hat"])], [_spec("images", dec["images"], other["images"])]
+            graph, params = _trace(DecoderGraph(acc), (dec["f_hat"],), ins, outs)
+            del dec
+            engines.append(_engine("decoder", None, graph, ins, outs, tmp, binder, params))
             bar.update()
-            chain = _chain_engine(acc, ios, settings, recs, tmp, store)
+            chain = _chain_engine(ios, engines, tmp)
             bar.update()
             bar.close()
         finally:
@@ -155,24 +210,40 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
-def _chain_engine(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings, recs: list, root: Path,
-                  store: WeightStore) -> dict:
-    """The whole generation as one graph, from the recorded noise and images at both example batches."""
-    ins, outs = [], []
-    for io, a, b in zip(ios, recs[0][0], recs[1][0]):
-        ins.append(_spec(f"noise.{io.step}", a["noise"], b["noise"]))
-        outs.append(_spec(f"tokens.{io.step}", a["tokens"], b["tokens"]))
-    labels = _spec("labels", recs[0][0][0]["labels"], recs[1][0][0]["labels"])
-    images = _spec("images", recs[0][1]["images"], recs[1][1]["images"])
-    args = (recs[0][0][0]["labels"], *(r["noise"] for r in recs[0][0]))
-    graph = _trace(ChainGraph(acc, ios, settings), args, [labels, *ins], [images, *outs])
-    return _engine("chain", None, graph, [labels, *ins], [images, *outs], root, store)
+def _chain_engine(ios: list[StepIO], engines: list[dict], root: Path) -> dict:
+    """The step graphs and the decoder joined into one graph (chain.py), with their specs."""
+    steps, decoder = engines[:-1], engines[-1]
+    model = join_chain(root, ios, [e["graph"] for e in steps], decoder["graph"])
+    ins = [_named(steps[0]["inputs"], "labels")]
+    outs = [_named(decoder["outputs"], "images")]
+    for io_, e in zip(ios, steps):
+        ins.append({**_named(e["inputs"], "noise"), "name": f"noise.{io_.step}"})
+        outs.append({**_named(e["outputs"], "tokens"), "name": f"tokens.{io_.step}"})
+    used = list(dict.fromkeys(w for e in engines for w in e["initializers"]))
+    return _save("chain", None, model, ins, outs, root, used)
+
+
+def _named(specs: list[dict], name: str) -> dict:
+    return next(s for s in specs if s["name"] == name)
 
 
 def _engine(name: str, step: int | None, graph: onnx.ModelProto, ins: list[dict], outs: list[dict], root: Path,
-            store: WeightStore) -> dict:
+            binder: ConstantBinder, params: dict[str, np.ndarray]) -> dict:
+    used = binder.bind(graph, params)
+    _compact(graph.graph)
+    graph.producer_name, graph.producer_version = "fastervar", __version__
+    return _save(name, step, graph, ins, outs, root, used)
+
+
+def _save(name: str, step: int | None, graph: onnx.ModelProto, ins: list[dict], outs: list[dict], root: Path,
+          used: list[str]) -> dict:
     path = root / f"{name}.onnx"
-    used = _write_graph(graph, path, store)
+    onnx.save(graph, str(path))
+    del graph
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise FastervarError(f"internal: the ONNX checker rejected {path.name}: {str(exc).splitlines()[0]}") from None
     return {"name": name, "step": step, "graph": path.name, "sha256": file_sha256(path), "inputs": ins,
             "outputs": outs, "initializers": used, "plan": None, "plan_sha256": None}
 

@@ -9,6 +9,7 @@ becomes the input `NAME` of the next graph that needs it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -108,48 +109,25 @@ class DecoderGraph(nn.Module):
 
 
 @torch.no_grad()
-def example_feeds(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings,
-                  batch: int) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """Real tensors for every graph's inputs and outputs at one batch size, by running the steps.
-
-    Tracing needs example inputs; running the actual steps also gives every output's shape.
+def example_steps(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings,
+                  batch: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Real tensors for each graph's inputs and outputs at one batch size, by running the steps:
+    one dict per executed step, then the decoder's. Tracing needs example inputs, and running the
+    steps gives every output's shape. Only the state a later step reads is kept, so the memory is
+    that of one step's state, not of the whole generation's.
     """
     labels = torch.arange(batch) % acc.cfg.var.num_classes
     noise_gen = torch.Generator().manual_seed(0)
     state: dict[str, torch.Tensor] = {"labels": labels, "f_hat": acc.init_state(batch).f_hat}
-    records = []
     for io in ios:
         state["noise"] = torch.rand(batch, acc.tokens_at(io.step), generator=noise_gen)
         ins = {name: state[name] for name in io.inputs}
-        outs = StepGraph(acc, io, settings)(*ins.values())
-        records.append({**ins, **dict(zip(io.outputs, outs))})
-        for name, t in zip(io.outputs, outs):
+        outs = dict(zip(io.outputs, StepGraph(acc, io, settings)(*ins.values())))
+        yield {**ins, **outs}
+        for name, t in outs.items():
             if name.startswith(OUT):
                 state[name[len(OUT):]] = t
-    return records, {"f_hat": state["f_hat"], "images": DecoderGraph(acc)(state["f_hat"])}
-
-
-class ChainGraph(nn.Module):
-    """Every executed step and the decoder in one graph: labels and each step's noise in, images
-    and tokens out. One session then holds (and prepacks) each weight once, and a batch is one call."""
-
-    def __init__(self, acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings):
-        super().__init__()
-        self.acc, self.ios, self.settings = acc, ios, settings
-        self.model = acc.model
-        self.steps = [StepGraph(acc, io, settings) for io in ios]
-        self.decoder = DecoderGraph(acc)
-
-    def forward(self, labels: torch.Tensor, *noises: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        b = labels.shape[0]
-        state: dict[str, torch.Tensor] = {"labels": labels, "f_hat": self.acc.init_state(1).f_hat.expand(b, -1, -1, -1)}
-        tokens = []
-        for step, io, noise in zip(self.steps, self.ios, noises):
-            state["noise"] = noise
-            outs = step(*(state[name] for name in io.inputs))
-            for name, t in zip(io.outputs, outs):
-                if name == "tokens":
-                    tokens.append(t)
-                else:
-                    state[name[len(OUT):]] = t
-        return (self.decoder(state["f_hat"]), *tokens)
+        del ins, outs
+    f_hat = state.pop("f_hat")
+    state.clear()
+    yield {"f_hat": f_hat, "images": DecoderGraph(acc)(f_hat)}

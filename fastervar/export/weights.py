@@ -1,8 +1,9 @@
 """Store every weight of every graph once: one external-data file shared by all of a bundle's graphs.
 
-Each large initializer is renamed after its content hash and moved to `weights.bin`, so a weight
-used by ten step graphs (or repeated inside one) is written once, and the runtime can hand the
-same memory to every session by name.
+Each large tensor is named after its content hash and appended to `weights.bin` the first time it
+is met, so a weight used by ten step graphs (or repeated inside one) is written once, and the
+runtime can hand the same memory to every session by name. Tensors are hashed and written from
+their own memory, with no copy, so storing a model costs no second model's worth of RAM.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper
 
 ALIGN = 4096               # page-aligned tensors can be memory-mapped and shared as they are
 INLINE_BYTES = 1024        # shapes, scalars and index tables stay inside their graph
 
 
+def _raw(array: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(array)).cast("B")
+
+
 @dataclass
 class WeightStore:
-    """Appends unique tensors to one file and rewrites graphs to point at them."""
+    """Appends unique tensors to one file; graphs refer to them by name."""
 
     path: Path
     tensors: dict[str, dict] = field(default_factory=dict)
@@ -33,10 +38,12 @@ class WeightStore:
     def close(self) -> None:
         self._file.close()
 
-    def _add(self, array: np.ndarray) -> str:
-        data = np.ascontiguousarray(array).tobytes()
-        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode() + data).hexdigest()
-        name = f"w.{digest[:24]}"
+    def add(self, array: np.ndarray) -> str:
+        """The tensor's name in the store, writing it if it is new."""
+        data = _raw(array)
+        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(data)
+        name = f"w.{digest.hexdigest()[:24]}"
         if name not in self.tensors:
             pad = -self._size % ALIGN
             self._file.write(b"\0" * pad)
@@ -47,38 +54,21 @@ class WeightStore:
             self._size += len(data)
         return name
 
-    def externalize(self, model: onnx.ModelProto) -> list[str]:
-        """Move the model's large initializers into the store; returns the names it now uses."""
-        graph = model.graph
-        renames: dict[str, str] = {}
-        kept, used = [], []
-        for init in graph.initializer:
-            array = numpy_helper.to_array(init)
-            if array.nbytes < INLINE_BYTES:
-                kept.append(init)
-                continue
-            name = self._add(array)
-            renames[init.name] = name
-            if name in used:
-                continue                     # an identical tensor already stands for it in this graph
-            used.append(name)
-            ext = onnx.TensorProto(name=name, data_type=init.data_type, dims=init.dims)
-            entry = self.tensors[name]
-            for key, value in (("location", self.path.name), ("offset", entry["offset"]), ("length", entry["length"])):
-                ext.external_data.add(key=key, value=str(value))
-            ext.data_location = onnx.TensorProto.EXTERNAL
-            kept.append(ext)
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        _rename_inputs(graph, renames)
-        return used
+    def read(self, name: str) -> np.ndarray:
+        """A stored tensor read back (a copy, released by the caller)."""
+        entry = self.tensors[name]
+        if not self._file.closed:
+            self._file.flush()
+        count = int(np.prod(entry["shape"], dtype=np.int64))
+        array = np.fromfile(self.path, dtype=entry["dtype"], count=count, offset=entry["offset"])
+        return array.reshape(entry["shape"])
 
-
-def _rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _rename_inputs(sub, renames)
+    def initializer(self, name: str) -> onnx.TensorProto:
+        """An initializer that points into the store instead of holding the data."""
+        entry = self.tensors[name]
+        ext = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(np.dtype(entry["dtype"])),
+                               dims=entry["shape"])
+        for key, value in (("location", self.path.name), ("offset", entry["offset"]), ("length", entry["length"])):
+            ext.external_data.add(key=key, value=str(value))
+        ext.data_location = onnx.TensorProto.EXTERNAL
+        return ext

@@ -1,0 +1,96 @@
+"""What `fastervar export` costs: wall time and peak memory, against the model's weights.
+
+Each export runs as the user runs it (`fastervar export --model M --random-weights --profile P`) in
+its own child process; its peak resident set is the child's high-water mark (ru_maxrss, which is
+VmHWM), and the ratio divides it by the bytes of the model's weights. A model too large for this
+machine is not exported: its peak is projected from the largest measured ratio.
+
+    python benchmarks/export_cost.py --models d16 --profiles d16-paper-split,identity \\
+        --project d30,d36 --json benchmarks/results/export_cost_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import write_result
+
+from fastervar.memory import available_bytes
+from fastervar.models.configs import get_config
+from fastervar.models.family import VARModel
+
+
+def weight_bytes(name: str) -> int:
+    """The fp32 bytes of a named model's tensors, counted on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = VARModel(get_config(name))
+    return sum(t.numel() * 4 for part in (model.var, model.vae) for t in part.state_dict().values())
+
+
+def export_once(model: str, profile: str, out: Path) -> dict:
+    """One export in a child process: its wall time, peak RSS and bundle size."""
+    exe = Path(sys.executable).with_name("fastervar")
+    cmd = [str(exe), "export", "--model", model, "--random-weights", "--profile", profile, "--out", str(out)]
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - t0
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"export failed ({' '.join(cmd)}):\n{output[-2000:]}")
+    print(output.strip().splitlines()[-1])
+    size = sum(f.stat().st_size for f in out.iterdir())
+    return {"seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024, "bundle_bytes": size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="d16", help="comma-separated named models to export (random weights)")
+    ap.add_argument("--profiles", default="MODEL-paper-split,identity",
+                    help="comma-separated profiles; MODEL stands for the model's name")
+    ap.add_argument("--project", default="d30", help="models whose peak is projected, not measured")
+    ap.add_argument("--work", type=Path, default=None, help="where bundles are written (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="fastervar-export-cost-"))
+    rows = []
+    for model in args.models.split(","):
+        weights = weight_bytes(model)
+        for spec in args.profiles.split(","):
+            profile = spec.replace("MODEL", model)
+            out = work / f"{model}-{profile}"
+            row = {"model": model, "profile": profile, "weights_bytes": weights, **export_once(model, profile, out)}
+            row["ratio"] = row["peak_rss_bytes"] / weights
+            rows.append(row)
+            shutil.rmtree(out, ignore_errors=True)
+    worst = max(r["ratio"] for r in rows)
+    projected = []
+    for model in filter(None, args.project.split(",")):
+        weights = weight_bytes(model)
+        projected.append({"model": model, "weights_bytes": weights, "projected_peak_bytes": worst * weights})
+
+    print(f"\n{'model':<6} {'profile':<20} {'weights':>9} {'wall':>8} {'peak RSS':>9} {'ratio':>6} {'bundle':>9}")
+    for r in rows:
+        print(f"{r['model']:<6} {r['profile']:<20} {r['weights_bytes'] / 2**30:>7.2f} G {r['seconds'] / 60:>6.1f} m "
+              f"{r['peak_rss_bytes'] / 2**30:>7.2f} G {r['ratio']:>5.2f}x {r['bundle_bytes'] / 2**30:>7.2f} G")
+    free = available_bytes()
+    for p in projected:
+        fits = "" if free is None else (" (fits here)" if p["projected_peak_bytes"] < free else " (more than this machine has)")
+        print(f"{p['model']:<6} {'projected':<20} {p['weights_bytes'] / 2**30:>7.2f} G {'':>8} "
+              f"{p['projected_peak_bytes'] / 2**30:>7.2f} G {worst:>5.2f}x{fits}")
+    write_result(args.json, {"command": " ".join(sys.argv), "cpus": os.cpu_count(),
+                             "torch": torch.__version__, "rows": rows, "projected": projected})
+
+
+if __name__ == "__main__":
+    main()
