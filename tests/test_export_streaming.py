@@ -102,3 +102,24 @@ def test_export_peak_memory_grows_at_most_one_and_a_half_times_the_weights(tmp_p
     growth = m["peak"] - m["start"]
     assert growth <= 1.5 * m["weights"], (growth / m["weights"], m)
     assert (tmp_path / "bundle" / "manifest.json").exists()
+
+
+def test_binder_never_reuses_a_result_computed_from_a_released_intermediate(tmp_path):
+    """Two graphs fold W^T then slice it differently; the transposes are dropped after use, and the
+    second slice must not be taken for the first (each graph gets its own rows)."""
+    w = np.arange(64 * 32, dtype=np.float32).reshape(64, 32)
+    store = WeightStore(tmp_path / "weights.bin")
+    binder = ConstantBinder(store, 17)
+    for rows in (4, 9, 4, 9):
+        starts = helper.make_tensor("starts", TensorProto.INT64, [1], [0])
+        ends = helper.make_tensor("ends", TensorProto.INT64, [1], [rows])
+        nodes = [helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+                 helper.make_node("Slice", ["Wt", "starts", "ends"], ["part"]),
+                 helper.make_node("MatMul", ["x", "part"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, rows]),
+                                               helper.make_tensor_value_info("W", TensorProto.FLOAT, [64, 32])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], [starts, ends])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        (name,) = binder.bind(model, {"W": w})
+        assert np.array_equal(store.read(name), w.T[:rows])
+    store.close()

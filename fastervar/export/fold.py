@@ -49,6 +49,7 @@ class ConstantBinder:
         self._stored_params: dict[str, str] = {}
         self._pending: dict[str, list] = {}              # key -> [value, folded consumers still to run]
         self._folded: dict[bytes, list[str]] = {}        # what a node computed from -> its output keys
+        self._transients = 0
 
     def _key_of_param(self, array: np.ndarray) -> str:
         """Parameters live as long as the model, so their memory address names them across graphs."""
@@ -120,7 +121,8 @@ class ConstantBinder:
         """Output keys of a node whose inputs are all constants."""
         memo = node.op_type.encode() + node.domain.encode() + b"".join(a.SerializeToString() for a in node.attribute)
         memo += "|".join(keys).encode()
-        if memo in self._folded:
+        lasting = not any(k.startswith("t.") for k in keys)      # a transient input names no lasting value
+        if lasting and memo in self._folded:
             return self._folded[memo]
         feeds = {name: self._value(k) for name, k in zip(node.input, keys) if name}
         outputs = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
@@ -132,11 +134,12 @@ class ConstantBinder:
             elif name in read_by_graph:
                 result.append(self.store.add(array))
             else:
-                key = f"t.{len(self._pending)}.{id(array)}"
+                self._transients += 1
+                key = f"t.{self._transients}"
                 self._pending[key] = [array, uses[name]]
                 result.append(key)
         del feeds, outputs
-        if not any(k.startswith("t.") for k in result):
+        if lasting and not any(k.startswith("t.") for k in result):
             self._folded[memo] = result
         return result
 
