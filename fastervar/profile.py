@@ -2,8 +2,9 @@
 
 A profile names the model and schedule it was made for, splits the scale steps into semantic,
 structure and refine stages, and says per step what runs: `full`, `reduce` (r kept tokens chosen
-by a selector, the rest restored from an earlier step's cached output), or `skip`; whether guidance
-runs; and which linear layers are factorized to what rank. Plain dataclasses and JSON, no torch:
+by a selector, the rest restored from an earlier step's cached output, upsampled bicubic or by
+area, optionally only in a range of blocks), or `skip`; whether guidance runs; and which linear
+layers are factorized to what rank. Plain dataclasses and JSON, no torch:
 the runtime and export manifests read it too.
 
 Validation errors are FastervarErrors that name the offending field, e.g. `steps[5].keep`.
@@ -22,8 +23,9 @@ from .models.configs import ModelConfig
 
 FORMAT = "fastervar-profile/1"
 MODES = ("full", "reduce", "skip")
-SELECTORS = ("pivotal", "random_projection", "random", "grid", "relevance")
+SELECTORS = ("pivotal", "pivotal_stream", "random_projection", "random", "grid", "relevance")
 RESTORE_LEVELS = ("block", "layer", "latent")
+UPSAMPLINGS = ("bicubic", "area")
 STAGES = ("semantic", "structure", "refine")
 # Linear layers of a VAR block that may be factorized: name -> (in_features, out_features) as
 # multiples of the width C.
@@ -46,6 +48,8 @@ class StepPlan:
     restore_level: str = "block"              # reduce: block outputs, per sublayer, or the latent
     ranks: dict[str, int] = field(default_factory=dict)   # factorized layers -> rank
     relevance: list[float] | None = None      # selector "relevance": per-position scores
+    layers: list[int] | None = None           # reduce at layer level: [first, end) blocks reduced; others run all tokens
+    upsample: str = "bicubic"                 # reduce: how the cached output is brought to this step's grid
 
 
 @dataclass
@@ -87,6 +91,10 @@ def _step_dict(s: StepPlan) -> dict[str, Any]:
             d["restore_from"] = s.restore_from
         if s.relevance is not None:
             d["relevance"] = s.relevance
+        if s.layers is not None:
+            d["layers"] = list(s.layers)
+        if s.upsample != "bicubic":
+            d["upsample"] = s.upsample
     if s.ranks:
         d["ranks"] = dict(s.ranks)
     return d
@@ -131,6 +139,16 @@ def _parse_step(raw: Any, i: int) -> StepPlan:
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rel):
                 raise ProfileError(f"profile field {where}relevance must be a list of numbers")
             step.relevance = [float(x) for x in rel]
+        step.upsample = raw.get("upsample", "bicubic")
+        if step.upsample not in UPSAMPLINGS:
+            raise ProfileError(f"profile field {where}upsample must be one of {', '.join(UPSAMPLINGS)}")
+        if "layers" in raw:
+            layers = _need(raw, "layers", list, where)
+            if (len(layers) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+                    or not 0 <= layers[0] < layers[1]):
+                raise ProfileError(f"profile field {where}layers must be [first, end) block indices, "
+                                   f"0 <= first < end, got {layers!r}")
+            step.layers = list(layers)
     ranks = raw.get("ranks", {})
     if not isinstance(ranks, dict):
         raise ProfileError(f"profile field {where}ranks must be an object of layer -> rank")
@@ -201,6 +219,10 @@ def _check_self_consistent(p: Profile) -> None:
                                    f"to provide the cached output")
         if s.relevance is not None and len(s.relevance) != n:
             raise ProfileError(f"profile field {where}.relevance has {len(s.relevance)} values for {n} tokens")
+        if s.restore_level != "layer" and (s.layers is not None or s.selector == "pivotal_stream"):
+            what = "layers" if s.layers is not None else "selector"
+            raise ProfileError(f"profile field {where}.{what}: needs restore_level 'layer' (a block range and "
+                               f"per-sublayer selection act inside the blocks)")
 
 
 def check_against(p: Profile, cfg: ModelConfig, weights_sha256: str | None = None) -> None:
@@ -219,6 +241,9 @@ def check_against(p: Profile, cfg: ModelConfig, weights_sha256: str | None = Non
     c = cfg.var.embed_dim
     hidden = round(c * cfg.var.mlp_ratio)
     for i, s in enumerate(p.steps):
+        if s.layers is not None and s.layers[1] > cfg.var.depth:
+            raise ProfileError(f"profile field steps[{i}].layers = {s.layers} reaches past the model's "
+                               f"{cfg.var.depth} blocks")
         for layer, r in s.ranks.items():
             fin, fout = FACTORIZABLE[layer]
             dims = (c if fin == 1 else hidden, 3 * c if fout == 3 else (c if fout == 1 else hidden))

@@ -1,9 +1,9 @@
 """Regenerate the hand-made profiles in fastervar/assets/profiles/: the paper-split templates for the official VAR
-models and the FastVAR-like / SkipVAR-like peers on the embedded model's schedule. The calibrated
+models and the peers (FastVAR, SkipVAR's static operating points) on the shipped models' schedules. The calibrated
 profile of the embedded model comes from `fastervar calibrate` (see README)."""
 
 from fastervar.accel.cost import predicted_speedup
-from fastervar.accel.presets import fastvar_like, paper_split, skipvar_like
+from fastervar.accel.presets import paper_split, peers
 from fastervar.assets import PROFILES_DIR
 from fastervar.models.configs import get_config
 from fastervar.profile import identity
@@ -12,7 +12,7 @@ from fastervar.profile import identity
 def main() -> None:
     PROFILES_DIR.mkdir(exist_ok=True)
     made = [paper_split(get_config(f"d{d}")) for d in (16, 20, 24, 30, 36)]
-    made += [fastvar_like(get_config("fashion-tiny")), skipvar_like(get_config("fashion-tiny"))]
+    made += [p for name in ("fashion-tiny", "fashion-16") for p in peers(get_config(name))]
     for p in made:
         cfg = get_config(p.model["config"])
         sp = predicted_speedup(cfg, identity(cfg), p, batch=1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastervar.accel.accelerated import AcceleratedModel
-from fastervar.accel.presets import paper_split, skipvar_like
+from fastervar.accel.presets import paper_split, skipvar
 from fastervar.models.cuda_graphs import GraphedModel, _Captured, _tensors, fast_path
 from fastervar.models.loading import random_model
 from fastervar.models.sampler import generate
@@ -24,11 +24,11 @@ def test_fast_path_is_the_model_itself_off_the_gpu():
 
 
 @needs_cuda
-@pytest.mark.parametrize("which", ["baseline", "paper-split", "skipvar-like"])
+@pytest.mark.parametrize("which", ["baseline", "paper-split", "skipvar-uncond3"])
 def test_graph_replay_samples_the_eager_tokens(which):
     model = random_model("tiny-d16-schedule").cuda()
     runner = {"baseline": model, "paper-split": AcceleratedModel(model, paper_split(model.cfg)),
-              "skipvar-like": AcceleratedModel(model, skipvar_like(model.cfg))}[which]
+              "skipvar-uncond3": AcceleratedModel(model, skipvar(model.cfg, "uncond3"))}[which]
     graphed = fast_path(runner, PORTABLE)
     assert isinstance(graphed, GraphedModel)
     for seed, classes in ((0, [1, 4, 7]), (5, [2, 2, 9]), (9, [3])):     # capture, replay, another batch size
@@ -64,13 +64,13 @@ class EmulatedGraphs(GraphedModel):
         return _Captured(_Rerun(fn, (state, output)), inputs, state, output)
 
 
-@pytest.mark.parametrize("which", ["baseline", "paper-split", "skipvar-like"])
+@pytest.mark.parametrize("which", ["baseline", "paper-split", "skipvar-uncond3"])
 def test_replay_bookkeeping_feeds_every_step_its_own_inputs(which):
     """On the CPU, with capture emulated: every later batch must read its own noise and condition
     through the captured buffers, and each step the state the step before it wrote."""
     model = random_model("tiny-d16-schedule")
     runner = {"baseline": model, "paper-split": AcceleratedModel(model, paper_split(model.cfg)),
-              "skipvar-like": AcceleratedModel(model, skipvar_like(model.cfg))}[which]
+              "skipvar-uncond3": AcceleratedModel(model, skipvar(model.cfg, "uncond3"))}[which]
     graphed = EmulatedGraphs(runner)
     for seed, classes in ((0, [1, 4, 7]), (5, [2, 2, 9]), (9, [3]), (11, [8, 0, 5])):
         want = generate(runner, classes, PORTABLE, seed=seed, batch_size=len(classes))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fastervar.accel.presets import fastvar_like, paper_split, skipvar_like
+from fastervar.accel.presets import fastvar, paper_split, skipvar
 from fastervar.calibrate import latency as L
 from fastervar.models.configs import get_config
 from fastervar.profile import identity
@@ -17,13 +17,15 @@ CFG = get_config("fashion-tiny")
 
 def test_features_follow_the_plan():
     base = L.step_features(CFG, identity(CFG), 4)
-    skip = L.step_features(CFG, skipvar_like(CFG), 4)
+    skip, unguided = L.step_features(CFG, skipvar(CFG, "skip1"), 4), L.step_features(CFG, skipvar(CFG, "uncond3"), 4)
     assert base.shape == (7, len(L.FEATURES))
-    assert (skip[6] == 0).all() and skip[5, 1] < base[5, 1]            # skipped; unguided halves the matmuls
-    assert skip[5, 3] == base[5, 3]                                    # ...but every position is still sampled
-    block, layer = L.step_features(CFG, paper_split(CFG), 4), L.step_features(CFG, fastvar_like(CFG), 4)
-    assert block[6, 4] > 0 and base[6, 4] == 0                         # restoration only on reduce steps
-    assert layer[6, 4] == pytest.approx(block[6, 4] * CFG.var.depth * 2)   # per layer, guided (2 rows per image)
+    assert (skip[6] == 0).all() and unguided[5, 1] < base[5, 1]        # skipped; unguided halves the matmuls
+    assert unguided[5, 3] == base[5, 3]                                # ...but every position is still sampled
+    block, layer = L.step_features(CFG, paper_split(CFG), 4), L.step_features(CFG, fastvar(CFG), 4)
+    assert block[4, 4] > 0 and base[4, 4] == 0                         # restoration only on reduce steps
+    lo, hi = fastvar(CFG).steps[4].layers
+    assert 0 < hi - lo < CFG.var.depth                                 # FastVAR leaves the outer blocks intact
+    assert layer[4, 4] == pytest.approx(block[4, 4] * (hi - lo) * 2)   # per reduced block, guided (2 rows per image)
 
 
 def test_fit_recovers_known_costs_and_prices_profiles():
@@ -33,8 +35,8 @@ def test_fit_recovers_known_costs_and_prices_profiles():
     assert np.allclose(lm.coefficients, truth, rtol=1e-4) and lm.fit_error < 1e-6
     base = identity(CFG)
     assert lm.speedup(CFG, base, base) == {"transformer": pytest.approx(1.0), "total": pytest.approx(1.0)}
-    sp = lm.speedup(CFG, base, skipvar_like(CFG))
-    want = (L.step_features(CFG, base, 16) @ truth).sum() / (L.step_features(CFG, skipvar_like(CFG), 16) @ truth).sum()
+    sp = lm.speedup(CFG, base, skipvar(CFG, "skip2"))
+    want = (L.step_features(CFG, base, 16) @ truth).sum() / (L.step_features(CFG, skipvar(CFG, "skip2"), 16) @ truth).sum()
     assert sp["transformer"] == pytest.approx(want) and 1 < sp["total"] < sp["transformer"]
 
 

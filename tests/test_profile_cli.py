@@ -70,11 +70,11 @@ def test_generate_with_profile(calibrated, tmp_path):
 
 def test_profiles_list_and_show():
     r = run("profiles", "list")
-    assert r.exit_code == 0 and "d16-paper-split" in r.output and "fashion-tiny-fastvar-like" in r.output
+    assert r.exit_code == 0 and "d16-paper-split" in r.output and "fashion-tiny-fastvar" in r.output
     rows = {line.split()[0]: line.split() for line in r.output.splitlines()[1:]}
     assert rows["d16-paper-split"][3] == "4.15x"                     # FLOPs for every row, comparable
     assert rows["fashion-tiny-calibrated"][4].endswith("x")          # and the fitted latency model's where there is one
-    assert rows["fashion-tiny-skipvar-like"][4] == "SkipVAR"         # (none for templates: the description follows)
+    assert rows["fashion-tiny-skipvar-skip1"][4] == "SkipVAR"         # (none for templates: the description follows)
     shown = json.loads(run("profiles", "show", "d36-paper-split").output)
     assert shown["model"]["config"] == "d36" and shown["calibrated"] is False
 
@@ -109,7 +109,7 @@ def test_profile_for_another_model(tmp_path):
 def test_calibrate_needs_one_target(tmp_path):
     r = run("calibrate", "--model", "tiny", "--random-weights", "--out", str(tmp_path / "p.json"))
     assert_bad_input(r, "give exactly one target")
-    r = run("calibrate", "--model", "tiny", "--random-weights", "--match-peer", "skipvar-like", "--target-speedup", "2",
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--match-peer", "skipvar-skip2", "--target-speedup", "2",
             "--out", str(tmp_path / "p.json"))
     assert_bad_input(r, "give exactly one target")
     r = run("calibrate", "--model", "tiny", "--random-weights", "--match-peer", "hart", "--out", str(tmp_path / "p.json"))
@@ -135,10 +135,10 @@ def test_calibrate_runs_on_cuda(tmp_path):
 def test_match_peer_targets_the_peer_speed(calibrated):
     d = calibrated
     r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
-            "--match-peer", "skipvar-like", "--batch-size", "6", "--out", str(d / "m.json"), "--cache-dir", str(d / "cache"))
+            "--match-peer", "skipvar-skip1", "--batch-size", "6", "--out", str(d / "m.json"), "--cache-dir", str(d / "cache"))
     assert r.exit_code == 0, r.output
     p = load(d / "m.json")
     target = p.calibration["target"]
-    peer = next(row for row in p.calibration["equal_speed_vs_peers"] if row["peer"] == "tiny-skipvar-like")
-    assert target["match_peer"] == "skipvar-like" and target["speedup"] == round(0.9 * peer["peer_speedup"], 3)
+    peer = next(row for row in p.calibration["equal_speed_vs_peers"] if row["peer"] == "tiny-skipvar-skip1")
+    assert target["match_peer"] == "skipvar-skip1" and target["speedup"] == round(0.9 * peer["peer_speedup"], 3)
     assert p.measured["predicted_speedup_transformer"] >= target["speedup"]

@@ -3,8 +3,9 @@
 Per step, the plan is `full` (the baseline step), `skip` (not run: f_hat keeps the upsampled
 accumulation), or `reduce`: the transformer runs on r selected tokens, appends only their K/V to
 the cache, and every other position is restored from the cached output of an earlier full step,
-upsampled — either once after the last block (`block`, StageVAR) or inside every block for each
-sublayer's branch (`layer`, FastVAR). Guidance can be dropped (one batch branch, the KV cache
+upsampled — either once after the last block (`block`, StageVAR) or inside the blocks for each
+sublayer's branch (`layer`, FastVAR: optionally only in a block range, with the tokens rescored
+from the residual stream before every sublayer, per row). Guidance can be dropped (one batch branch, the KV cache
 sliced to its conditional half) and chosen linear layers factorized. The identity profile runs
 exactly `VARModel.step`.
 """
@@ -26,7 +27,7 @@ from ..models.sampling import (
 from ..models.var import KV
 from ..profile import Profile, StepPlan, check_against
 from .factorize import factorize
-from .selectors import select
+from .selectors import pivotal, select
 
 
 @dataclass
@@ -103,11 +104,11 @@ class AcceleratedModel:
                 else:
                     owner.factors[short] = f
 
-    def _upsample_tokens(self, t: torch.Tensor, src: int, dst: int) -> torch.Tensor:
+    def _upsample_tokens(self, t: torch.Tensor, src: int, dst: int, mode: str) -> torch.Tensor:
         """(B, src*src, C) cached outputs to (B, dst*dst, C) on the finer grid."""
         b, _, c = t.shape
         grid = t.transpose(1, 2).reshape(b, c, src, src)
-        return resample(grid, dst, "bicubic").flatten(2).transpose(1, 2)
+        return resample(grid, dst, mode).flatten(2).transpose(1, 2)
 
     @torch.no_grad()
     def step(self, k: int, state: AccelState, cond: torch.Tensor, noise: torch.Tensor | torch.Generator,
@@ -175,45 +176,62 @@ class AcceleratedModel:
         if not record:
             hidden, new = self.model.transformer(x, cond, caches)
             return hidden, new, None
-        return self._layerwise(x, cond, caches, idx=None, restored=None)
+        return self._layerwise(x, cond, caches)
 
     def _reduced(self, k: int, plan: StepPlan, x: torch.Tensor, cond: torch.Tensor, state: AccelState):
         m = self.model
         b = state.f_hat.shape[0]
         pn, src = self.patch_nums[k], self.patch_nums[plan.restore_from]
-        idx = self._select(k, plan, state.f_hat).repeat(x.shape[0] // b, 1)                    # same tokens in both guidance halves
-        gather = idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        gather = None
+        if plan.selector != "pivotal_stream":                 # chosen once, the same in both guidance halves
+            idx = self._select(k, plan, state.f_hat).repeat(x.shape[0] // b, 1)
+            gather = idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         if plan.restore_level == "block":
-            base = self._upsample_tokens(_half(state.hidden[plan.restore_from], x.shape[0]), src, pn)
+            base = self._upsample_tokens(_half(state.hidden[plan.restore_from], x.shape[0]), src, pn, plan.upsample)
             hidden_kept, caches = m.transformer(x.gather(1, gather), cond, state.caches)
             return base.scatter(1, gather, hidden_kept), caches, None
-        restored = [(self._upsample_tokens(_half(a, x.shape[0]), src, pn),
-                     self._upsample_tokens(_half(f, x.shape[0]), src, pn))
-                    for a, f in state.branches[plan.restore_from]]
-        return self._layerwise(x, cond, state.caches, idx=gather, restored=restored)
+        lo, hi = plan.layers or (0, len(m.var.blocks))
+        restored = [(self._upsample_tokens(_half(a, x.shape[0]), src, pn, plan.upsample),
+                     self._upsample_tokens(_half(f, x.shape[0]), src, pn, plan.upsample)) if lo <= i < hi else None
+                    for i, (a, f) in enumerate(state.branches[plan.restore_from])]
+        return self._layerwise(x, cond, state.caches, plan=plan, idx=gather, restored=restored)
 
     def _layerwise(self, x: torch.Tensor, cond: torch.Tensor, caches: list[KV] | None,
-                   idx: torch.Tensor | None, restored: list | None):
-        """Blocks with the residual stream kept at full length; sublayers computed on `idx` only.
+                   plan: StepPlan | None = None, idx: torch.Tensor | None = None, restored: list | None = None):
+        """Blocks with the residual stream kept at full length; in the plan's blocks, sublayers are
+        computed on the kept tokens only and the rest of their output is `restored`.
 
-        With idx None every token is computed and the branch outputs are returned for caching.
+        The kept tokens are `idx`, or with the `pivotal_stream` selector rescored from the residual
+        stream before each sublayer, per row (so per image and per guidance half, as FastVAR does).
+        Without a plan every token is computed and the branch outputs are returned for caching.
         """
         block_cond = self.model.var.block_condition(cond)
+        lo, hi = (0, len(self.model.var.blocks)) if plan is None or plan.layers is None else plan.layers
         new: list[KV] = []
         branches = []
+
+        def pick(i: int) -> torch.Tensor | None:
+            if plan is None or not lo <= i < hi:
+                return None
+            if plan.selector == "pivotal_stream":
+                return pivotal(x, plan.keep).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+            return idx
+
         for i, blk in enumerate(self.model.var.blocks):
             mod = blk.modulation(block_cond)
+            sel = pick(i)
             a_in = blk.attn_input(x, mod)
-            a_in = a_in if idx is None else a_in.gather(1, idx)
+            a_in = a_in if sel is None else a_in.gather(1, sel)
             a, kv = blk.attn(a_in, None, None if caches is None else caches[i])
             a = a.mul(mod[0])
-            a = a if idx is None else restored[i][0].scatter(1, idx, a)
+            a = a if sel is None else restored[i][0].scatter(1, sel, a)
             x = x + a
+            sel = pick(i)
             f_in = blk.ffn_input(x, mod)
-            f_in = f_in if idx is None else f_in.gather(1, idx)
+            f_in = f_in if sel is None else f_in.gather(1, sel)
             f = blk.ffn(f_in).mul(mod[1])
-            f = f if idx is None else restored[i][1].scatter(1, idx, f)
+            f = f if sel is None else restored[i][1].scatter(1, sel, f)
             x = x + f
             new.append(kv)
             branches.append((a, f))
-        return x, new, (branches if idx is None else None)
+        return x, new, (branches if plan is None else None)

@@ -21,8 +21,8 @@ class StepCost:
     step: int
     mode: str
     batch: int                 # rows the transformer runs (2B with guidance)
-    tokens: int                # tokens per row the blocks compute
-    kv_len: int                # cached + current tokens each query attends to
+    tokens: int                # tokens per row the blocks compute (mean over blocks)
+    kv_len: int                # cached + current tokens each query attends to (mean over blocks)
     flops_linear: float
     flops_attention: float
     flops_head: float
@@ -60,24 +60,25 @@ def step_costs(cfg: ModelConfig, profile: Profile, batch: int, bytes_per_param: 
     c, depth, vocab = cfg.var.embed_dim, cfg.var.depth, cfg.vae.vocab_size
     pn = cfg.var.patch_nums
     out: list[StepCost] = []
-    cached = 0
+    cached = [0] * depth                   # per block: a block range can leave caches of different lengths
     for k, plan in enumerate(profile.steps):
         n = pn[k] ** 2
         if plan.mode == "skip":
-            out.append(StepCost(k, "skip", 0, 0, cached, 0, 0, 0, 0, 0))
+            out.append(StepCost(k, "skip", 0, 0, round(sum(cached) / depth), 0, 0, 0, 0, 0))
             continue
         rows = 2 * batch if plan.cfg else batch
-        run = plan.keep if plan.mode == "reduce" else n
-        kv = cached + run
+        lo, hi = plan.layers or (0, depth)
+        run = [plan.keep if plan.mode == "reduce" and lo <= i < hi else n for i in range(depth)]
+        cached = [c0 + r for c0, r in zip(cached, run)]
         lin_tok, lin_params = _block_linear_flops(cfg, plan)
         ada = 2 * c * 6 * c * rows if not cfg.var.shared_aln else 0
-        flops_linear = depth * (rows * run * lin_tok + ada) + rows * n * 2 * cfg.vae.z_channels * c
-        flops_attn = depth * rows * 2 * 2 * run * kv * c
+        flops_linear = sum(rows * r * lin_tok + ada for r in run) + rows * n * 2 * cfg.vae.z_channels * c
+        flops_attn = sum(rows * 2 * 2 * r * kv * c for r, kv in zip(run, cached))
         flops_head = rows * n * 2 * c * vocab + rows * 2 * c * 2 * c
         weights = (depth * (lin_params + (0 if cfg.var.shared_aln else 6 * c * c)) + c * vocab) * bytes_per_param
-        kv_bytes = depth * 2 * rows * kv * c * bytes_per_param
-        out.append(StepCost(k, plan.mode, rows, run, kv, flops_linear, flops_attn, flops_head, weights, kv_bytes))
-        cached = kv
+        kv_bytes = sum(2 * rows * kv * c * bytes_per_param for kv in cached)
+        out.append(StepCost(k, plan.mode, rows, round(sum(run) / depth), round(sum(cached) / depth),
+                            flops_linear, flops_attn, flops_head, weights, kv_bytes))
     return out
 
 

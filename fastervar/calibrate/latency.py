@@ -25,7 +25,7 @@ from scipy.optimize import nnls
 
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import step_costs
-from ..accel.presets import fastvar_like, paper_split
+from ..accel.presets import fastvar, paper_split
 from ..models.configs import ModelConfig
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
@@ -46,7 +46,8 @@ def step_features(cfg: ModelConfig, profile: Profile, batch: int) -> np.ndarray:
         n = cfg.var.patch_nums[cost.step] ** 2
         restored = 0.0
         if plan.mode == "reduce":
-            per_layer = cfg.var.depth if plan.restore_level == "layer" else 1
+            lo, hi = plan.layers or (0, cfg.var.depth)
+            per_layer = hi - lo if plan.restore_level == "layer" else 1
             restored = float(cost.batch * n * cfg.var.embed_dim * per_layer)
         rows.append([1.0, cost.flops_linear + cost.flops_head, cost.flops_attention,
                      float(batch * n * cfg.vae.vocab_size), restored])
@@ -94,7 +95,7 @@ def probes(cfg: ModelConfig) -> list[Profile]:
     base = identity(cfg, "probe-baseline")
     unguided = identity(cfg, "probe-unguided")
     unguided.steps = [StepPlan(mode="full", cfg=False) for _ in unguided.steps]
-    return [base, unguided, paper_split(cfg), fastvar_like(cfg)]
+    return [base, unguided, paper_split(cfg), fastvar(cfg)]
 
 
 def machine_id() -> str:

@@ -26,8 +26,10 @@ def cache_names(depth: int) -> list[str]:
     return [f"cache.{i}.{kv}" for i in range(depth) for kv in ("k", "v")]
 
 
-def branch_names(step: int, depth: int) -> list[str]:
-    return [f"branch.{step}.{i}.{part}" for i in range(depth) for part in ("attn", "ffn")]
+def branch_names(step: int, depth: int, layers: list[int] | None = None) -> list[str]:
+    """The cached sublayer outputs of `step`, for every block or only those in `layers` [first, end)."""
+    lo, hi = layers or (0, depth)
+    return [f"branch.{step}.{i}.{part}" for i in range(lo, hi) for part in ("attn", "ffn")]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def plan_io(acc: AcceleratedModel) -> list[StepIO]:
         if p.mode == "reduce" and p.restore_level == "block":
             names.append(f"hidden.{p.restore_from}")
         elif p.mode == "reduce" and p.restore_level == "layer":
-            names += branch_names(p.restore_from, depth)
+            names += branch_names(p.restore_from, depth, p.layers)
         reads[k] = names
     out: list[StepIO] = []
     for n, k in enumerate(executed):
@@ -82,7 +84,8 @@ class StepGraph(nn.Module):
             if name.startswith("hidden."):
                 state.hidden[int(name.split(".")[1])] = t
         for j in {int(n.split(".")[1]) for n in feed if n.startswith("branch.")}:
-            state.branches[j] = [(feed[f"branch.{j}.{i}.attn"], feed[f"branch.{j}.{i}.ffn"]) for i in range(depth)]
+            state.branches[j] = [(feed.get(f"branch.{j}.{i}.attn"), feed.get(f"branch.{j}.{i}.ffn"))
+                                 for i in range(depth)]               # None for blocks the step does not reduce
         cond = self.acc.condition(feed["labels"], guided=True)
         state, result = self.acc.step(self.io.step, state, cond, feed["noise"], self.settings)
         produced = {"tokens": result.tokens, OUT + "f_hat": state.f_hat}
