@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "assets"
-EMBEDDED_MODEL_DIR = ROOT / "fashion-tiny"
-CLASSIFIER_FILE = ROOT / "classifier" / "classifier.safetensors"
-REFERENCE_STATS_FILE = ROOT / "classifier" / "fashion_test_stats.npz"
-REAL_TEST_IMAGES_FILE = ROOT / "fashion_mnist_test_1000.npz"
 PROFILES_DIR = ROOT / "profiles"
 EMBEDDED_MODEL_NAME = "fashion-tiny"
+
+
+def shipped_model_dir(name: str) -> Path:
+    """Where a model shipped with the package keeps its weights and config.json."""
+    return ROOT / name

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .accel.presets import PEER_NAMES
 from .errors import FastervarError
 
 EXIT_BAD_INPUT = 2
@@ -63,8 +64,9 @@ def _check_classes(classes: list[int], num_classes: int) -> None:
 def model_options(fn):
     """--model / --var-checkpoint / --vae-checkpoint / --random-weights / --device."""
     for opt in reversed([
-        click.option("--model", "model_name", metavar="NAME",
-                     help="Named model: fashion-tiny (the embedded default), or d16..d36 / tiny with checkpoints or --random-weights."),
+        click.option("--model", "model_name", metavar="NAME|DIR",
+                     help="Named model: fashion-tiny (the embedded default), or d16..d36 / tiny with checkpoints or "
+                          "--random-weights; or a model folder (config.json + weights, as train-tiny writes)."),
         click.option("--var-checkpoint", type=click.Path(dir_okay=False), help="VAR transformer weights (.pth or .safetensors)."),
         click.option("--vae-checkpoint", type=click.Path(dir_okay=False), help="VQVAE weights (.pth or .safetensors)."),
         click.option("--random-weights", is_flag=True, help="Seeded random weights (tests and speed benchmarks only)."),
@@ -101,6 +103,21 @@ def guidance_options(fn):
     ]):
         fn = opt(fn)
     return fn
+
+
+def judge_option(fn):
+    return click.option("--judge", "judge_dir", type=click.Path(file_okay=False), metavar="DIR",
+                        help="Judge with the classifier and real-image statistics `train-tiny --out DIR` wrote for "
+                             "its data [default: the shipped Fashion-MNIST judge, for the shipped weights].")(fn)
+
+
+def _judge(model, judge_dir: str | None, fall_back: bool):
+    """The judge for this model (see `pick_judge`); a doubtful default is said on stderr."""
+    from .evaluate.judge import pick_judge
+    judge, warning = pick_judge(model, judge_dir, fall_back)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    return judge
 
 
 def _load_profile(spec: str | None):
@@ -158,10 +175,11 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
 @sampling_options
 @click.option("--samples-per-class", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--features", metavar="MODULE:FACTORY", help="Another feature extractor (e.g. Inception) for FD/KID.")
+@judge_option
 @click.option("--profile", "profile_spec", metavar="PROFILE", help="Also run this profile, interleaved, on the same noise.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
-             more_smooth, sampler, batch_size, samples_per_class, features, profile_spec, json_path) -> None:
+             more_smooth, sampler, batch_size, samples_per_class, features, judge_dir, profile_spec, json_path) -> None:
     """Sample N images per class and score them: class accuracy, Frechet distance, KID; with
     --profile, baseline and accelerated side by side (speedups, paired PSNR/SSIM)."""
     import json
@@ -175,11 +193,12 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     if json_path:
         _check_writable_parent(json_path)
     profile = _load_profile(profile_spec)
-    ext = load_extractor(features)
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    judge = _judge(model, judge_dir, fall_back=True)
+    ext = load_extractor(features, judge)
     if profile is not None:
         _accelerated(model, profile)
-    result = run_evaluate(model, ext, settings, samples_per_class, seed, batch_size, profile)
+    result = run_evaluate(model, ext, judge, settings, samples_per_class, seed, batch_size, profile)
     result.update(model=model.cfg.name, settings=settings.__dict__, samples_per_class=samples_per_class, seed=seed)
     _print_table(result)
     if json_path:
@@ -258,10 +277,11 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per class, e.g. 0,1,2,3.")
 @click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this predicted scale-step speedup (see --cost-model), then the best quality.")
 @click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
-@click.option("--match-peer", type=click.Choice(["fastvar-like", "skipvar-like"]),
+@click.option("--match-peer", type=click.Choice(list(PEER_NAMES)),
               help="Target that peer's speed (90% of its predicted speedup) at no less than its class accuracy.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
-              help="Where a judge exists (the embedded model): class accuracy may fall at most this far below the baseline's.")
+              help="Where a judge exists (shipped weights, or --judge): class accuracy may fall at most this far below the baseline's.")
+@judge_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The profile JSON to write.")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Report folder [default: beside --out].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=".fastervar-cache", show_default=True,
@@ -271,7 +291,7 @@ def _int_list(text: str, what: str) -> list[int]:
               help="Price candidates by a latency model fitted to probe runs timed here, or by FLOPs alone (no timing).")
 def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
               more_smooth, sampler, batch_size, classes_spec, seeds, target_speedup, max_quality_drop,
-              match_peer, max_accuracy_drop, out_path, report_dir, cache_dir, name, cost_model) -> None:
+              match_peer, max_accuracy_drop, judge_dir, out_path, report_dir, cache_dir, name, cost_model) -> None:
     """Measure the baseline on sample prompts and choose an acceleration profile automatically."""
     from .calibrate.run import calibrate as run_calibrate
     from .calibrate.run import check_sampler
@@ -296,9 +316,10 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
     _check_classes(classes, n_cls)
     out = Path(out_path)
     rdir = Path(report_dir) if report_dir else out.with_name(out.stem + "-report")
+    judge = _judge(model, judge_dir, fall_back=False)
     profile, report = run_calibrate(model, classes, seed_list, settings, target_speedup, max_quality_drop, out,
                                     rdir, Path(cache_dir), batch_size, name, max_accuracy_drop, cost_model,
-                                    match_peer)
+                                    match_peer, judge)
     meas = profile.measured
     click.echo(f"wrote {out} (predicted speedup {meas['predicted_speedup_transformer']:.2f}x on the scale steps, "
                f"{meas['predicted_speedup_total']:.2f}x end to end; measured end to end "
@@ -389,10 +410,11 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
 @click.option("--identity-bundle", "identity_path", type=click.Path(file_okay=False),
               help="The identity profile exported for the same model [default: export one into OUT/bundle-identity].")
 @click.option("--no-bundle", is_flag=True, help="Leave the runtime out (no export).")
-@click.option("--no-peers", is_flag=True, help="Leave the fastvar-like and skipvar-like profiles out.")
+@click.option("--no-peers", is_flag=True, help="Leave the peers (fastvar, skipvar-*) out.")
 @click.option("--compare", "compare_specs", metavar="PROFILE", multiple=True,
               help="Another of our profiles to run in torch alongside (repeatable), e.g. one calibrated to a peer's speed.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@judge_option
 @click.option("--images", type=click.IntRange(min=2), default=100, show_default=True,
               help="Prompts, spread evenly over the classes.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -403,7 +425,7 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
 def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, profile_spec,
-          bundle_path, identity_path, no_bundle, no_peers, compare_specs, provider, images, seed,
+          bundle_path, identity_path, no_bundle, no_peers, compare_specs, provider, judge_dir, images, seed,
           batch_size, reps, out_dir, json_path) -> None:
     """Baseline, accelerated (torch), the bundle and the identity bundle (runtime) and the peers, side by side."""
     import json
@@ -426,9 +448,10 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
         _accelerated(model, other)
     pipelines = {} if no_bundle else _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_dir,
                                                       batch_size, provider)
-    quality = "none" if random_weights else ("paired" if var_checkpoint else "full")
+    judge = None if random_weights else _judge(model, judge_dir, fall_back=False)
+    quality = "none" if random_weights else ("full" if judge else "paired")
     result, report = run_bench(model, profile, pipelines, settings, images, seed, batch_size, Path(out_dir), quality,
-                               peers=not no_peers, compare=compare, reps=reps)
+                               peers=not no_peers, compare=compare, reps=reps, judge=judge)
     click.echo(table(result))
     if result.get("attribution"):
         click.echo("\n" + attribution_line(result))

@@ -36,8 +36,8 @@ def test_bench_runs_every_variant_on_the_same_noise(bench_dir):
     res = json.loads((bench_dir / "b.json").read_text())
     rows = res["variants"]
     assert list(rows) == ["baseline", "accelerated", "bundle-identity", "bundle", "bundle-steps", "calibrated-fast",
-                          "fastvar-like", "skipvar-like"]
-    assert res["timed_passes"] == 2 and [r["peer"] for r in rows.values()] == [False] * 6 + [True] * 2
+                          "fastvar", "skipvar-skip1", "skipvar-skip2", "skipvar-uncond3"]
+    assert res["timed_passes"] == 2 and [r["peer"] for r in rows.values()] == [False] * 6 + [True] * 4
     # the identity bundle is the baseline compiled: the same tokens, images within one level
     assert rows["bundle-identity"]["paired_psnr"] > 40 and rows["bundle-identity"]["paired_ssim"] > 0.99
     assert rows["bundle-identity"]["class_accuracy"] == rows["baseline"]["class_accuracy"]
@@ -55,7 +55,7 @@ def test_bench_runs_every_variant_on_the_same_noise(bench_dir):
         assert r["class_accuracy"] is not None and r["frechet_distance"] is not None
         if name != "baseline":
             assert 0 < r["paired_ssim"] <= 1
-    assert rows["skipvar-like"]["step_seconds"][6] < rows["baseline"]["step_seconds"][6]   # the skipped step
+    assert rows["skipvar-skip1"]["step_seconds"][6] < rows["baseline"]["step_seconds"][6]   # the skipped step
 
 
 def test_bench_report_matches_json(bench_dir):
@@ -89,7 +89,7 @@ def test_bench_bad_arguments(bench_dir, tmp_path):
     assert_bad_input(run("bench", "--no-bundle", "--compare", "d16-paper-split", "--out", out), "made for another model")
     bundle = str(bench_dir / "report" / "bundle")
     assert_bad_input(run("bench", "--bundle", bundle, "--cfg", "3", "--out", out), "cfg 1.5 (asked 3.0)")
-    assert_bad_input(run("bench", "--bundle", bundle, "--profile", "fashion-tiny-skipvar-like", "--out", out),
+    assert_bad_input(run("bench", "--bundle", bundle, "--profile", "fashion-tiny-skipvar-skip1", "--out", out),
                      "was exported with profile 'fashion-tiny-calibrated'")
     assert_bad_input(run("bench", "--bundle", bundle, "--identity-bundle", bundle, "--out", out),
                      "not the identity profile")
@@ -104,7 +104,7 @@ def test_peak_memory_sees_an_allocation():
     assert m.peak_bytes is not None and m.peak_bytes >= 48 * 2**20
 
 
-def quick_calibrate(model, classes, seeds, settings, target, drop, out, report_dir, *rest):
+def quick_calibrate(model, classes, seeds, settings, target, drop, out, report_dir, *rest, **options):
     prof = resolve("fashion-tiny-calibrated")       # calibration itself is covered in test_profile_cli
     prof.save(out)
     return prof, report_dir / "report.md"
@@ -118,7 +118,7 @@ def test_demo_runs_every_stage_and_compares_both_peers_at_equal_speed(tmp_path, 
     assert len(list((d / "images").glob("*.png"))) == 10 and (d / "bundle" / "manifest.json").exists()
     res = json.loads((d / "bench" / "bench.json").read_text())
     assert "calibrated-fast" in res["variants"]
-    assert {row["peer"] for row in res["equal_speed"]} == {"fastvar-like", "skipvar-like"}
+    assert {row["peer"] for row in res["equal_speed"]} == {"fastvar", "skipvar-skip1", "skipvar-skip2", "skipvar-uncond3"}
     assert "bundle vs baseline:" in r.output and "compiler" in r.output
     assert (d / "bundle-identity" / "manifest.json").exists() and "bundle-identity" in res["variants"]
 
@@ -141,18 +141,18 @@ def _row(speed: float, ssim: float | None, fd: float | None, peer: bool = False)
 
 def test_equal_speed_pairs_only_variants_within_ten_percent():
     res = {"variants": {"baseline": _row(1.0, None, 100.0), "accelerated": _row(1.1, 0.9, 120.0),
-                        "fast": _row(1.75, 0.7, 300.0), "fastvar-like": _row(1.05, 0.8, 280.0, peer=True),
-                        "skipvar-like": _row(1.6, 0.8, 380.0, peer=True), "slow-peer": _row(3.0, 0.5, 900.0, peer=True)}}
+                        "fast": _row(1.75, 0.7, 300.0), "fastvar": _row(1.05, 0.8, 280.0, peer=True),
+                        "skipvar-skip1": _row(1.6, 0.8, 380.0, peer=True), "slow-peer": _row(3.0, 0.5, 900.0, peer=True)}}
     rows = equal_speed(res)
     pairs = [(r["peer"], r["ours"], r["ours_better"]) for r in rows]
-    # accelerated is within 10% of fastvar-like and better on both; fast is within 10% of skipvar-like
+    # accelerated is within 10% of fastvar and better on both; fast is within 10% of skipvar-skip1
     # but worse on SSIM; nothing of ours runs near 3x, and the peers are never paired with each other
-    assert pairs == [("fastvar-like", "accelerated", True), ("skipvar-like", "fast", False), ("slow-peer", None, None)]
+    assert pairs == [("fastvar", "accelerated", True), ("skipvar-skip1", "fast", False), ("slow-peer", None, None)]
     md = equal_speed_table(rows)
     assert "no variant of ours within 10%" in md and md.count("\n") == len(rows) + 1
 
 
 def test_bench_compares_extra_profiles_at_equal_speed(bench_dir):
     res = json.loads((bench_dir / "b.json").read_text())
-    assert {r["peer"] for r in res["equal_speed"]} == {"fastvar-like", "skipvar-like"}
+    assert {r["peer"] for r in res["equal_speed"]} == {"fastvar", "skipvar-skip1", "skipvar-skip2", "skipvar-uncond3"}
     assert "at equal measured speed" in (bench_dir / "report" / "report.md").read_text()

@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastervar.assets import (
-    CLASSIFIER_FILE,
-    EMBEDDED_MODEL_DIR,
-    REAL_TEST_IMAGES_FILE,
-    ROOT,
-)
+from fastervar.assets import EMBEDDED_MODEL_NAME, ROOT, shipped_model_dir
 from fastervar.evaluate.features import ClassifierFeatures
+from fastervar.evaluate.judge import shipped_judge
 from fastervar.evaluate.metrics import psnr
 from fastervar.evaluate.run import real_test_images, reconstructions
 from fastervar.models.configs import get_config
@@ -30,15 +26,16 @@ def model():
 
 @pytest.fixture(scope="module")
 def fixture_images():
-    images, labels = real_test_images()
+    images, labels = real_test_images(shipped_judge())
     return images[:FIXTURE], labels[:FIXTURE]
 
 
 def test_shipped_files_fit_the_budget():
     weights = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
     assert weights <= 25 * 2 ** 20
-    assert CLASSIFIER_FILE.stat().st_size <= 2 * 2 ** 20
-    assert (EMBEDDED_MODEL_DIR / "var.safetensors").exists() and REAL_TEST_IMAGES_FILE.exists()
+    judge = shipped_judge()
+    assert judge.classifier.stat().st_size <= 2 * 2 ** 20
+    assert (shipped_model_dir(EMBEDDED_MODEL_NAME) / "var.safetensors").exists() and judge.real_images.exists()
 
 
 def test_configuration(model):
@@ -66,7 +63,7 @@ def test_vqvae_reconstructs_fixture_at_20db(model, fixture_images):
 
 def test_classifier_accuracy_on_fixture(fixture_images):
     images, labels = fixture_images
-    acc = float((ClassifierFeatures.shipped().predict(images) == labels).mean())
+    acc = float((ClassifierFeatures.load(shipped_judge()).predict(images) == labels).mean())
     assert acc >= 0.85
 
 
@@ -74,5 +71,5 @@ def test_generated_samples_are_recognisable(model):
     """A quick, loose version of the evaluate figure: most samples are judged their own class."""
     classes = [c for c in range(10) for _ in range(4)]
     images = generate(model, classes, SamplingSettings(), seed=0, batch_size=40).images.numpy()
-    acc = float((ClassifierFeatures.shipped().predict(images) == np.array(classes)).mean())
+    acc = float((ClassifierFeatures.load(shipped_judge()).predict(images) == np.array(classes)).mean())
     assert acc >= 0.6

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from fastervar.accel.presets import fastvar_like
+from fastervar.accel.presets import fastvar
 from fastervar.cli import main
 from fastervar.models.configs import get_config
 
@@ -28,7 +28,7 @@ def test_evaluate_json(tmp_path):
 
 
 def test_evaluate_with_profile_reports_both_sides(tmp_path):
-    prof = fastvar_like(get_config("tiny"))
+    prof = fastvar(get_config("tiny"))
     prof.save(tmp_path / "p.json")
     out = tmp_path / "e.json"
     r = CliRunner().invoke(main, ["evaluate", "--model", "tiny", "--random-weights", "--samples-per-class", "2",
@@ -45,7 +45,7 @@ def test_evaluate_with_profile_reports_both_sides(tmp_path):
 def test_evaluate_refuses_models_outside_the_reference_domain(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", "--model", "tiny-d16-schedule", "--random-weights",
                                   "--samples-per-class", "2"])
-    assert_bad_input(r, "evaluate compares against Fashion-MNIST test images")
+    assert_bad_input(r, "the judge scores 32 px images of 10 classes")
 
 
 def test_json_path_under_a_file_is_refused_before_work(tmp_path):

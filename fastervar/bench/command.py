@@ -10,6 +10,7 @@ import torch
 
 from .. import __version__
 from ..errors import FastervarError
+from ..evaluate.judge import JudgeFiles
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile
@@ -64,18 +65,21 @@ def check_bundle_settings(pipeline, settings: SamplingSettings) -> None:
 
 def bench(model: VARModel, profile: Profile, pipelines: dict, settings: SamplingSettings, images: int, seed: int,
           batch_size: int, out_dir: Path, quality: str, peers: bool = True,
-          compare: Sequence[Profile] = (), reps: int = 1) -> tuple[dict, Path]:
-    """Run every variant and write the report; `quality` is full, paired or none (speed only).
+          compare: Sequence[Profile] = (), reps: int = 1, judge: JudgeFiles | None = None) -> tuple[dict, Path]:
+    """Run every variant and write the report; `quality` is full (with `judge`), paired or none (speed only).
     `pipelines` names the runtime variants (bundle: as `fastervar run` runs it; bundle-steps: one
     engine per step graph, so the per-step times show; bundle-identity: the identity profile
     exported)."""
     for pipe in pipelines.values():
         check_bundle_settings(pipe, settings)
     variants = make_variants(model, profile, pipelines, peers, compare)
-    judge = quality_judge(model) if quality == "full" else None
+    if quality == "full" and judge is None:
+        raise FastervarError("bench quality 'full' needs a judge")
+    scorer = quality_judge(judge) if quality == "full" else None
     result, samples = run_bench(model, variants, bench_classes(model.cfg.var.num_classes, images), settings, seed,
-                                batch_size, paired=quality != "none", judge=judge, reps=reps)
+                                batch_size, paired=quality != "none", judge=scorer, reps=reps)
     result.update(model=model.cfg.name, profile=profile.name, quality=quality, settings=settings.__dict__,
+                  judge=judge.name if scorer else None,
                   environment={"fastervar": __version__, "torch": torch.__version__,
                                "torch_threads": torch.get_num_threads(),
                                "device": "cuda" if model.var.head.weight.is_cuda else "cpu",

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..calibrate.run import calibrate, weights_sha256
+from ..evaluate.judge import shipped_judge
 from ..export.bundle import export_bundle
 from ..models.loading import embedded_model
 from ..models.sampling import SamplingSettings
@@ -32,7 +33,7 @@ def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int) 
 
     tqdm.write("[1/4] calibrate: measure the baseline, search profiles")
     profile, cal_report = calibrate(model, classes, seeds, settings, None, max_quality_drop, out / "profile.json",
-                                    out / "calibration", out / ".cache", 16, None)
+                                    out / "calibration", out / ".cache", 16, None, judge=shipped_judge())
     tqdm.write("[2/4] export: ONNX graphs with the profile baked in (and the identity profile, for attribution)")
     sha = weights_sha256(model)
     bundle = export_bundle(model, profile, out / "bundle", settings, max_batch=16, weights_sha256=sha)
@@ -44,7 +45,8 @@ def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int) 
     write_pngs(gen.images, out / "images")
     tqdm.write("[4/4] bench: baseline, accelerated, bundle, the shipped fast profile and the peers side by side")
     fast = resolve(f"{model.cfg.name}-calibrated-fast")     # calibrated at SkipVAR-like speed, for the equal-speed table
-    result, report = bench(model, profile, pipes, settings, images, 0, 16, out / "bench", "full", compare=[fast])
+    result, report = bench(model, profile, pipes, settings, images, 0, 16, out / "bench", "full", compare=[fast],
+                           judge=shipped_judge())
     rows = result["variants"]
     b = rows["bundle"]
     split = result["attribution"]

@@ -2,7 +2,7 @@
 
 Variants: the torch baseline, the profile in torch, the profile as an exported bundle on the
 runtime (and the identity profile exported, which separates the compiler's share of the speedup
-from the algorithm's), and the FastVAR-like and SkipVAR-like peers. All use the portable sampler,
+from the algorithm's), and the peers (FastVAR, SkipVAR's static operating points). All use the portable sampler,
 so they read the same noise and their images can be compared pair by pair.
 """
 
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..accel.accelerated import AcceleratedModel
-from ..accel.presets import fastvar_like, skipvar_like
+from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
+from ..evaluate.judge import JudgeFiles
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
@@ -52,7 +53,7 @@ def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = No
             raise FastervarError(f"profile {p.name!r} is already in the bench; give each profile once")
         out.append(Variant(name, AcceleratedModel(model, p), p.name))
     if peers:
-        for p in (fastvar_like(model.cfg), skipvar_like(model.cfg)):
+        for p in peer_profiles(model.cfg):
             out.append(Variant(p.name.removeprefix(f"{model.cfg.name}-"), AcceleratedModel(model, p), p.name, peer=True))
     return out
 
@@ -97,20 +98,11 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
     return out, images
 
 
-def quality_judge(model: VARModel):
-    """Class accuracy and FD/KID from the shipped evaluator, for models in its domain; else None."""
+def quality_judge(judge: JudgeFiles):
+    """Class accuracy and FD/KID from a judge's classifier and reference statistics."""
     from ..evaluate.features import ClassifierFeatures
-    from ..evaluate.run import (
-        Reference,
-        check_embedded_domain,
-        class_accuracy,
-        distribution_scores,
-    )
-    try:
-        check_embedded_domain(model)
-    except FastervarError:
-        return None
-    ext, ref = ClassifierFeatures.shipped(), Reference.shipped()
+    from ..evaluate.run import Reference, class_accuracy, distribution_scores
+    ext, ref = ClassifierFeatures.load(judge), Reference.load(judge)
 
     def judge(images: np.ndarray, classes: list[int]) -> dict:
         return {"class_accuracy": class_accuracy(ext, images, classes), **distribution_scores(ext, ref, images)}

@@ -65,9 +65,10 @@ class Measurements:
 
 
 def cache_key(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
-              weights_sha256: str) -> str:
+              weights_sha256: str, judge: str | None = None) -> str:
     blob = json.dumps({"model": model.cfg.to_dict(), "weights": weights_sha256, "classes": list(classes),
-                       "seeds": list(seeds), "settings": settings.__dict__, "version": 2}, sort_keys=True)
+                       "seeds": list(seeds), "settings": settings.__dict__, "judge": judge, "version": 2},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

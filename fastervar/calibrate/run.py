@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..accel.presets import fastvar_like, skipvar_like
+from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
+from ..evaluate.judge import JudgeFiles
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
@@ -33,15 +34,6 @@ def weights_sha256(model: VARModel) -> str:
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _judge(model: VARModel):
-    """The shipped classifier judges the embedded model's images; other models have no judge."""
-    from ..assets import EMBEDDED_MODEL_NAME
-    if model.cfg.name != EMBEDDED_MODEL_NAME:
-        return None
-    from ..evaluate.features import ClassifierFeatures
-    return ClassifierFeatures.shipped()
 
 
 def check_sampler(settings: SamplingSettings) -> None:
@@ -76,14 +68,19 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
               target_speedup: float | None, max_quality_drop: float | None, out: Path, report_dir: Path,
               cache_dir: Path, batch: int = 16, name: str | None = None,
               max_accuracy_drop: float = 0.02, cost_model: str = "latency",
-              match_peer: str | None = None) -> tuple[Profile, Path]:
+              match_peer: str | None = None, judge: JudgeFiles | None = None) -> tuple[Profile, Path]:
     """Measure (cached), fit the latency model (cached), search, then write the profile and its report
-    atomically. `match_peer` (fastvar-like or skipvar-like) sets the target from that peer's recipe."""
+    atomically. `match_peer` (a name in `presets.PEER_NAMES`) sets the target from that peer's recipe;
+    `judge` (see `evaluate.judge.pick_judge`) adds class accuracy to what a candidate must keep."""
     check_sampler(settings)
     torch.manual_seed(0)
     sha = weights_sha256(model)
-    judge = _judge(model)
-    cache = cache_dir / f"measure-{cache_key(model, classes, seeds, settings, sha)}.npz"
+    judge_files, judge = judge, None
+    if judge_files is not None:
+        from ..evaluate.features import ClassifierFeatures
+        judge = ClassifierFeatures.load(judge_files)
+    key = cache_key(model, classes, seeds, settings, sha, judge_files and str(judge_files.root.resolve()))
+    cache = cache_dir / f"measure-{key}.npz"
     m = None
     if cache.exists():
         try:
@@ -109,8 +106,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge and judge.predict,
                         on_candidate=lambda c: bar.update(), latency=latency)
     try:
-        peers = {p.name.removeprefix(f"{model.cfg.name}-"): searcher.score(p)
-                 for p in (fastvar_like(model.cfg), skipvar_like(model.cfg))}
+        peers = {p.name.removeprefix(f"{model.cfg.name}-"): searcher.score(p) for p in peer_profiles(model.cfg)}
         if match_peer is not None:
             target_speedup, max_accuracy_drop = peer_target(peers[match_peer], searcher.base_accuracy,
                                                             max_accuracy_drop)
@@ -126,6 +122,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     speed = measured_speedup(model, profile, list(classes), settings, batch)
     profile.calibration = {
         "classes": list(classes), "seeds": list(seeds), "settings": settings.__dict__,
+        "judge": judge_files.name if judge_files else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop, "match_peer": match_peer,
                    "max_accuracy_drop": max_accuracy_drop if searcher.base_accuracy is not None else None},

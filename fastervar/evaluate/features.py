@@ -12,9 +12,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..assets import CLASSIFIER_FILE
 from ..errors import FastervarError
 from .classifier import FashionClassifier, prepare
+from .judge import JudgeFiles
 
 
 class FeatureExtractor(Protocol):
@@ -25,7 +25,8 @@ class FeatureExtractor(Protocol):
 
 
 class ClassifierFeatures:
-    """The shipped Fashion-MNIST classifier: features and class predictions."""
+    """A judge's classifier (the shipped Fashion-MNIST one, or one `train-tiny` trained on the
+    user's data): features and class predictions."""
 
     name = "fashion-classifier"
     dim = FashionClassifier.feature_dim
@@ -34,12 +35,16 @@ class ClassifierFeatures:
         self.net = net.eval()
 
     @classmethod
-    def shipped(cls) -> ClassifierFeatures:
+    def load(cls, judge: JudgeFiles) -> ClassifierFeatures:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        if not CLASSIFIER_FILE.exists():
-            raise FastervarError(f"the shipped classifier is missing: {CLASSIFIER_FILE}")
+        if not judge.classifier.exists():
+            raise FastervarError(f"the {judge.name} has no classifier: {judge.classifier} is missing")
         net = FashionClassifier()
-        net.load_state_dict(load_file(str(CLASSIFIER_FILE)))
+        try:
+            net.load_state_dict(load_file(str(judge.classifier)))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise FastervarError(f"{judge.classifier} is not a judge classifier: {str(exc).splitlines()[0]}") from None
         return cls(net)
 
     @torch.no_grad()
@@ -58,10 +63,10 @@ class ClassifierFeatures:
         return self._run(images)[1]
 
 
-def load_extractor(spec: str | None) -> FeatureExtractor:
-    """The shipped classifier by default, or `module:factory` returning a FeatureExtractor."""
+def load_extractor(spec: str | None, judge: JudgeFiles) -> FeatureExtractor:
+    """The judge's classifier by default, or `module:factory` returning a FeatureExtractor."""
     if not spec:
-        return ClassifierFeatures.shipped()
+        return ClassifierFeatures.load(judge)
     mod_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(mod_name), attr)

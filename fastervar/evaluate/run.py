@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..assets import REAL_TEST_IMAGES_FILE, REFERENCE_STATS_FILE
 from ..errors import FastervarError
 from ..models.family import VARModel, to_uint8
 from ..models.sampling import SamplingSettings
@@ -21,6 +20,7 @@ from ..timing import (
     summarize,
 )
 from .features import ClassifierFeatures, FeatureExtractor
+from .judge import JudgeFiles, check_domain, load_npz
 from .metrics import frechet_distance, gaussian_stats, kid, mean_psnr, ssim
 
 
@@ -34,10 +34,10 @@ class Reference:
     test_accuracy: float | None
 
     @classmethod
-    def shipped(cls) -> Reference:
-        if not REFERENCE_STATS_FILE.exists():
-            raise FastervarError(f"the shipped reference statistics are missing: {REFERENCE_STATS_FILE}")
-        z = np.load(REFERENCE_STATS_FILE)
+    def load(cls, judge: JudgeFiles) -> Reference:
+        if not judge.stats.exists():
+            raise FastervarError(f"the {judge.name} has no reference statistics: {judge.stats} is missing")
+        z = load_npz(judge.stats, ("mu", "sigma", "kid_features", "test_accuracy"))
         return cls(z["mu"], z["sigma"], z["kid_features"], float(z["test_accuracy"]))
 
     @classmethod
@@ -47,10 +47,11 @@ class Reference:
         return cls(mu, sigma, feats, None)
 
 
-def real_test_images() -> tuple[np.ndarray, np.ndarray]:
-    """The 1000 shipped Fashion-MNIST test images as (N, 32, 32, 3) uint8, with labels."""
+def real_test_images(judge: JudgeFiles) -> tuple[np.ndarray, np.ndarray]:
+    """The judge's real test images (1000 Fashion-MNIST ones for the shipped judge) as
+    (N, 32, 32, 3) uint8, with labels."""
     from ..train.data import to_uint8_rgb
-    z = np.load(REAL_TEST_IMAGES_FILE)
+    z = load_npz(judge.real_images, ("images", "labels"))
     return to_uint8_rgb(z["images"]), z["labels"]
 
 
@@ -77,15 +78,6 @@ def class_accuracy(ext: FeatureExtractor, images: np.ndarray, classes: list[int]
     return float((ext.predict(images) == np.asarray(classes)).mean())
 
 
-def check_embedded_domain(model: VARModel) -> None:
-    """The reference set is Fashion-MNIST: distribution metrics only mean something for 32 px,
-    10-class models such as the embedded one, whatever the feature extractor."""
-    if model.cfg.var.num_classes != 10 or model.cfg.resolution != 32:
-        raise FastervarError(f"evaluate compares against Fashion-MNIST test images, which fits 32 px 10-class "
-                             f"models only; {model.cfg.name} is {model.cfg.resolution} px with "
-                             f"{model.cfg.var.num_classes} classes")
-
-
 def _side(ext: FeatureExtractor, ref: Reference, passes: list, classes: list[int]) -> tuple[dict, np.ndarray]:
     images = first_pass(passes).images
     t = summarize(passes)
@@ -96,14 +88,15 @@ def _side(ext: FeatureExtractor, ref: Reference, passes: list, classes: list[int
     return out, images
 
 
-def evaluate(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings, samples_per_class: int,
-             seed: int, batch_size: int, profile: Profile | None = None, progress: bool = True) -> dict:
+def evaluate(model: VARModel, ext: FeatureExtractor, judge: JudgeFiles, settings: SamplingSettings,
+             samples_per_class: int, seed: int, batch_size: int, profile: Profile | None = None,
+             progress: bool = True) -> dict:
     """Generate, then score: the figures `fastervar evaluate --json` writes. With a profile the
     baseline and the accelerated model run interleaved on the same prompts and noise."""
-    check_embedded_domain(model)
-    ref = Reference.shipped() if isinstance(ext, ClassifierFeatures) else None
+    check_domain(model)
+    ref = Reference.load(judge) if isinstance(ext, ClassifierFeatures) else None
     classes = [c for c in range(model.cfg.var.num_classes) for _ in range(samples_per_class)]
-    real, _ = real_test_images()
+    real, _ = real_test_images(judge)
     if ref is None:
         ref = Reference.from_images(ext, real)
     runners = {"baseline": TorchRunner(model, settings)}
@@ -113,6 +106,7 @@ def evaluate(model: VARModel, ext: FeatureExtractor, settings: SamplingSettings,
     runs = interleaved(runners, batches(classes, seed, batch_size), progress=progress, desc="batches")
     base, base_images = _side(ext, ref, runs["baseline"], classes)
     out = {"samples": len(classes), "seconds": base["seconds_total"], "feature_extractor": ext.name,
+           "judge": judge.name,
            "classifier_test_accuracy": ref.test_accuracy, "class_accuracy": base["class_accuracy"],
            "frechet_distance": base["frechet_distance"], "kid": base["kid"]}
     n_ref = min(len(real), len(classes))

@@ -195,14 +195,26 @@ def save_model_dir(model: VARModel, directory: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(model.cfg.to_dict(), indent=2))
 
 
-def load_model_dir(directory: str | os.PathLike) -> VARModel:
-    """Load a directory written by `save_model_dir`."""
-    d = Path(directory)
-    cfg_path = d / "config.json"
+def read_folder_config(directory: str | os.PathLike) -> ModelConfig | None:
+    """The configuration `save_model_dir` wrote into a folder, or None if it has no config.json."""
+    cfg_path = Path(directory) / "config.json"
     try:
         data = json.loads(cfg_path.read_text())
     except FileNotFoundError:
-        raise FastervarError(f"model directory {d} has no config.json") from None
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FastervarError(f"cannot read {cfg_path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise FastervarError(f"{cfg_path}: malformed JSON ({exc})") from None
-    return load_model(d / "var.safetensors", d / "vae.safetensors", ModelConfig.from_dict(data))
+    return ModelConfig.from_dict(data)
+
+
+def load_model_dir(directory: str | os.PathLike) -> VARModel:
+    """Load a directory written by `save_model_dir`."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FastervarError(f"model folder {d} does not exist")
+    config = read_folder_config(d)
+    if config is None:
+        raise FastervarError(f"model directory {d} has no config.json")
+    return load_model(d / "var.safetensors", d / "vae.safetensors", config)

@@ -68,6 +68,7 @@ class VARModel(nn.Module):
         # makes an image bit-identical whatever its batch: a parity check's opt-in, never the
         # timed path (upstream, and a server, convolve the whole batch at once).
         self.batch_invariant = batch_invariant
+        self.weights_origin = "unset"          # random, checkpoint or shipped: the loaders say which
         self.vae = VQVAE(cfg.vae, cfg.var.patch_nums)
         self.var = VAR(cfg.var, cfg.vae.z_channels, cfg.vae.vocab_size)
 

@@ -1,14 +1,18 @@
-"""Turn the CLI's model options into a ready model: named config, checkpoints, or random weights."""
+"""Turn the CLI's model options into a ready model: a shipped model, a model folder, checkpoints,
+or random weights. Each model records where its weights came from (`weights_origin`), so the
+evaluator can tell shipped weights, which its shipped judge knows, from a user's."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..assets import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
+from ..assets import EMBEDDED_MODEL_NAME, shipped_model_dir
 from ..errors import FastervarError
 from .checkpoint import load_model, load_model_dir
-from .configs import get_config
+from .configs import NAMED_CONFIGS, get_config
 from .family import VARModel
 
 
@@ -42,12 +46,15 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def random_model(name: str, seed: int = 0) -> VARModel:
     """A named configuration with seeded random weights, for tests and speed benchmarks."""
-    return randomize_(VARModel(get_config(name)), seed).eval()
+    model = randomize_(VARModel(get_config(name)), seed).eval()
+    model.weights_origin = "random"
+    return model
 
 
 def resolve_model(model: str | None, var_checkpoint: str | None, vae_checkpoint: str | None,
                   random_weights: bool, device: str = "cpu") -> VARModel:
-    """Load the model the options name: checkpoints, random weights, or the embedded default."""
+    """Load the model the options name: random weights, checkpoints, a model folder (`--model DIR`,
+    as `train-tiny` writes), a shipped model, or the embedded default."""
     dev = resolve_device(device)
     if random_weights:
         if var_checkpoint or vae_checkpoint:
@@ -58,18 +65,40 @@ def resolve_model(model: str | None, var_checkpoint: str | None, vae_checkpoint:
     elif var_checkpoint or vae_checkpoint:
         if not (var_checkpoint and vae_checkpoint):
             raise FastervarError("give both --var-checkpoint and --vae-checkpoint")
-        m = load_model(var_checkpoint, vae_checkpoint, get_config(model) if model else None)
-    elif model is None or model == EMBEDDED_MODEL_NAME:
-        m = embedded_model()
+        config = get_config(model) if model else _folder_config(Path(var_checkpoint), Path(vae_checkpoint))
+        m = load_model(var_checkpoint, vae_checkpoint, config)
+        m.weights_origin = "checkpoint"
+    elif model is not None and model not in NAMED_CONFIGS and Path(model).is_dir():
+        m = load_model_dir(model)
+        m.weights_origin = "checkpoint"
     else:
-        get_config(model)
-        raise FastervarError(f"model {model!r} has no shipped weights: pass --var-checkpoint and "
-                             f"--vae-checkpoint, or --random-weights for a test model")
+        m = shipped_model(model or EMBEDDED_MODEL_NAME)
     return m.to(dev)
+
+
+def _folder_config(var_path: Path, vae_path: Path):
+    """The config.json beside both files of a model folder, if there is one: a schedule cannot be
+    read off the weights alone, so a folder `train-tiny` wrote loads without --model."""
+    from .checkpoint import read_folder_config
+    if var_path.parent.resolve() != vae_path.parent.resolve():
+        return None
+    return read_folder_config(var_path.parent)
+
+
+def shipped_model(name: str) -> VARModel:
+    """A model whose weights ship inside the package; other named configs need checkpoints."""
+    get_config(name)
+    directory = shipped_model_dir(name)
+    if not (directory / "config.json").exists():
+        if name == EMBEDDED_MODEL_NAME:
+            raise FastervarError(f"the embedded model is missing from this install ({directory})")
+        raise FastervarError(f"model {name!r} has no shipped weights: pass --var-checkpoint and "
+                             f"--vae-checkpoint, or --random-weights for a test model")
+    m = load_model_dir(directory)
+    m.weights_origin = "shipped"
+    return m
 
 
 def embedded_model() -> VARModel:
     """The Fashion-MNIST model shipped inside the package: the default everywhere."""
-    if not (EMBEDDED_MODEL_DIR / "config.json").exists():
-        raise FastervarError(f"the embedded model is missing from this install ({EMBEDDED_MODEL_DIR})")
-    return load_model_dir(EMBEDDED_MODEL_DIR)
+    return shipped_model(EMBEDDED_MODEL_NAME)
