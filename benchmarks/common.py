@@ -35,19 +35,20 @@ def load_profile(spec: str | None, model: VARModel) -> Profile:
 
 
 def ensure_bundle(model: VARModel, profile: Profile, path: Path, settings: SamplingSettings,
-                  max_batch: int) -> tuple[Path, float | None]:
-    """The bundle at `path`, exported there first unless it already holds this profile; returns
-    the path and the export's seconds (None when reused)."""
+                  max_batch: int, precision: str = "fp32", calib_images: int | None = None
+                  ) -> tuple[Path, float | None]:
+    """The bundle at `path`, exported there first unless it already holds this profile at this
+    precision; returns the path and the export's seconds (None when reused)."""
     if (path / "manifest.json").exists():
         made = read_manifest(path, verify=False).data
         sampler = {"cfg": settings.cfg, "top_k": settings.top_k, "top_p": settings.top_p}
         if (made["profile"]["json"]["steps"] != profile.to_dict()["steps"] or made["max_batch"] < max_batch
-                or any(made["sampler"][k] != v for k, v in sampler.items())):
-            raise SystemExit(f"{path} holds another profile, sampler settings or a smaller max batch; "
+                or made["precision"] != precision or any(made["sampler"][k] != v for k, v in sampler.items())):
+            raise SystemExit(f"{path} holds another profile, precision, sampler settings or a smaller max batch; "
                              f"remove it or pass another path")
         return path, None
     t0 = time.perf_counter()
-    export_bundle(model, profile, path, settings, max_batch=max_batch)
+    export_bundle(model, profile, path, settings, precision=precision, max_batch=max_batch, calib_images=calib_images)
     return path, time.perf_counter() - t0
 
 

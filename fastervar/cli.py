@@ -332,13 +332,19 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
 @click.option("--profile", "profile_spec", metavar="PROFILE", required=True,
               help="Profile to bake in: a file, a shipped name, or 'identity' (the baseline).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="int8: the transformer's linears in dynamic int8 and the decoder's convolutions in static int8.")
+@click.option("--decoder-precision", type=click.Choice(["fp32", "int8"]),
+              help="The decoder's precision alone [default: int8 with --precision int8, else the same as --precision].")
+@click.option("--calib-images", type=click.IntRange(min=0),
+              help="Generations whose latents calibrate an int8 decoder [default: the profile's calibration "
+                   "prompts, or 16].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Largest batch the TensorRT plans are optimised for; the runtime chunks larger requests.")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT plans (needs tensorrt and an NVIDIA GPU).")
 @guidance_options
 def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, profile_spec, out_dir, precision,
-           max_batch, tensorrt, cfg, top_k, top_p) -> None:
+           decoder_precision, calib_images, max_batch, tensorrt, cfg, top_k, top_p) -> None:
     """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`."""
     import time
 
@@ -357,7 +363,8 @@ def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, p
     profile = profile or identity(model.cfg)
     sha = weights_sha256(model)
     check_against(profile, model.cfg, sha if profile.model.get("weights_sha256") else None)
-    path = export_bundle(model, profile, out_dir, settings, precision, max_batch, sha, tensorrt)
+    path = export_bundle(model, profile, out_dir, settings, precision, max_batch, sha, tensorrt,
+                         decoder_precision=decoder_precision, calib_images=calib_images)
     size = sum(f.stat().st_size for f in path.iterdir())
     weights = sum(t.numel() * t.element_size() for part in (model.var, model.vae) for t in part.state_dict().values())
     peak = peak_resident_bytes()
@@ -404,12 +411,15 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
 @model_options
 @guidance_options
 @click.option("--profile", "profile_spec", metavar="PROFILE",
-              help="Profile to compare [default: fashion-tiny-calibrated, or MODEL-paper-split].")
+              help="Profile to compare: a file, a shipped name, or 'identity' [default: fashion-tiny-calibrated, "
+                   "or MODEL-paper-split].")
 @click.option("--bundle", "bundle_path", type=click.Path(file_okay=False),
               help="Exported bundle of that profile to run on the runtime [default: export one into OUT/bundle].")
 @click.option("--identity-bundle", "identity_path", type=click.Path(file_okay=False),
               help="The identity profile exported for the same model [default: export one into OUT/bundle-identity].")
 @click.option("--no-bundle", is_flag=True, help="Leave the runtime out (no export).")
+@click.option("--compare-bundle", "compare_bundles", type=click.Path(file_okay=False), multiple=True, metavar="DIR",
+              help="Another bundle of this model and profile (say, another precision) to run alongside (repeatable).")
 @click.option("--no-peers", is_flag=True, help="Leave the peers (fastvar, skipvar-*) out.")
 @click.option("--compare", "compare_specs", metavar="PROFILE", multiple=True,
               help="Another of our profiles to run in torch alongside (repeatable), e.g. one calibrated to a peer's speed.")
@@ -425,8 +435,8 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
 def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, profile_spec,
-          bundle_path, identity_path, no_bundle, no_peers, compare_specs, provider, judge_dir, images, seed,
-          batch_size, reps, out_dir, json_path) -> None:
+          bundle_path, identity_path, no_bundle, compare_bundles, no_peers, compare_specs, provider, judge_dir,
+          images, seed, batch_size, reps, out_dir, json_path) -> None:
     """Baseline, accelerated (torch), the bundle and the identity bundle (runtime) and the peers, side by side."""
     import json
 
@@ -437,17 +447,21 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
 
     if json_path:
         _check_writable_parent(json_path)
-    if (bundle_path or identity_path) and no_bundle:
-        raise FastervarError("--bundle/--identity-bundle and --no-bundle contradict each other")
+    if (bundle_path or identity_path or compare_bundles) and no_bundle:
+        raise FastervarError("--bundle/--identity-bundle/--compare-bundle and --no-bundle contradict each other")
     settings = _settings(cfg, top_k, top_p, False, "portable")
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
-    profile = _load_profile(profile_spec) if profile_spec else _default_profile(model)
+    if profile_spec == "identity":
+        from .profile import identity
+        profile = identity(model.cfg)
+    else:
+        profile = _load_profile(profile_spec) if profile_spec else _default_profile(model)
     _accelerated(model, profile)
     compare = [_load_profile(spec) for spec in compare_specs]
     for other in compare:
         _accelerated(model, other)
     pipelines = {} if no_bundle else _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_dir,
-                                                      batch_size, provider)
+                                                      batch_size, provider, compare_bundles)
     judge = None if random_weights else _judge(model, judge_dir, fall_back=False)
     quality = "none" if random_weights else ("full" if judge else "paired")
     result, report = run_bench(model, profile, pipelines, settings, images, seed, batch_size, Path(out_dir), quality,
@@ -473,9 +487,11 @@ def _default_profile(model):
     return _load_profile(name) if name in shipped() else paper_split(model.cfg)
 
 
-def _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_dir, batch_size, provider) -> dict:
+def _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_dir, batch_size, provider,
+                     compare_bundles=()) -> dict:
     """The given bundles (checked to hold this profile, and the identity profile), or fresh exports
-    into OUT/bundle and OUT/bundle-identity."""
+    into OUT/bundle and OUT/bundle-identity; plus `compare_bundles`, each checked to hold this
+    model and either profile, named `bundle-PRECISION-PROFILE`."""
     from .bench.command import runtime_variants
     from .calibrate.run import weights_sha256
     from .export.bundle import export_bundle
@@ -492,6 +508,22 @@ def _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_d
     made_for = pipes["bundle"].manifest.data["profile"]
     if made_for["json"]["steps"] != profile.to_dict()["steps"]:
         raise FastervarError(f"bundle {bundle_path} was exported with profile {made_for['name']!r}, not {profile.name!r}")
+    import json
+
+    from .runtime.pipeline import Pipeline
+    for path in compare_bundles:
+        pipe = Pipeline.from_bundle(path, provider=provider)
+        data = pipe.manifest.data
+        if data["model"]["architecture"] != json.loads(json.dumps(model.cfg.to_dict())):
+            raise FastervarError(f"--compare-bundle {path} was exported from another model ({data['model']['config']})")
+        steps = data["profile"]["json"]["steps"]
+        if steps not in (profile.to_dict()["steps"], identity(model.cfg).to_dict()["steps"]):
+            raise FastervarError(f"--compare-bundle {path} holds profile {data['profile']['name']!r}, neither "
+                                 f"{profile.name!r} nor identity")
+        name = f"bundle-{data['precision']}-{'identity' if steps != profile.to_dict()['steps'] else 'profile'}"
+        if name in pipes:
+            name = f"{name}-{len(pipes)}"
+        pipes[name] = pipe
     return pipes
 
 

@@ -38,6 +38,7 @@ class Variant:
     runner: object               # a VARModel / AcceleratedModel, or a runtime Pipeline
     profile: str | None
     peer: bool = False           # a peer's published recipe, not one of ours
+    precision: str | None = None  # a bundle's precision; None for the torch variants
 
 
 def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = None, peers: bool = True,
@@ -46,7 +47,7 @@ def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = No
     adds more of our profiles in torch (say, one calibrated to a peer's speed)."""
     out = [Variant("baseline", model, None), Variant("accelerated", AcceleratedModel(model, profile), profile.name)]
     for name, pipe in (pipelines or {}).items():
-        out.append(Variant(name, pipe, pipe.manifest.data["profile"]["name"]))
+        out.append(Variant(name, pipe, pipe.manifest.data["profile"]["name"], precision=pipe.manifest.data["precision"]))
     for p in compare:
         name = p.name.removeprefix(f"{model.cfg.name}-")
         if p.name == profile.name or any(v.name == name for v in out):
@@ -82,7 +83,7 @@ def run_bench(model: VARModel, variants: list[Variant], classes: list[int], sett
         t = summarize(runs[v.name])
         split = t.graph_seconds == 0
         peaks = [r.peak_bytes for p in runs[v.name] for r in p]
-        row = {"profile": v.profile, "peer": v.peer, "seconds_total": t.seconds, "seconds_per_image": t.seconds / n,
+        row = {"profile": v.profile, "peer": v.peer, "precision": v.precision, "seconds_total": t.seconds, "seconds_per_image": t.seconds / n,
                "seconds_steps": t.seconds_steps if split else None, "step_seconds": t.step_seconds,
                "decode_seconds": t.decode_seconds, "graph_seconds": t.graph_seconds, "pass_seconds": t.passes,
                "speedup_total": speedup(runs["baseline"], runs[v.name]),

@@ -31,10 +31,12 @@ from ..runtime.manifest import FORMAT, MANIFEST, WEIGHTS, file_sha256
 from .chain import join_chain
 from .fold import ConstantBinder
 from .graphs import DecoderGraph, StepGraph, StepIO, example_steps, plan_io
+from .quantize import calibration_latents, quantize_decoder, quantize_linears
 from .weights import WeightStore
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+DECODER_PRECISIONS = ("fp32", "int8")
 # Graphs are traced at the first batch size; a run at the second tells which axes scale with the
 # batch (rows = 2 x batch). The second is 1: it records shapes only, so it should cost the least memory.
 _EXAMPLE_BATCHES = (2, 1)
@@ -123,10 +125,24 @@ def _compact(graph: onnx.GraphProto) -> None:
 
 def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: SamplingSettings,
                   precision: str = "fp32", max_batch: int = 16, weights_sha256: str | None = None,
-                  tensorrt: bool = False, progress: bool = True) -> Path:
-    """Write a bundle for `model` under `profile` to `out`, atomically; returns its path."""
+                  tensorrt: bool = False, progress: bool = True, decoder_precision: str | None = None,
+                  calib_images: int | None = None) -> Path:
+    """Write a bundle for `model` under `profile` to `out`, atomically; returns its path.
+
+    `precision` int8 quantizes the transformer's linears and, unless `decoder_precision` says fp32,
+    the decoder's convolutions (calibrated on the model's generations, see `calibration_latents`)."""
     if precision not in PRECISIONS:
-        raise FastervarError(f"unknown precision {precision!r}; choose fp32 or fp16")
+        raise FastervarError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if decoder_precision is not None and (decoder_precision not in DECODER_PRECISIONS or precision == "fp16"):
+        raise FastervarError(f"--decoder-precision {decoder_precision} goes with --precision fp32 or int8, "
+                             f"and is fp32 or int8")
+    decoder = decoder_precision or ("int8" if precision == "int8" else precision)
+    if tensorrt and "int8" in (precision, decoder):
+        raise FastervarError("TensorRT plans are built from fp32/fp16 graphs; an int8 bundle runs on onnxruntime "
+                             "(drop --tensorrt, or export fp16 for TensorRT)")
+    if decoder == "int8" and calib_images == 0:
+        raise FastervarError("an int8 decoder needs calibration latents: give --calib-images 1 or more, "
+                             "or --decoder-precision fp32")
     if settings.sampler != "portable":
         raise FastervarError("bundles sample with the portable sampler; --sampler official cannot be exported")
     if max_batch < 1:
@@ -143,8 +159,12 @@ def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: 
             # Half weights traced under autocast: matmuls run in fp16 while autocast keeps softmax and
             # norms in float32, and the logits (hence the whole sampling tail) are float32.
             acc.cast_(torch.float16)
+        calibration = None
+        if decoder == "int8":
+            calibration = calibration_latents(acc, settings, calib_images)
         with torch.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16"):
-            _write_bundle(acc, out, settings, precision, max_batch, weights_sha256, tensorrt, progress)
+            _write_bundle(acc, out, settings, (precision, decoder), max_batch, weights_sha256, tensorrt, progress,
+                          calibration)
     finally:
         model.to(device, dtype)
         model.batch_invariant = invariant
@@ -164,16 +184,21 @@ def check_memory(model: VARModel, precision: str) -> None:
     state = 2 * 2 * cfg.var.depth * rows * cfg.var.seq_len * cfg.var.embed_dim * 4     # caches in and out
     tensors = [t for part in (model.var, model.vae) for t in part.state_dict().values()]
     weights = sum(t.numel() * 4 for t in tensors)
-    need = state + 2 * max(t.numel() * 4 for t in tensors) + (weights // 2 if precision == "fp16" else 0) + 2**28
+    # fp16 keeps a half copy; int8 quantizes a graph from a staged fp32 copy of its weights
+    extra = {"fp16": weights // 2, "int8": 2 * weights}.get(precision, 0)
+    need = state + 2 * max(t.numel() * 4 for t in tensors) + extra + 2**28
     if need > free:
         raise FastervarError(f"export needs about {need / 2**30:.1f} GiB of memory beyond the loaded model "
                              f"({weights / 2**30:.2f} GiB of weights) and only {free / 2**30:.1f} GiB is "
                              f"available; free memory or use a machine with more")
 
 
-def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSettings, precision: str,
-                  max_batch: int, weights_sha256: str | None, tensorrt: bool, progress: bool) -> None:
-    """Each graph is traced, bound to the weights file and written before the next is traced."""
+def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSettings, precisions: tuple[str, str],
+                  max_batch: int, weights_sha256: str | None, tensorrt: bool, progress: bool,
+                  calibration: tuple[np.ndarray, dict] | None) -> None:
+    """Each graph is traced, quantized if asked, bound to the weights file and written before the
+    next is traced. `precisions` is (the steps', the decoder's)."""
+    precision, decoder = precisions
     ios = plan_io(acc)
     shapes = [{k: (tuple(v.shape), v.dtype) for k, v in feeds.items()}
               for feeds in example_steps(acc, ios, settings, _EXAMPLE_BATCHES[1])]
@@ -181,31 +206,37 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
         store = WeightStore(tmp / WEIGHTS)
         binder = ConstantBinder(store, OPSET)
         engines = []
+        bar = tqdm(total=len(ios) + 2, desc="export graphs", disable=not progress)
         try:
-            bar = tqdm(total=len(ios) + 2, desc="export graphs", disable=not progress)
             examples = example_steps(acc, ios, settings, _EXAMPLE_BATCHES[0])
             for io_, feeds, other in zip(ios, examples, shapes):
                 ins = [_spec(name, feeds[name], other[name]) for name in io_.inputs]
                 outs = [_spec(name, feeds[name], other[name]) for name in io_.outputs]
                 graph, params = _trace(StepGraph(acc, io_, settings), tuple(feeds[n] for n in io_.inputs), ins, outs)
                 del feeds
-                engines.append(_engine(f"step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params))
+                if precision == "int8" and not quantize_linears(graph):
+                    raise FastervarError(f"int8 quantization of step {io_.step} failed: its graph has no "
+                                         f"transformer linear layer to quantize")
+                engines.append(_engine(f"step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params, precision))
                 bar.update()
             dec, other = next(examples), shapes[-1]
             ins, outs = [_spec("f_hat", dec["f_hat"], other["f_hat"])], [_spec("images", dec["images"], other["images"])]
             graph, params = _trace(DecoderGraph(acc), (dec["f_hat"],), ins, outs)
             del dec
-            engines.append(_engine("decoder", None, graph, ins, outs, tmp, binder, params))
+            if decoder == "int8":
+                graph, params = quantize_decoder(graph, params, calibration[0], OPSET), {}
+            engines.append(_engine("decoder", None, graph, ins, outs, tmp, binder, params, decoder))
             bar.update()
             chain = _chain_engine(ios, engines, tmp)
             bar.update()
-            bar.close()
         finally:
+            bar.close()                   # ends its line, so an error message starts on its own
             store.close()
         if tensorrt:
             _build_plans(tmp, engines, max_batch, precision == "fp16", progress)
         manifest = _manifest(acc.model, acc.profile, settings, precision, max_batch, weights_sha256, ios, engines,
                              store, tmp)
+        manifest["decoder_calibration"] = calibration[1] if calibration else None
         manifest["chain"] = chain
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
@@ -220,7 +251,8 @@ def _chain_engine(ios: list[StepIO], engines: list[dict], root: Path) -> dict:
         ins.append({**_named(e["inputs"], "noise"), "name": f"noise.{io_.step}"})
         outs.append({**_named(e["outputs"], "tokens"), "name": f"tokens.{io_.step}"})
     used = list(dict.fromkeys(w for e in engines for w in e["initializers"]))
-    return _save("chain", None, model, ins, outs, root, used)
+    mixed = {e["precision"] for e in engines}
+    return _save("chain", None, model, ins, outs, root, used, mixed.pop() if len(mixed) == 1 else "mixed")
 
 
 def _named(specs: list[dict], name: str) -> dict:
@@ -228,15 +260,15 @@ def _named(specs: list[dict], name: str) -> dict:
 
 
 def _engine(name: str, step: int | None, graph: onnx.ModelProto, ins: list[dict], outs: list[dict], root: Path,
-            binder: ConstantBinder, params: dict[str, np.ndarray]) -> dict:
+            binder: ConstantBinder, params: dict[str, np.ndarray], precision: str) -> dict:
     used = binder.bind(graph, params)
     _compact(graph.graph)
     graph.producer_name, graph.producer_version = "fastervar", __version__
-    return _save(name, step, graph, ins, outs, root, used)
+    return _save(name, step, graph, ins, outs, root, used, precision)
 
 
 def _save(name: str, step: int | None, graph: onnx.ModelProto, ins: list[dict], outs: list[dict], root: Path,
-          used: list[str]) -> dict:
+          used: list[str], precision: str) -> dict:
     path = root / f"{name}.onnx"
     onnx.save(graph, str(path))
     del graph
@@ -245,7 +277,7 @@ def _save(name: str, step: int | None, graph: onnx.ModelProto, ins: list[dict], 
     except onnx.checker.ValidationError as exc:
         raise FastervarError(f"internal: the ONNX checker rejected {path.name}: {str(exc).splitlines()[0]}") from None
     return {"name": name, "step": step, "graph": path.name, "sha256": file_sha256(path), "inputs": ins,
-            "outputs": outs, "initializers": used, "plan": None, "plan_sha256": None}
+            "outputs": outs, "initializers": used, "plan": None, "plan_sha256": None, "precision": precision}
 
 
 def _build_plans(root: Path, engines: list[dict], max_batch: int, fp16: bool, progress: bool) -> None:

@@ -75,8 +75,14 @@ def join_chain(root: Path, ios: list[StepIO], steps: list[str], decoder: str) ->
     ])
     state = {"labels": "labels", "f_hat": "init/f_hat"}
     seen: set[str] = set()
+    opsets: dict[str, int] = {}                  # quantized graphs may import more domains
+    ir_version = first.ir_version
     for io, path in zip(ios, steps):
-        graph = first.graph if path == steps[0] else onnx.load(str(root / path), load_external_data=False).graph
+        part = first if path == steps[0] else onnx.load(str(root / path), load_external_data=False)
+        graph = part.graph
+        for op in part.opset_import:
+            opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
+        ir_version = max(ir_version, part.ir_version)
         noise = f"noise.{io.step}"
         chain.input.append(_value_info(graph, "noise", noise))
         chain.output.append(_value_info(graph, "tokens", f"tokens.{io.step}"))
@@ -86,8 +92,11 @@ def join_chain(root: Path, ios: list[StepIO], steps: list[str], decoder: str) ->
             if name.startswith(OUT):
                 state[name[len(OUT):]] = f"s{io.step}/{name}"
     dec = onnx.load(str(root / decoder), load_external_data=False)
+    for op in dec.opset_import:
+        opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
     _join(chain, dec.graph, "dec/", {"f_hat": state["f_hat"]}, {"images": "images"}, seen)
     chain.output.insert(0, _value_info(dec.graph, "images", "images"))
-    model = helper.make_model(chain, opset_imports=list(first.opset_import), ir_version=first.ir_version)
+    model = helper.make_model(chain, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                              ir_version=max(ir_version, dec.ir_version))
     model.producer_name, model.producer_version = first.producer_name, first.producer_version
     return model

@@ -26,10 +26,13 @@ from .weights import INLINE_BYTES, WeightStore
 _RANDOM = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli"}
 # Ops that make a large tensor out of small inputs stay in the graph: folding them would grow the bundle.
 _GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "EyeLike", "Resize", "Pad"}
+# Quantize/dequantize pairs are how an int8 graph says which weights are int8: folding a weight's
+# DequantizeLinear would store it as fp32 again and hide the int8 convolution from onnxruntime.
+_QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 def _foldable_op(node: onnx.NodeProto) -> bool:
-    return (node.op_type not in _RANDOM | _GROWING and node.domain in ("", "ai.onnx")
+    return (node.op_type not in _RANDOM | _GROWING | _QDQ and node.domain in ("", "ai.onnx")
             and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute))
 
 

@@ -47,6 +47,7 @@ class EngineSpec:
     initializers: list[str]
     plan: str | None = None
     plan_sha256: str | None = None
+    precision: str = "fp32"                 # fp32, fp16, or int8 (int8 weights in its linears or convolutions)
 
 
 @dataclass(frozen=True)

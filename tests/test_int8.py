@@ -1,0 +1,148 @@
+"""`export --precision int8`: which layers become int8, deterministic decoder calibration, tokens
+independent of the batch, the manifest, and int8 exports that cannot complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from fastervar.cli import main
+from fastervar.export import quantize as quantize_mod
+from fastervar.runtime.pipeline import Pipeline
+
+from .test_cli import assert_bad_input
+
+CLASSES = [1, 4, 7, 2, 9]
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _export(out: Path, *extra: str) -> Path:
+    r = run("export", "--model", "tiny", "--random-weights", "--profile", "identity", "--out", str(out),
+            "--calib-images", "4", *extra)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("int8")
+    return _export(root / "fp32", "--precision", "fp32"), _export(root / "int8", "--precision", "int8")
+
+
+def _ops(path: Path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def test_every_transformer_linear_is_int8_and_the_head_is_not(pair):
+    fp32, int8 = pair
+    man = json.loads((int8 / "manifest.json").read_text())
+    depth = man["model"]["architecture"]["var"]["depth"]
+    for e in man["engines"][:-1]:
+        step = e["step"]
+        linears = 5 * depth + (1 if step > 0 else 0)           # 4 linears + AdaLN per block, word_embed after step 0
+        q, f = _ops(int8 / e["graph"]), _ops(fp32 / e["graph"])
+        assert q["MatMulInteger"] == linears, f"step {step}"
+        assert q["MatMul"] + q["Gemm"] == f["MatMul"] + f["Gemm"] - linears      # attention and the head stay fp32
+        assert e["precision"] == "int8"
+    decoder = _ops(int8 / "decoder.onnx")
+    assert decoder["DequantizeLinear"] > decoder["Conv"] > 0       # weights and activations of every conv
+    tensors = man["weights"]["tensors"].values()
+    stored = {d: sum(t["length"] for t in tensors if t["dtype"] == d) for d in ("int8", "float32")}
+    assert stored["int8"] > stored["float32"]
+    ratio = man["weights"]["bytes"] / json.loads((fp32 / "manifest.json").read_text())["weights"]["bytes"]
+    assert ratio < 0.5
+
+
+def test_manifest_records_precisions_and_decoder_calibration(pair):
+    man = json.loads((pair[1] / "manifest.json").read_text())
+    assert man["precision"] == "int8" and man["chain"]["precision"] == "int8"
+    cal = man["decoder_calibration"]
+    assert cal["images"] == 4 and cal["source"] == "--calib-images" and cal["method"] == "minmax"
+    assert json.loads((pair[0] / "manifest.json").read_text())["decoder_calibration"] is None
+
+
+def test_decoder_calibration_is_deterministic(pair, tmp_path):
+    again = _export(tmp_path / "again", "--precision", "int8")
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (pair[1], again))
+    assert [e["sha256"] for e in a["engines"]] == [e["sha256"] for e in b["engines"]]
+    assert a["weights"]["sha256"] == b["weights"]["sha256"]
+
+
+@pytest.mark.parametrize("chain", [True, False], ids=["one-graph", "step-graphs"])
+def test_int8_tokens_do_not_depend_on_the_batch(pair, chain):
+    pipe = Pipeline.from_bundle(pair[1], chain=chain)
+    together = pipe.generate(CLASSES, seed=5)
+    again = pipe.generate(CLASSES, seed=5)
+    for k, t in enumerate(together.tokens):
+        assert np.array_equal(t, again.tokens[k]), f"step {k} differs run to run"
+    for i in range(len(CLASSES)):
+        # image i alone, with image i's noise (its position in the request keys its noise)
+        alone = pipe.generate(CLASSES[:i + 1], seed=5)
+        for k, t in enumerate(together.tokens):
+            assert np.array_equal(alone.tokens[k][i], t[i]), f"image {i} step {k} depends on its batch"
+
+
+def test_int8_bundle_runs_without_torch(pair, tmp_path):
+    code = ("import sys\n"
+            "for m in ('torch', 'onnx', 'tqdm', 'scipy', 'safetensors', 'matplotlib'): sys.modules[m] = None\n"
+            "from fastervar.cli import main\n"
+            f"main(['run', {str(pair[1])!r}, '--class', '1', '--out', {str(tmp_path / 'o')!r}])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "o" / "0000.png").exists()
+
+
+def test_int8_exports_that_cannot_complete_write_nothing(tmp_path, monkeypatch):
+    base = ("export", "--model", "tiny", "--random-weights", "--profile", "identity")
+    out = tmp_path / "b"
+    assert_bad_input(run(*base, "--out", str(out), "--precision", "int8", "--calib-images", "0"),
+                     "an int8 decoder needs calibration latents")
+    assert_bad_input(run(*base, "--out", str(out), "--precision", "int8", "--tensorrt"),
+                     "TensorRT plans are built from fp32/fp16 graphs")
+    assert_bad_input(run(*base, "--out", str(out), "--precision", "fp16", "--decoder-precision", "int8"),
+                     "--decoder-precision int8 goes with --precision fp32 or int8")
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Conv node 'x' has an unsupported input\nmore detail")
+    monkeypatch.setattr("onnxruntime.quantization.quantize_static", refuse)
+    assert_bad_input(run(*base, "--out", str(out), "--precision", "int8", "--calib-images", "2"),
+                     "int8 quantization of the decoder failed: Conv node 'x' has an unsupported input")
+    monkeypatch.setattr(quantize_mod, "linear_matmuls", lambda model: [])
+    assert_bad_input(run(*base, "--out", str(out), "--precision", "int8", "--decoder-precision", "fp32"),
+                     "int8 quantization of step 0 failed")
+    assert not out.exists() and not any(p.name.startswith(".b") for p in tmp_path.iterdir())
+
+
+def test_decoder_precision_overrides_the_decoder_alone(tmp_path):
+    out = _export(tmp_path / "b", "--precision", "int8", "--decoder-precision", "fp32")
+    man = json.loads((out / "manifest.json").read_text())
+    assert [e["precision"] for e in man["engines"]] == ["int8"] * (len(man["engines"]) - 1) + ["fp32"]
+    assert man["decoder_calibration"] is None and man["chain"]["precision"] == "mixed"
+    assert _ops(out / "decoder.onnx")["DequantizeLinear"] == 0
+
+
+def test_bench_compares_bundles_of_other_precisions(pair, tmp_path):
+    fp32, int8 = pair
+    common = ("bench", "--model", "tiny", "--random-weights", "--profile", "identity", "--bundle", str(fp32),
+              "--identity-bundle", str(fp32), "--no-peers", "--images", "4", "--batch-size", "2")
+    r = run(*common, "--compare-bundle", str(int8), "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json"))
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "b.json").read_text())["variants"]
+    assert rows["bundle-int8-profile"]["precision"] == "int8" and rows["bundle"]["precision"] == "fp32"
+    assert rows["bundle-int8-profile"]["speedup_total"] > 0 and rows["baseline"]["precision"] is None
+    other = tmp_path / "other"
+    r = run("export", "--model", "tiny-saln", "--random-weights", "--profile", "identity", "--out", str(other))
+    assert r.exit_code == 0, r.output
+    assert_bad_input(run(*common, "--compare-bundle", str(other), "--out", str(tmp_path / "c")),
+                     "was exported from another model")
