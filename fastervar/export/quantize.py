@@ -7,9 +7,8 @@ quantized per token (symmetric, one scale per row of the residual stream), `MatM
 rescale. The weight side is constant, so binding folds it and only the int8 weight and its scales
 reach the bundle. onnxruntime's `quantize_dynamic` is not used because it quantizes activations with
 one scale per tensor, taken over the whole batch: an image's tokens would then depend on the other
-images in its batch. Per-token scales keep every image independent of its batch (and are more
-accurate: 1.1% relative error against 1.2-1.4% at VAR-d16 width). Activations are fed to the fast
-uint8 x int8 kernel as int8 + 128 with zero point 128, which is exact.
+images in its batch. Per-token scales keep every image independent of its batch. Activations are
+fed to the fast uint8 x int8 kernel as int8 + 128 with zero point 128, which is exact.
 
 Decoder. Dynamic int8 convolutions are slower than fp32 on CPU, so the convolutions get static QDQ
 int8 from onnxruntime's `quantize_static` (per-channel weights, uint8 activations), with activation
