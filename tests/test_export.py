@@ -182,15 +182,19 @@ def test_cli_run_writes_the_pngs_generate_writes(bundles, tmp_path):
         assert np.abs(x - y).max() <= 1
 
 
-def test_runtime_runs_with_torch_and_toolchain_unimportable(bundles, tmp_path):
-    _, path = bundles["identity"]
+def run_without_torch(bundle: Path, out: Path) -> None:
+    """`fastervar run` in a fresh interpreter where torch and the toolchain cannot be imported."""
     code = ("import sys\n"
             "for m in ('torch', 'onnx', 'tqdm', 'scipy', 'safetensors', 'matplotlib'): sys.modules[m] = None\n"
             "from fastervar.cli import main\n"
-            f"main(['run', {str(path)!r}, '--class', '1', '--out', {str(tmp_path / 'o')!r}])\n")
+            f"main(['run', {str(bundle)!r}, '--class', '1', '--out', {str(out)!r}])\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stderr
-    assert (tmp_path / "o" / "0000.png").exists()
+    assert (out / "0000.png").exists()
+
+
+def test_runtime_runs_with_torch_and_toolchain_unimportable(bundles, tmp_path):
+    run_without_torch(bundles["identity"][1], tmp_path / "o")
 
 
 def _copy(bundles, tmp_path, name="identity") -> Path:

@@ -4,8 +4,6 @@ independent of the batch, the manifest, and int8 exports that cannot complete.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from fastervar.export import quantize as quantize_mod
 from fastervar.runtime.pipeline import Pipeline
 
 from .test_cli import assert_bad_input
+from .test_export import run_without_torch
 
 CLASSES = [1, 4, 7, 2, 9]
 
@@ -94,13 +93,7 @@ def test_int8_tokens_do_not_depend_on_the_batch(pair, chain):
 
 
 def test_int8_bundle_runs_without_torch(pair, tmp_path):
-    code = ("import sys\n"
-            "for m in ('torch', 'onnx', 'tqdm', 'scipy', 'safetensors', 'matplotlib'): sys.modules[m] = None\n"
-            "from fastervar.cli import main\n"
-            f"main(['run', {str(pair[1])!r}, '--class', '1', '--out', {str(tmp_path / 'o')!r}])\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert p.returncode == 0, p.stderr
-    assert (tmp_path / "o" / "0000.png").exists()
+    run_without_torch(pair[1], tmp_path / "o")
 
 
 def test_int8_exports_that_cannot_complete_write_nothing(tmp_path, monkeypatch):
