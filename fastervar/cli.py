@@ -333,7 +333,8 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
               help="Profile to bake in: a file, a shipped name, or 'identity' (the baseline).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="int8: the transformer's linears in dynamic int8 and the decoder's convolutions in static int8.")
+              help="int8: int8 weights and per-token int8 activations in the transformer's linears, static int8 "
+                   "convolutions in the decoder.")
 @click.option("--decoder-precision", type=click.Choice(["fp32", "int8"]),
               help="The decoder's precision alone [default: int8 with --precision int8, else the same as --precision].")
 @click.option("--calib-images", type=click.IntRange(min=0),
