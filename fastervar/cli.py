@@ -545,6 +545,54 @@ def demo(out_dir, seeds, max_quality_drop, images) -> None:
         click.echo(line)
 
 
+def _replicas(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise FastervarError(f"--replicas must be a positive integer or auto, got {value!r}")
+    return n
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the HTTP proxy binds.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--replicas", default="1", show_default=True, help="Replicas (one Pipeline each), or 'auto' to autoscale.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="How long a replica waits to fill a batch (up to the bundle's max batch).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads per session (0: onnxruntime's default).")
+def serve(bundle, host, port, provider, replicas, batch_wait_ms, threads) -> None:
+    """Serve a bundle over HTTP on Ray Serve: POST /generate, GET /healthz, GET /info."""
+    from .serve import ServeOptions, serve_bundle
+
+    options = ServeOptions(bundle=bundle, provider=provider, threads=threads, batch_wait_ms=batch_wait_ms)
+    click.echo(f"serving {bundle} on http://{host}:{port}/generate (Ctrl-C stops)")
+    serve_bundle(options, host, port, _replicas(replicas))
+
+
+@main.command("generate-batch")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), required=True,
+              help="File of class indices; image i is the i-th.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 000000.png, ...")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Ray Data workers, one Pipeline each.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads per session (0: onnxruntime's default).")
+def generate_batch(bundle, prompts_file, seed, out_dir, concurrency, provider, threads) -> None:
+    """Generate many images on Ray Data; rerun the same command to resume (existing images are kept)."""
+    from .serve import generate_batch as run_batch
+
+    classes = _parse_classes((), prompts_file)
+    written, skipped = run_batch(bundle, classes, seed, out_dir, concurrency, provider, threads)
+    click.echo(f"wrote {written} images to {out_dir}" + (f" ({skipped} already there)" if skipped else ""))
+
+
 @main.group()
 def profiles() -> None:
     """The shipped acceleration profiles."""

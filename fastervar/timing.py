@@ -96,7 +96,7 @@ class PipelineRunner:
         self.pipeline = pipeline
 
     def __call__(self, batch: Batch) -> Run:
-        r = self.pipeline.generate_keyed(list(batch.labels), list(batch.keys))
+        r = self.pipeline.generate_items([(c, s, i) for c, (s, i) in zip(batch.labels, batch.keys)])
         return Run(r.images, r.tokens, r.step_seconds, r.decode_seconds, r.graph_seconds)
 
 

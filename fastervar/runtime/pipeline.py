@@ -79,20 +79,19 @@ class Pipeline:
         the caller gives the same images as one request.
         """
         keys = image_keys(seed, range(first_index, first_index + len(classes)))
-        return self.generate_keyed(classes, keys, batch_size)
+        return self.generate_items([(c, s, i) for c, (s, i) in zip(classes, keys)], batch_size)
 
-    def generate_keyed(self, classes: Sequence[int], keys: Sequence[NoiseKey],
-                       batch_size: int | None = None) -> RuntimeResult:
-        """One image per class index, image i drawing its noise from `keys[i]` = (seed, index)."""
-        classes, keys = [int(c) for c in classes], list(keys)
+    def generate_items(self, items: Sequence[tuple[int, int, int]], batch_size: int | None = None) -> RuntimeResult:
+        """One image per (class, seed, index) item, in order. Each image depends only on its own
+        item, so items of different requests can share a batch (a server batching requests)."""
+        classes = [int(c) for c, _, _ in items]
+        keys: list[NoiseKey] = [(int(s), int(i)) for _, s, i in items]
         bad = [c for c in classes if not 0 <= c < self.num_classes]
         if bad:
             raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes "
                                  f"0..{self.num_classes - 1}")
         if not classes:
             raise FastervarError("no classes given")
-        if len(keys) != len(classes):
-            raise FastervarError(f"{len(classes)} classes but {len(keys)} noise keys")
         chunk = min(batch_size or self.manifest.max_batch, self.manifest.max_batch)
         parts = [self._chunk(classes[lo:lo + chunk], keys[lo:lo + chunk]) for lo in range(0, len(classes), chunk)]
         return RuntimeResult(

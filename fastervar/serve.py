@@ -1,0 +1,286 @@
+"""Serving at scale on Ray: an HTTP deployment (Ray Serve) and offline batch generation (Ray Data)
+over the torch-free runtime.
+
+We build no cluster layer of our own: Ray schedules replicas and workers, and KubeRay runs it on
+many GPU nodes (deploy/). Each replica or worker holds one `Pipeline`. Concurrent requests are
+batched by `@serve.batch` into one `Pipeline.generate_items` call; an image depends only on its
+own (class, seed, index), so batching never changes what a request gets back. Ray is imported
+lazily: the runtime and the rest of the package work without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FastervarError
+
+Item = tuple[int, int, int]            # (class, seed, index)
+
+
+class RequestError(FastervarError):
+    """A request the server answers with HTTP 400 and this one-line message."""
+
+
+def _ray(extra: str):
+    try:
+        import ray
+    except ImportError:
+        raise FastervarError(f"this needs Ray: pip install 'fastervar[{extra}]'") from None
+    return ray
+
+
+def _integer(entry: dict, key: str, default: int | None, low: int = 0) -> int:
+    value = entry.get(key, default)
+    if value is None:
+        raise RequestError(f"field {key!r} is missing")
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise RequestError(f"field {key!r} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def parse_request(body: bytes, num_classes: int, max_items: int) -> tuple[list[Item], bool]:
+    """`{"class": 3, "seed": 0, "index": 5}` or a list of them, and whether JSON was asked for
+    (`"format": "json"`, or any list): (items, as_json). Every problem is a RequestError."""
+    try:
+        payload = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the body is not JSON: {exc}") from None
+    entries = payload if isinstance(payload, list) else [payload]
+    if not entries or not all(isinstance(e, dict) for e in entries):
+        raise RequestError('send {"class": C, "seed": S, "index": I} or a non-empty list of them')
+    if len(entries) > max_items:
+        raise RequestError(f"{len(entries)} items in one request; at most {max_items}")
+    items = []
+    for e in entries:
+        unknown = set(e) - {"class", "seed", "index", "format"}
+        if unknown:
+            raise RequestError(f"unknown field {min(unknown)!r}")
+        c = _integer(e, "class", None)
+        if c >= num_classes:
+            raise RequestError(f"class index {c} is out of range: this bundle has classes 0..{num_classes - 1}")
+        if e.get("format", "png") not in ("png", "json"):
+            raise RequestError(f"field 'format' must be png or json, got {e['format']!r}")
+        items.append((c, _integer(e, "seed", 0), _integer(e, "index", 0)))
+    as_json = isinstance(payload, list) or any(e.get("format") == "json" for e in entries)
+    return items, as_json
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def item_json(item: Item, image: np.ndarray, tokens: Sequence[np.ndarray]) -> dict[str, Any]:
+    c, s, i = item
+    return {"class": c, "seed": s, "index": i, "png_base64": base64.b64encode(png_bytes(image)).decode(),
+            "tokens": [t.tolist() for t in tokens]}
+
+
+def info(manifest) -> dict[str, Any]:
+    """What GET /info says about the loaded bundle."""
+    d = manifest.data
+    return {"model": d["model"]["config"], "profile": d["profile"]["name"], "precision": d["precision"],
+            "num_classes": manifest.num_classes, "patch_nums": manifest.patch_nums, "max_batch": manifest.max_batch,
+            "sampler": d["sampler"]}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    bundle: str
+    provider: str = "cpu"
+    threads: int = 0
+    batch_wait_ms: float = 20.0
+    max_items: int = 64
+
+
+def deployment(options: ServeOptions, replicas: int | str = 1):
+    """The Ray Serve application for a bundle: `serve.run(deployment(...))`."""
+    _ray("serve")
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    scaling: dict[str, Any] = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": max(1, os.cpu_count() or 1)}}
+                               if replicas == "auto" else {"num_replicas": int(replicas)})
+
+    from .runtime.manifest import read_manifest
+
+    # a GPU provider gets a GPU per replica from Ray; a CPU replica shares the node's cores
+    actor = {"num_cpus": 0, "num_gpus": 1} if options.provider in ("cuda", "tensorrt") else {"num_cpus": 0}
+    # Serve lets a replica hold 5 requests by default, which would cap every batch at 5
+    in_flight = 4 * read_manifest(options.bundle, verify=False).max_batch
+
+    @serve.deployment(**scaling, ray_actor_options=actor, max_ongoing_requests=in_flight)
+    class FastervarGenerator:
+        def __init__(self, opts: ServeOptions):
+            from .runtime.pipeline import Pipeline
+            self.pipe = Pipeline.from_bundle(opts.bundle, provider=opts.provider, threads=opts.threads)
+            self.opts = opts
+            self.batches: list[int] = []
+            self._batched.set_max_batch_size(self.pipe.manifest.max_batch)
+            self._batched.set_batch_wait_timeout_s(opts.batch_wait_ms / 1000)
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+        async def _batched(self, items: list[Item]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+            self.batches.append(len(items))
+            result = self.pipe.generate_items(items)
+            return [(result.images[j], [t[j] for t in result.tokens]) for j in range(len(items))]
+
+        async def generate(self, items: list[Item]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+            """Through the batch queue, one entry per item, so items join other requests' batches."""
+            import asyncio
+            return list(await asyncio.gather(*(self._batched(item) for item in items)))
+
+        def stats(self) -> dict[str, Any]:
+            return {"batches": list(self.batches)}
+
+        async def __call__(self, request: Request) -> Response:
+            path, method = request.url.path.rstrip("/") or "/", request.method
+            if path == "/healthz" and method == "GET":
+                return JSONResponse({"status": "ok"})
+            if path == "/info" and method == "GET":
+                return JSONResponse(info(self.pipe.manifest))
+            if path == "/stats" and method == "GET":
+                return JSONResponse(self.stats())
+            if path != "/generate":
+                return JSONResponse({"error": f"no route {method} {path}; use POST /generate, GET /healthz or /info"},
+                                    status_code=404)
+            if method != "POST":
+                return JSONResponse({"error": "POST a JSON body to /generate"}, status_code=405)
+            try:
+                items, as_json = parse_request(await request.body(), self.pipe.num_classes, self.opts.max_items)
+            except RequestError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            try:
+                outs = await self.generate(items)
+            except Exception as exc:  # noqa: BLE001 -- an engine failure answers 500; the replica keeps serving
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                return JSONResponse({"error": f"generation failed: {first}"}, status_code=500)
+            if as_json:
+                return JSONResponse({"images": [item_json(it, img, toks) for it, (img, toks) in zip(items, outs)]})
+            return Response(png_bytes(outs[0][0]), media_type="image/png")
+
+    return FastervarGenerator.bind(options)
+
+
+def app(args: dict[str, Any]):
+    """Application builder for a Serve config file (`import_path: fastervar.serve:app`, with
+    `args: {bundle: ..., provider: ..., replicas: ...}`)."""
+    args = dict(args)
+    replicas = args.pop("replicas", 1)
+    try:
+        options = ServeOptions(**args)
+    except TypeError as exc:
+        raise FastervarError(f"bad Serve application arguments: {exc}") from None
+    return deployment(options, replicas)
+
+
+def start_ray(temp_dir: str | None = None) -> None:
+    """Connect to the cluster RAY_ADDRESS names, or start a local Ray whose services listen on
+    loopback only, without the dashboard or usage reporting; nothing if Ray is already up."""
+    ray = _ray("serve")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if not os.environ.get("RAY_ADDRESS"):
+            kwargs["_node_ip_address"] = "127.0.0.1"
+        if temp_dir:
+            kwargs["_temp_dir"] = temp_dir
+        ray.init(**kwargs)
+
+
+def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | str, blocking: bool = True):
+    """Start Ray (locally unless RAY_ADDRESS names a cluster) and Serve, and deploy the bundle;
+    returns the handle. With `blocking`, serve until interrupted, then shut everything down."""
+    from .runtime.manifest import read_manifest
+    read_manifest(options.bundle)                 # a bad bundle is one line here, not a dead replica
+    start_ray()
+    from ray import serve
+    serve.start(http_options={"host": host, "port": port})
+    handle = serve.run(deployment(options, replicas), name="fastervar", route_prefix="/")
+    if not blocking:
+        return handle
+    import time
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown()
+    return handle
+
+
+def shutdown() -> None:
+    ray = _ray("serve")
+    from ray import serve
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+
+
+# -- Ray Data ----------------------------------------------------------------------------------
+
+class _BatchWriter:
+    """A Ray Data worker: one Pipeline, each batch generated in one call and written atomically."""
+
+    def __init__(self, bundle: str, out: str, provider: str, threads: int):
+        from .runtime.pipeline import Pipeline
+        self.pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads)
+        self.out = Path(out)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .runtime.atomic import atomic_path
+        items = list(zip(batch["class"].tolist(), batch["seed"].tolist(), batch["index"].tolist()))
+        images = self.pipe.generate_items(items).images
+        for (_, _, index), image in zip(items, images):
+            with atomic_path(self.out / image_name(index)) as tmp:
+                tmp.write_bytes(png_bytes(image))
+        return {"index": batch["index"]}
+
+
+def image_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+def generate_batch(bundle: str, classes: Sequence[int], seed: int, out: str | Path, concurrency: int = 1,
+                   provider: str = "cpu", threads: int = 0, progress: bool = True) -> tuple[int, int]:
+    """Image i of `classes` (noise key (seed, i)) to OUT/{i:06d}.png on Ray Data; images already
+    there are skipped, so a rerun resumes. Returns (written, skipped)."""
+    from tqdm.auto import tqdm
+
+    from .runtime.manifest import read_manifest
+    manifest = read_manifest(bundle)
+    bad = [c for c in classes if not 0 <= c < manifest.num_classes]
+    if bad:
+        raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes 0..{manifest.num_classes - 1}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [{"class": int(c), "seed": int(seed), "index": i} for i, c in enumerate(classes)
+            if not (out / image_name(i)).exists()]
+    skipped = len(classes) - len(todo)
+    if not todo:
+        return 0, skipped
+    ray = _ray("batch")
+    start_ray()
+    ds = ray.data.from_items(todo).map_batches(
+        _BatchWriter, fn_constructor_args=(str(bundle), str(out), provider, threads),
+        batch_size=manifest.max_batch, concurrency=concurrency, num_cpus=1)
+    written = 0
+    with tqdm(total=len(todo), desc="generate-batch", unit="img", disable=not progress) as bar:
+        for batch in ds.iter_batches(batch_size=None):
+            n = len(batch["index"])
+            written += n
+            bar.update(n)
+    return written, skipped

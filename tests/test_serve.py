@@ -1,0 +1,164 @@
+"""Scale-out on Ray: requests batched across clients give each image exactly what direct generation
+gives; bad requests are 400; Ray Data writes the same files and resumes; nothing is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastervar.cli import main
+from fastervar.export.bundle import export_bundle
+from fastervar.models.loading import embedded_model
+from fastervar.models.sampling import SamplingSettings
+from fastervar.profiles import resolve
+from fastervar.runtime.pipeline import Pipeline
+from fastervar.serve import RequestError, image_name, parse_request, png_bytes
+
+from .test_cli import assert_bad_input
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return export_bundle(embedded_model(), resolve("fashion-tiny-calibrated"), tmp_path_factory.mktemp("b") / "bundle",
+                         SamplingSettings(), max_batch=8, progress=False)
+
+
+def test_generate_items_mixes_requests_without_changing_any_image(bundle):
+    pipe = Pipeline.from_bundle(bundle)
+    rng = np.random.default_rng(0)
+    items = [(int(rng.integers(10)), int(rng.integers(3)), int(rng.integers(50))) for _ in range(13)]
+    together = pipe.generate_items(items)                  # two chunks of mixed seeds, shuffled indices
+    for j, (c, s, i) in enumerate(items):
+        alone = pipe.generate([c], seed=s, first_index=i)
+        for k, t in enumerate(together.tokens):
+            assert np.array_equal(t[j], alone.tokens[k][0]), f"item {j} step {k}"
+
+
+def test_parse_request_accepts_one_or_many_and_refuses_the_rest():
+    assert parse_request(b'{"class": 3, "seed": 1, "index": 5}', 10, 64) == ([(3, 1, 5)], False)
+    assert parse_request(b'{"class": 3, "format": "json"}', 10, 64) == ([(3, 0, 0)], True)
+    assert parse_request(b'[{"class": 1}, {"class": 2, "index": 1}]', 10, 64) == ([(1, 0, 0), (2, 0, 1)], True)
+    for body, message in ((b'{"class": 99}', "class index 99 is out of range"), (b"nope", "not JSON"),
+                          (b'{"seed": 1}', "'class' is missing"), (b'{"class": -1}', "integer >= 0"),
+                          (b'{"class": true}', "integer >= 0"), (b"[]", "non-empty list"),
+                          (b'{"class": 1, "colour": 2}', "unknown field 'colour'"),
+                          (b'{"class": 1, "format": "gif"}', "png or json"),
+                          (json.dumps([{"class": 1}] * 65).encode(), "at most 64")):
+        with pytest.raises(RequestError, match=message):
+            parse_request(body, 10, 64)
+
+
+def test_without_ray_serve_names_the_extra(bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert_bad_input(CliRunner().invoke(main, ["serve", str(bundle)]), "pip install 'fastervar[serve]'")
+    assert_bad_input(CliRunner().invoke(main, ["serve", str(bundle), "--replicas", "0"]), "--replicas must be")
+
+
+def test_serve_config_arguments_are_checked(bundle):
+    from fastervar.errors import FastervarError
+    from fastervar.serve import app
+    with pytest.raises(FastervarError, match="bad Serve application arguments"):
+        app({"bundle": str(bundle), "colour": "red"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _ours(root: str) -> list[int]:
+    """Processes whose command line names our Ray temp dir."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except OSError:
+            continue
+        if root in cmd and int(pid) != os.getpid():
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture
+def ray_root(monkeypatch):
+    pytest.importorskip("ray", reason="the Ray tests need pip install 'fastervar[serve,batch]'")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    root = tempfile.mkdtemp(prefix="fvray", dir="/tmp")     # Ray's socket paths must stay short
+    from fastervar.serve import start_ray
+    start_ray(root)                                          # services on 127.0.0.1 only
+    yield root
+    from fastervar.serve import shutdown
+    shutdown()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_serve_batches_concurrent_requests_and_answers_like_direct_generation(bundle, ray_root):
+    from fastervar.serve import ServeOptions, serve_bundle, shutdown
+
+    port = _free_port()
+    handle = serve_bundle(ServeOptions(str(bundle), batch_wait_ms=50), "127.0.0.1", port, 1, blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(url + "/healthz", timeout=30) as r:
+        assert json.loads(r.read()) == {"status": "ok"}
+    with urllib.request.urlopen(url + "/info", timeout=30) as r:
+        assert json.loads(r.read())["profile"] == "fashion-tiny-calibrated"
+    items = [(i % 10, i // 10, i) for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda it: _post(url + "/generate", {"class": it[0], "seed": it[1], "index": it[2],
+                                                                     "format": "json"}), items))
+    direct = Pipeline.from_bundle(bundle).generate_items(items)
+    for j, (status, body) in enumerate(answers):
+        assert status == 200, body
+        got = json.loads(body)["images"][0]
+        assert all(np.array_equal(np.asarray(got["tokens"][k]), direct.tokens[k][j]) for k in range(len(direct.tokens)))
+    status, body = _post(url + "/generate", {"class": 3, "seed": 0, "index": 3})
+    assert status == 200 and body == png_bytes(direct.images[3])
+    via_handle = handle.generate.remote([(5, 0, 5), (7, 2, 27)]).result(timeout_s=60)
+    assert np.array_equal(via_handle[0][0], direct.images[5]) and np.array_equal(via_handle[1][0], direct.images[27])
+    with urllib.request.urlopen(url + "/stats", timeout=30) as r:
+        assert max(json.loads(r.read())["batches"]) > 1      # concurrent requests shared a batch
+    status, body = _post(url + "/generate", {"class": 99})
+    assert status == 400 and "class index 99 is out of range" in json.loads(body)["error"]
+    status, _ = _post(url + "/generate", {"class": 1})        # the replica still serves after a bad request
+    assert status == 200
+    shutdown()
+    assert not _ours(ray_root), "Ray processes were left running"
+
+
+@pytest.mark.slow
+def test_generate_batch_on_ray_data_writes_direct_images_and_resumes(bundle, ray_root, tmp_path):
+    from fastervar.serve import generate_batch
+
+    classes = [(7 * i) % 10 for i in range(256)]
+    written, skipped = generate_batch(str(bundle), classes, 4, tmp_path / "out", concurrency=2, progress=False)
+    assert (written, skipped) == (256, 0)
+    direct = Pipeline.from_bundle(bundle).generate(classes, seed=4)
+    for i in range(256):
+        assert (tmp_path / "out" / image_name(i)).read_bytes() == png_bytes(direct.images[i]), f"image {i}"
+    (tmp_path / "out" / image_name(17)).unlink()
+    assert generate_batch(str(bundle), classes, 4, tmp_path / "out", progress=False) == (1, 255)
+    assert generate_batch(str(bundle), classes, 4, tmp_path / "out", progress=False) == (0, 256)
