@@ -186,18 +186,18 @@ def app(args: dict[str, Any]):
     return deployment(options, replicas)
 
 
-def start_ray(temp_dir: str | None = None) -> None:
-    """Connect to the cluster RAY_ADDRESS names, or start a local Ray whose services listen on
-    loopback only, without the dashboard or usage reporting; nothing if Ray is already up."""
+def start_ray(temp_dir: str | None = None) -> bool:
+    """Connect to the cluster RAY_ADDRESS names, or start a local Ray without the dashboard or
+    usage reporting; returns whether this call started it (False if Ray was already up)."""
     ray = _ray("serve")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if not os.environ.get("RAY_ADDRESS"):
-            kwargs["_node_ip_address"] = "127.0.0.1"
-        if temp_dir:
-            kwargs["_temp_dir"] = temp_dir
-        ray.init(**kwargs)
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if temp_dir:
+        kwargs["_temp_dir"] = temp_dir
+    ray.init(**kwargs)
+    return True
 
 
 def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | str, blocking: bool = True):
@@ -211,7 +211,10 @@ def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | st
     handle = serve.run(deployment(options, replicas), name="fastervar", route_prefix="/")
     if not blocking:
         return handle
+    import signal
+    import sys
     import time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))      # `kill`, `docker stop`: shut down cleanly too
     try:
         while True:
             time.sleep(3600)
@@ -273,14 +276,18 @@ def generate_batch(bundle: str, classes: Sequence[int], seed: int, out: str | Pa
     if not todo:
         return 0, skipped
     ray = _ray("batch")
-    start_ray()
+    started = start_ray()
     ds = ray.data.from_items(todo).map_batches(
         _BatchWriter, fn_constructor_args=(str(bundle), str(out), provider, threads),
         batch_size=manifest.max_batch, concurrency=concurrency, num_cpus=1)
     written = 0
-    with tqdm(total=len(todo), desc="generate-batch", unit="img", disable=not progress) as bar:
-        for batch in ds.iter_batches(batch_size=None):
-            n = len(batch["index"])
-            written += n
-            bar.update(n)
+    try:
+        with tqdm(total=len(todo), desc="generate-batch", unit="img", disable=not progress) as bar:
+            for batch in ds.iter_batches(batch_size=None):
+                n = len(batch["index"])
+                written += n
+                bar.update(n)
+    finally:
+        if started:
+            ray.shutdown()
     return written, skipped

@@ -108,7 +108,7 @@ def ray_root(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     root = tempfile.mkdtemp(prefix="fvray", dir="/tmp")     # Ray's socket paths must stay short
     from fastervar.serve import start_ray
-    start_ray(root)                                          # services on 127.0.0.1 only
+    start_ray(root)
     yield root
     from fastervar.serve import shutdown
     shutdown()
