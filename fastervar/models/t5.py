@@ -1,0 +1,257 @@
+"""A T5 encoder, written from the architecture, that strict-loads a Hugging Face T5 / Flan-T5 folder.
+
+Infinity conditions on Flan-T5-XL's encoder. transformers is a test oracle here, not a dependency:
+this module needs torch, `tokenizers` (the folder's `tokenizer.json`) and safetensors. The
+architecture: token embedding; per block, RMS-normed self-attention (no 1/sqrt(d) scaling) with a
+bucketed relative-position bias that the first block owns and every block adds, then an RMS-normed
+feed-forward (gated GELU for T5 v1.1 and Flan-T5, ReLU for the original T5); a final RMS norm.
+Prompts are encoded at their true length (the `</s>` the tokenizer appends included), which gives
+the rows padding to 512 gives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FastervarError
+
+
+@dataclass(frozen=True)
+class T5Config:
+    vocab_size: int
+    d_model: int
+    d_kv: int
+    d_ff: int
+    num_layers: int
+    num_heads: int
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    gated: bool = True                 # feed_forward_proj "gated-gelu" (v1.1, Flan) or "relu"
+
+    @classmethod
+    def from_hf(cls, data: dict, path: Path) -> T5Config:
+        proj = data.get("feed_forward_proj", "relu")
+        if proj not in ("relu", "gated-gelu"):
+            raise FastervarError(f"{path}: feed_forward_proj {proj!r} is not supported (relu or gated-gelu)")
+        try:
+            return cls(vocab_size=int(data["vocab_size"]), d_model=int(data["d_model"]), d_kv=int(data["d_kv"]),
+                       d_ff=int(data["d_ff"]), num_layers=int(data["num_layers"]), num_heads=int(data["num_heads"]),
+                       relative_attention_num_buckets=int(data.get("relative_attention_num_buckets", 32)),
+                       relative_attention_max_distance=int(data.get("relative_attention_max_distance", 128)),
+                       layer_norm_epsilon=float(data.get("layer_norm_epsilon", 1e-6)), gated=proj == "gated-gelu")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FastervarError(f"{path}: not a T5 config ({exc})") from None
+
+
+class RMSNorm(nn.Module):
+    """Scale by the root mean square, no mean subtraction and no bias; computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(self.weight.dtype)
+
+
+def relative_buckets(query_len: int, key_len: int, num_buckets: int, max_distance: int,
+                     device: torch.device) -> torch.Tensor:
+    """(query_len, key_len) bucket of each key's offset from each query, bidirectional: half the
+    buckets for keys after the query; within a half, exact offsets below a quarter of the buckets,
+    then logarithmically wider bins up to `max_distance`, beyond which offsets share the last bin."""
+    offset = torch.arange(key_len, device=device)[None, :] - torch.arange(query_len, device=device)[:, None]
+    half = num_buckets // 2
+    base = (offset > 0).long() * half
+    dist = offset.abs()
+    exact = half // 2
+    scaled = torch.log(dist.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (half - exact)
+    far = (exact + scaled.long()).clamp(max=half - 1)
+    return base + torch.where(dist < exact, dist, far)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: T5Config, has_bias: bool):
+        super().__init__()
+        inner = cfg.num_heads * cfg.d_kv
+        self.q = nn.Linear(cfg.d_model, inner, bias=False)
+        self.k = nn.Linear(cfg.d_model, inner, bias=False)
+        self.v = nn.Linear(cfg.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, cfg.d_model, bias=False)
+        self.cfg = cfg
+        if has_bias:
+            self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
+
+    def position_bias(self, length: int) -> torch.Tensor:
+        """(1, heads, L, L): the first block's learned bias per relative-offset bucket."""
+        b = relative_buckets(length, length, self.cfg.relative_attention_num_buckets,
+                             self.cfg.relative_attention_max_distance, self.relative_attention_bias.weight.device)
+        return self.relative_attention_bias(b).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h, d = self.cfg.num_heads, self.cfg.d_kv
+        q, k, v = (proj(x).view(b, n, h, d).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        scores = (q @ k.transpose(-1, -2)).float() + bias              # T5 does not scale by 1/sqrt(d)
+        out = scores.softmax(-1).to(v.dtype) @ v
+        return self.o(out.transpose(1, 2).reshape(b, n, h * d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.gated = cfg.gated
+        if cfg.gated:
+            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))
+        return self.wo(F.relu(self.wi(x)))
+
+
+class _AttentionLayer(nn.Module):
+    def __init__(self, cfg: T5Config, has_bias: bool):
+        super().__init__()
+        self.SelfAttention = Attention(cfg, has_bias)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+
+class _FeedForwardLayer(nn.Module):
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.DenseReluDense = FeedForward(cfg)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: T5Config, first: bool):
+        super().__init__()
+        self.layer = nn.ModuleList([_AttentionLayer(cfg, first), _FeedForwardLayer(cfg)])
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        attn, ffn = self.layer
+        x = x + attn.SelfAttention(attn.layer_norm(x), bias)
+        return x + ffn.DenseReluDense(ffn.layer_norm(x))
+
+
+class T5Encoder(nn.Module):
+    """Token ids to hidden states; the parameter names are Hugging Face's, under `encoder.`."""
+
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.block = nn.ModuleList([Block(cfg, first=i == 0) for i in range(cfg.num_layers)])
+        self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids, optional (B, L) bool mask of real tokens, to (B, L, d_model)."""
+        x = self.embed_tokens(ids)
+        bias = self.block[0].layer[0].SelfAttention.position_bias(ids.shape[1])
+        if mask is not None:
+            bias = bias + torch.where(mask[:, None, None, :], 0.0, torch.finfo(torch.float32).min)
+        for blk in self.block:
+            x = blk(x, bias)
+        return self.final_layer_norm(x)
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The folder's tensors: model.safetensors (or its shards), else pytorch_model.bin loaded
+    with weights_only=True."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for s in shards for k, v in load_file(str(folder / s)).items()}
+        if (folder / "model.safetensors").exists():
+            return load_file(str(folder / "model.safetensors"))
+        if (folder / "pytorch_model.bin").exists():
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise FastervarError(f"{folder}: cannot read the T5 weights ({str(exc).splitlines()[0]})") from None
+    raise FastervarError(f"{folder} has no model.safetensors, shard index or pytorch_model.bin")
+
+
+def load_encoder(folder: str | Path) -> T5Encoder:
+    """Strict-load the encoder of a T5 or Flan-T5 folder (decoder weights, if any, are ignored)."""
+    folder = Path(folder)
+    try:
+        cfg = T5Config.from_hf(json.loads((folder / "config.json").read_text()), folder / "config.json")
+    except FileNotFoundError:
+        raise FastervarError(f"--text-encoder {folder}: no config.json (give a Hugging Face T5 folder)") from None
+    except json.JSONDecodeError as exc:
+        raise FastervarError(f"{folder / 'config.json'}: malformed JSON ({exc})") from None
+    found = _read_weights(folder)
+    want = {f"encoder.{k}": v for k, v in T5Encoder(cfg).state_dict().items()}
+    sd = {k: v for k, v in found.items() if k.startswith("encoder.")}
+    # the token embedding is tied to `shared`, which savers often keep alone
+    if "encoder.embed_tokens.weight" not in sd and "shared.weight" in found:
+        sd["encoder.embed_tokens.weight"] = found["shared.weight"]
+    for key, ref in want.items():
+        if key not in sd:
+            raise FastervarError(f"{folder}: T5 weight {key} is missing")
+        if tuple(sd[key].shape) != tuple(ref.shape):
+            raise FastervarError(f"{folder}: T5 weight {key} has shape {tuple(sd[key].shape)}, "
+                                 f"the config says {tuple(ref.shape)}")
+    extra = sorted(set(sd) - set(want))
+    if extra:
+        raise FastervarError(f"{folder}: unexpected T5 encoder weight {extra[0]}")
+    model = T5Encoder(cfg)
+    model.load_state_dict({k.removeprefix("encoder."): v.float() for k, v in sd.items()}, strict=True)
+    return model.eval()
+
+
+class TextEncoder:
+    """Prompts to (embeddings, lengths) as `--text-embeddings` files hold them: (N, T, C) float32,
+    zero past each prompt's true length (its tokens and `</s>`, at most `max_length`)."""
+
+    def __init__(self, encoder: T5Encoder, tokenizer, max_length: int = 512):
+        self.encoder, self.tokenizer, self.max_length = encoder, tokenizer, max_length
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, max_length: int = 512) -> TextEncoder:
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        if not (folder / "tokenizer.json").is_file():
+            raise FastervarError(f"--text-encoder {folder}: no tokenizer.json (save the tokenizer with the model)")
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 -- tokenizers raises untyped errors for bad files
+            raise FastervarError(f"{folder / 'tokenizer.json'}: not a tokenizer ({str(exc).splitlines()[0]})") from None
+        return cls(load_encoder(folder), tokenizer, max_length)
+
+    def token_ids(self, prompts: list[str]) -> list[list[int]]:
+        return [enc.ids[: self.max_length] for enc in self.tokenizer.encode_batch(prompts)]
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.token_ids(prompts)
+        lengths = np.array([len(i) for i in ids], dtype=np.int64)
+        width = int(lengths.max())
+        batch = torch.zeros(len(ids), width, dtype=torch.long)
+        mask = torch.zeros(len(ids), width, dtype=torch.bool)
+        for r, row in enumerate(ids):
+            batch[r, :len(row)] = torch.tensor(row)
+            mask[r, :len(row)] = True
+        hidden = self.encoder(batch, mask).masked_fill(~mask[..., None], 0.0)
+        return hidden.numpy().astype(np.float32), lengths

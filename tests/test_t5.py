@@ -1,0 +1,80 @@
+"""The clean-room T5 encoder against transformers' (the test oracle), tokenization from
+tokenizer.json, prompts at their true lengths, and the folders it refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fastervar.errors import FastervarError
+from fastervar.models.t5 import TextEncoder, load_encoder
+
+transformers = pytest.importorskip("transformers", reason="transformers is the T5 test oracle (pip install -e '.[test]')")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "on", "the", "grass", "under", "sky", "big", "small"]
+
+
+def _tokenizer() -> tokenizers.Tokenizer:
+    """A word-level tokenizer that, like T5's, appends </s> to every prompt."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return tok
+
+
+@pytest.fixture(scope="module", params=["gated-gelu", "relu"])
+def folder(request, tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=len(WORDS) + 3, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4,
+                                relative_attention_num_buckets=8, relative_attention_max_distance=12,
+                                feed_forward_proj=request.param)
+    model = transformers.T5EncoderModel(cfg).eval()
+    d = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(d)
+    _tokenizer().save(str(d / "tokenizer.json"))
+    return d, model
+
+
+def test_encoder_matches_transformers(folder):
+    d, oracle = folder
+    ours = load_encoder(d)
+    ids = torch.randint(0, ours.cfg.vocab_size, (3, 23), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 15:] = False
+    with torch.no_grad():
+        want = oracle(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        got = ours(ids, mask)
+    assert (got - want)[mask].abs().max() < 1e-5
+
+
+def test_prompts_encode_at_true_length_and_alone_as_in_a_batch(folder):
+    enc = TextEncoder.from_folder(folder[0])
+    prompts = ["a photo of a cat", "a big red dog on the grass under the blue sky", "small"]
+    emb, lengths = enc.encode(prompts)
+    assert lengths.tolist() == [6, 12, 2]                    # words plus </s>
+    assert emb.shape == (3, 12, 32) and not emb[0, 6:].any()
+    for i, p in enumerate(prompts):
+        alone, n = enc.encode([p])
+        assert n[0] == lengths[i] and np.abs(alone[0, :n[0]] - emb[i, :n[0]]).max() < 1e-5
+
+
+def test_bad_folders_are_refused_with_one_line(folder, tmp_path):
+    d = tmp_path / "t5"
+    shutil.copytree(folder[0], d)
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(FastervarError, match="no tokenizer.json"):
+        TextEncoder.from_folder(d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "d_ff": cfg["d_ff"] + 1}))
+    with pytest.raises(FastervarError, match=r"layer.1.DenseReluDense.w\w+.weight has shape"):
+        load_encoder(d)
+    (d / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(FastervarError, match="cannot read the T5 weights"):
+        load_encoder(d)
