@@ -67,31 +67,38 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--profile", default=None, help="profile file, shipped name or 'identity' [default: MODEL-paper-split]")
     ap.add_argument("--bundle", type=Path, default=None, help="bundle dir: reused if it exists, else exported there")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                    help="of the bundle; int8 tokens are not expected to equal the fp32 torch path's")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="threads for torch and for each ORT session")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="ways to run the bundle, comma-separated; at VAR-d16 batch 16 all three do not fit in 24 GB")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    if not modes or set(modes) - set(MODES):
+        raise SystemExit(f"--modes takes some of {', '.join(MODES)}")
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     profile = load_profile(args.profile, model)
     check_against(profile, model.cfg)
     settings = SamplingSettings(cfg=1.5)
     bundle, export_s = ensure_bundle(model, profile, args.bundle or Path("out/bundles") / f"{args.model}-{profile.name}",
-                                     settings, args.batch)
+                                     settings, args.batch, args.precision)
     checks = graph_checks(bundle)
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bundle_bytes = sum(f.stat().st_size for f in bundle.iterdir())
-    rss = {mode: peak_rss(bundle, args.threads, mode) for mode in MODES}
+    rss = {mode: peak_rss(bundle, args.threads, mode) for mode in modes}
     runtime_weights = Pipeline.from_bundle(bundle, verify=True, chain=False).manifest.weights["bytes"]
 
     runners = {"torch_baseline": TorchRunner(model, settings),
                "torch_accelerated": TorchRunner(AcceleratedModel(model, profile), settings)}
-    runners.update({f"ort_{m}": PipelineRunner(open_pipeline(bundle, args.threads, m)) for m in MODES})
+    runners.update({f"ort_{m}": PipelineRunner(open_pipeline(bundle, args.threads, m)) for m in modes})
     classes = [(7 * i) % model.cfg.var.num_classes for i in range(args.batch)]
     runs = interleaved(runners, batches(classes, 0, args.batch), reps=args.reps)
     ref = first_pass(runs["torch_accelerated"])
     tokens_equal, image_diff = {}, {}
-    for mode in MODES:
+    for mode in modes:
         got = first_pass(runs[f"ort_{mode}"])
         tokens_equal[mode] = all(np.array_equal(a, b) for a, b in zip(got.tokens, ref.tokens))
         image_diff[mode] = int(np.abs(got.images.astype(int) - ref.images.astype(int)).max())
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmodel {args.model}, profile {profile.name}, batch {args.batch}, {args.threads} threads, {args.reps} reps")
     print(f"bundle {bundle_bytes / 2**20:.1f} MiB = {bundle_bytes / weights_bytes:.3f}x the model's fp32 weights "
           f"({weights_bytes / 2**20:.1f} MiB)" + (f"; exported in {export_s:.0f} s" if export_s else ""))
-    for mode in MODES:
+    for mode in modes:
         print(f"runtime peak RSS ({mode}) {rss[mode] / 2**20:.1f} MiB = {rss[mode] / runtime_weights:.3f}x the "
               f"bundle's weights ({runtime_weights / 2**20:.1f} MiB)")
         print(f"parity ({mode}) with the torch accelerated path: tokens "
@@ -112,11 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("decode_seconds", "graph_seconds", "seconds"):
         print(f"{key.split('_')[0]:>6} {'':>9} {'':>7}" + "".join(f"{getattr(x, key):>18.4f}" for x in t.values()))
     result = {
-        "model": args.model, "profile": profile.name, "batch": args.batch, "reps": args.reps, "threads": args.threads,
+        "model": args.model, "profile": profile.name, "precision": args.precision, "batch": args.batch, "reps": args.reps,
+        "threads": args.threads,
         "bundle": str(bundle), "export_seconds": export_s, "graph_checks": checks, "model_weights_bytes": weights_bytes,
         "bundle_bytes": bundle_bytes, "bundle_over_weights": bundle_bytes / weights_bytes,
         "runtime_weights_bytes": runtime_weights, "runtime_peak_rss_bytes": rss,
-        "rss_over_weights": {m: rss[m] / runtime_weights for m in MODES},
+        "rss_over_weights": {m: rss[m] / runtime_weights for m in modes},
         "tokens_equal": tokens_equal, "image_max_diff": image_diff, "timings": {n: vars(x) for n, x in t.items()},
         "speedup_total": {name: speedup(runs["torch_baseline"], runs[name]) for name in runners},
     }
