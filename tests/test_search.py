@@ -33,6 +33,18 @@ def test_search_shares_equal_plans_and_explores_skipping_the_last_step():
     assert any(not c.knobs.skip_last for c in tried)
 
 
+def test_keeping_every_token_only_drops_guidance():
+    model = random_model("tiny")
+    settings = SamplingSettings()
+    m = measure(model, [0, 3], [0], settings, judge=None, batch_size=2)
+    s = Searcher(model, m, stage_split(m), [0, 3], [0], settings, 2, None)
+    last = model.num_steps - 1
+    c = s.evaluate(Knobs(boundary=last - 2, keep=1.0, selector="grid"))
+    assert [(p.mode, p.cfg) for p in c.profile.steps[last - 2:]] == [("full", False)] * 3
+    assert all(p.mode == "full" and p.cfg for p in c.profile.steps[:last - 2])
+    assert c.speedup > 1 and 0 < c.ssim < 1          # one batch branch fewer, and other images
+
+
 def _cand(speed: float, ssim: float, acc: float | None) -> Candidate:
     return Candidate(None, None, speed, speed, ssim, 20.0, acc)
 

@@ -26,7 +26,9 @@ from ..timing import Batch, TorchRunner
 from .latency import LatencyModel
 from .measure import Measurements
 
-KEEP_RATIOS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
+# 1.0 keeps every token: the refine steps then only drop guidance (SkipVAR's unconditional-branch
+# move), often the best trade when the last steps still carry structure
+KEEP_RATIOS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
 SELECTORS = ("relevance", "pivotal", "random_projection", "grid")
 
 
@@ -107,6 +109,9 @@ def build_profile(model: VARModel, m: Measurements, stages: dict[str, list[int]]
             p.steps[s] = StepPlan(mode="skip", cfg=False)        # guidance is moot for a step not run
             continue
         keep = max(1, min(n, round(k.keep * n)))
+        if keep == n:                                            # nothing to restore: a full step
+            p.steps[s] = StepPlan(mode="full", cfg=not k.drop_cfg, ranks=ranks)
+            continue
         rel = m.relevance[s].tolist() if k.selector == "relevance" else None
         p.steps[s] = StepPlan(mode="reduce", cfg=not k.drop_cfg, keep=keep, selector=k.selector,
                               restore_from=k.boundary - 1, restore_level=k.level, ranks=ranks, relevance=rel)
