@@ -107,15 +107,16 @@ class ServeOptions:
 def deployment(options: ServeOptions, replicas: int | str = 1):
     """The Ray Serve application for a bundle: `serve.run(deployment(...))`."""
     _ray("serve")
+    from collections import deque
+
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
 
-    scaling: dict[str, Any] = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": max(1, os.cpu_count() or 1)}}
-                               if replicas == "auto" else {"num_replicas": int(replicas)})
-
     from .runtime.manifest import read_manifest
 
+    scaling: dict[str, Any] = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": max(1, os.cpu_count() or 1)}}
+                               if replicas == "auto" else {"num_replicas": int(replicas)})
     # a GPU provider gets a GPU per replica from Ray; a CPU replica shares the node's cores
     actor = {"num_cpus": 0, "num_gpus": 1} if options.provider in ("cuda", "tensorrt") else {"num_cpus": 0}
     # Serve lets a replica hold 5 requests by default, which would cap every batch at 5
@@ -127,7 +128,7 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
             from .runtime.pipeline import Pipeline
             self.pipe = Pipeline.from_bundle(opts.bundle, provider=opts.provider, threads=opts.threads)
             self.opts = opts
-            self.batches: list[int] = []
+            self.batches: deque[int] = deque(maxlen=1000)       # recent batch sizes, for GET /stats
             self._batched.set_max_batch_size(self.pipe.manifest.max_batch)
             self._batched.set_batch_wait_timeout_s(opts.batch_wait_ms / 1000)
 
