@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -24,14 +23,8 @@ from common import ensure_bundle, load_model, load_profile, write_result
 
 from fastervar.models.sampling import SamplingSettings
 from fastervar.runtime.pipeline import Pipeline
-from fastervar.serve import ServeOptions, serve_bundle, shutdown, start_ray
+from fastervar.serve import ServeOptions, free_port, serve_bundle, shutdown, start_ray
 from fastervar.timing import PipelineRunner, batches, interleaved, summarize
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(url: str, item: tuple[int, int, int]) -> float:
@@ -71,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="fvray", dir="/tmp") as root:
         start_ray(root)
-        port = _free_port()
+        port = free_port()
         serve_bundle(ServeOptions(str(bundle), batch_wait_ms=args.batch_wait_ms), "127.0.0.1", port, 1, blocking=False)
         url = f"http://127.0.0.1:{port}/generate"
         try:

@@ -187,6 +187,14 @@ def app(args: dict[str, Any]):
     return deployment(options, replicas)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now, for a Serve proxy started right after (tests, benchmarks)."""
+    import socket
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def start_ray(temp_dir: str | None = None) -> bool:
     """Connect to the cluster RAY_ADDRESS names, or start a local Ray without the dashboard or
     usage reporting; returns whether this call started it (False if Ray was already up)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import urllib.error
@@ -24,7 +23,13 @@ from fastervar.models.loading import embedded_model
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profiles import resolve
 from fastervar.runtime.pipeline import Pipeline
-from fastervar.serve import RequestError, image_name, parse_request, png_bytes
+from fastervar.serve import (
+    RequestError,
+    free_port,
+    image_name,
+    parse_request,
+    png_bytes,
+)
 
 from .test_cli import assert_bad_input
 
@@ -73,11 +78,6 @@ def test_serve_config_arguments_are_checked(bundle):
         app({"bundle": str(bundle), "colour": "red"})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _post(url: str, payload) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
@@ -119,7 +119,7 @@ def ray_root(monkeypatch):
 def test_serve_batches_concurrent_requests_and_answers_like_direct_generation(bundle, ray_root):
     from fastervar.serve import ServeOptions, serve_bundle, shutdown
 
-    port = _free_port()
+    port = free_port()
     handle = serve_bundle(ServeOptions(str(bundle), batch_wait_ms=50), "127.0.0.1", port, 1, blocking=False)
     url = f"http://127.0.0.1:{port}"
     with urllib.request.urlopen(url + "/healthz", timeout=30) as r:
