@@ -641,7 +641,7 @@ def profiles_show(name: str) -> None:
 @click.option("--vae-steps", type=click.IntRange(min=1), default=None,
               help="VQVAE steps [default: 900 for fashion-tiny, 1000 for fashion-16].")
 @click.option("--var-steps", type=click.IntRange(min=1), default=None,
-              help="VAR steps [default: 3600 for fashion-tiny, 9000 for fashion-16].")
+              help="VAR steps [default: 3600 for fashion-tiny, 2700 for fashion-16].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def train_tiny(data_dir, work_dir, out_dir, model_name, seed, vae_steps, var_steps, device) -> None:
     """Train an embedded model (VQVAE, then VAR) and the evaluation classifier; resumes from --work-dir."""
