@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.family import StepOutput, StepState, VARModel
+from ..models.family import StepOutput, StepState, VARModel, to_uint8
 from ..models.resample import resample
 from ..models.sampling import (
     SamplingSettings,
@@ -82,8 +82,15 @@ class AcceleratedModel:
     def var(self):
         return self.model.var
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
     def tokens_at(self, step: int) -> int:
         return self.model.tokens_at(step)
+
+    def noise_at(self, step: int) -> int:
+        return self.model.noise_at(step)
 
     def init_state(self, batch: int) -> AccelState:
         return AccelState(f_hat=self.model.init_state(batch).f_hat)
@@ -93,6 +100,9 @@ class AcceleratedModel:
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         return self.model.decode(f_hat)
+
+    def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return to_uint8(self.decode(f_hat))
 
     def _install(self, step: int) -> None:
         for i, blk in enumerate(self.model.var.blocks):

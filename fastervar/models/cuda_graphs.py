@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .family import StepModel, StepOutput, StepState
+from .family import StepModel, StepOutput, StepState, to_uint8
 from .sampling import SamplingSettings
 
 
@@ -100,8 +100,15 @@ class GraphedModel:
     def num_steps(self) -> int:
         return self.model.num_steps
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
     def tokens_at(self, step: int) -> int:
         return self.model.tokens_at(step)
+
+    def noise_at(self, step: int) -> int:
+        return self.model.noise_at(step)
 
     def _plan(self, batch: int) -> _Plan:
         if batch not in self._plans:
@@ -155,6 +162,9 @@ class GraphedModel:
             _feed(plan.decoder, [f_hat])
             plan.decoder.graph.replay()
         return plan.decoder.state.clone()
+
+    def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return to_uint8(self.decode(f_hat))
 
     @staticmethod
     def _capture(plan: _Plan, inputs: list[torch.Tensor], fn) -> _Captured:

@@ -39,14 +39,19 @@ class StepOutput:
 
 class StepModel(Protocol):
     """The scale-step protocol the step loop drives: `VARModel`, the accelerator's
-    `AcceleratedModel` and the CUDA-graph `GraphedModel` all implement it."""
+    `AcceleratedModel`, the CUDA-graph `GraphedModel` and Infinity's `InfinityModel` implement it.
+    `condition` takes what the family is conditioned on (class labels, or a `TextBatch`)."""
 
-    var: VAR
     num_steps: int
+
+    @property
+    def device(self) -> torch.device: ...
 
     def tokens_at(self, step: int) -> int: ...
 
-    def condition(self, labels: torch.Tensor, guided: bool = True) -> torch.Tensor: ...
+    def noise_at(self, step: int) -> int: ...
+
+    def condition(self, inputs, guided: bool = True): ...
 
     def init_state(self, batch: int) -> StepState: ...
 
@@ -54,6 +59,8 @@ class StepModel(Protocol):
              settings: SamplingSettings) -> tuple[StepState, StepOutput | None]: ...
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor: ...
+
+    def pixels(self, f_hat: torch.Tensor) -> torch.Tensor: ...
 
 
 class VARModel(nn.Module):
@@ -80,8 +87,16 @@ class VARModel(nn.Module):
     def num_steps(self) -> int:
         return len(self.patch_nums)
 
+    @property
+    def device(self) -> torch.device:
+        return self.var.head.weight.device
+
     def tokens_at(self, step: int) -> int:
         return self.patch_nums[step] ** 2
+
+    def noise_at(self, step: int) -> int:
+        """Uniforms a step consumes per image (portable sampler): one per token."""
+        return self.tokens_at(step)
 
     # -- the unit -------------------------------------------------------------------------------
     def condition(self, labels: torch.Tensor, guided: bool = True) -> torch.Tensor:
@@ -137,6 +152,9 @@ class VARModel(nn.Module):
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Latent to image in [0, 1]."""
         return self._per_image(self.vae.decode, f_hat).add(1).mul(0.5)
+
+    def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return to_uint8(self.decode(f_hat))
 
     def _per_image(self, fn, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()

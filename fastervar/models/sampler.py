@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime.noise import NoiseKey, batch_uniform, image_keys
-from .family import StepModel, StepOutput, StepState, to_uint8
+from .family import StepModel, StepOutput, StepState
 from .sampling import SamplingSettings
 
 OnStep = Callable[[int, StepState, StepOutput | None], None]
@@ -73,33 +73,35 @@ def step_noise(model: StepModel, settings: SamplingSettings, step: int, keys: Se
         if generator is None:
             raise ValueError("the official sampler needs the batch's torch.Generator")
         return generator
-    u = batch_uniform(keys, step, model.tokens_at(step))
-    return torch.from_numpy(u).to(model.var.head.weight.device)
+    u = batch_uniform(keys, step, model.noise_at(step))
+    return torch.from_numpy(u).to(model.device)
 
 
 @torch.no_grad()
-def generate_batch(model: StepModel, labels: torch.Tensor, settings: SamplingSettings, keys: Sequence[NoiseKey],
+def generate_batch(model: StepModel, inputs, settings: SamplingSettings, keys: Sequence[NoiseKey],
                    generator: torch.Generator | None = None, on_step: OnStep | None = None,
                    progress: bool = False) -> Generation:
     """Run every scale step for one batch and decode it.
 
-    `model` is anything with the step protocol (VARModel, AcceleratedModel, GraphedModel); a
-    step that returns no output was skipped. `keys` gives each image's (seed, index) noise key;
+    `model` is anything with the step protocol (VARModel, AcceleratedModel, GraphedModel,
+    InfinityModel) and `inputs` what it is conditioned on (labels, or a TextBatch); a step that
+    returns no output was skipped. `keys` gives each image's (seed, index) noise key;
     `on_step(k, state, output)` sees every step's result (calibration's measurements).
     """
-    clock = StepClock(labels.device)
+    clock = StepClock(model.device)
     clock.mark()
-    cond = model.condition(labels, guided=True)
-    state: StepState = model.init_state(labels.shape[0])
+    cond = model.condition(inputs, guided=settings.guided)
+    state: StepState = model.init_state(len(keys))
     tokens = []
     for k in tqdm(range(model.num_steps), desc="scale steps", leave=False, disable=not progress):
         noise = step_noise(model, settings, k, keys, generator)
         state, out = model.step(k, state, cond, noise, settings)
         if on_step is not None:
             on_step(k, state, out)
-        tokens.append(out.tokens if out is not None else labels.new_zeros(len(labels), 0))
+        tokens.append(out.tokens if out is not None
+                      else torch.zeros(len(keys), 0, dtype=torch.long, device=model.device))
         clock.mark()
-    images = to_uint8(model.decode(state.f_hat))
+    images = model.pixels(state.f_hat)
     clock.mark()
     seconds = clock.intervals()
     return Generation(images, tokens, state.f_hat, seconds[:-1], seconds[-1])
@@ -119,7 +121,7 @@ def batch_generator(settings: SamplingSettings, device: torch.device, seed: int)
 def generate(model: StepModel, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
              batch_size: int = 16, progress: bool = False) -> Generation:
     """Generate one image per entry of `classes`, in order."""
-    device = model.var.head.weight.device
+    device = model.device
     parts: list[Generation] = []
     starts = range(0, len(classes), batch_size)
     for j, lo in enumerate(tqdm(starts, desc="batches", disable=not progress or len(starts) < 2)):

@@ -46,6 +46,11 @@ class SamplingSettings:
             raise FastervarError("--more-smooth (upstream's soft code mix) draws noise for every codebook entry; "
                                  "it needs --sampler official")
 
+    @property
+    def guided(self) -> bool:
+        """Upstream VAR always runs the unconditional half (its guidance ramps up from 0)."""
+        return True
+
 
 def guidance_weight(cfg: float, step: int, steps: int) -> float:
     """The linear guidance ramp: 0 at the first step, `cfg` at the last."""
