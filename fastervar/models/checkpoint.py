@@ -36,8 +36,9 @@ _VAE_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant
 _SCHEDULES = {sum(p * p for p in s): s for s in (SCHEDULE_256, SCHEDULE_512)}
 
 
-def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """Read a plain state dict from .safetensors or a torch pickle, refusing anything else."""
+def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> StateDict:
+    """Read a plain state dict from .safetensors or a torch pickle, refusing anything else; with
+    `unwrap`, a pickle may also hold it under that key (Infinity's VAE file is `{"vae": sd}`)."""
     p = Path(path)
     if not p.exists():
         raise FastervarError(f"checkpoint not found: {p}")
@@ -57,6 +58,8 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
         except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
             raise FastervarError(f"{p}: not a readable checkpoint, the file is corrupt or truncated "
                                  f"({_first_line(exc)})") from None
+        if unwrap and isinstance(sd, dict) and isinstance(sd.get(unwrap), dict):
+            sd = sd[unwrap]
     if not isinstance(sd, dict) or not sd or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise FastervarError(f"{p}: not a state dict (expected a mapping of names to tensors)")

@@ -4,6 +4,9 @@ evaluator can tell shipped weights, which its shipped judge knows, from a user's
 
 from __future__ import annotations
 
+import math
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,30 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         else:
             p.copy_(0.02 * noise)
     return model
+
+
+@torch.no_grad()
+def seeded_parameters(shapes: Iterable[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded values for named parameters, each drawn from its own (seed, name) stream.
+
+    Keyed by name rather than by module order, so two implementations with the same parameter
+    names (ours and upstream's, in a parity check) get identical weights. Norm gains sit near 1,
+    attention temperatures at log 4 (cosine attention's initial value), matrices at 1/sqrt(fan_in).
+    """
+    out = {}
+    for name, shape in shapes:
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        noise = torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+        leaf = name.rsplit(".", 2)[-2] if name.count(".") else ""
+        if name.endswith("scale_mul_1H11"):
+            out[name] = torch.full(tuple(shape), math.log(4.0))
+        elif name.endswith(".weight") and len(shape) == 1 and ("norm" in leaf or leaf.endswith("nm")):
+            out[name] = 1 + 0.05 * noise
+        elif len(shape) >= 2 and name.endswith("weight"):
+            out[name] = noise / math.sqrt(math.prod(shape[1:]))
+        else:
+            out[name] = 0.05 * noise
+    return out
 
 
 def random_model(name: str, seed: int = 0) -> VARModel:

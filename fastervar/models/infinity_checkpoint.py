@@ -1,0 +1,134 @@
+"""Loading Infinity: the released transformer files (one `.pth`, or a sharded folder) and their
+BSQ VAE, strictly and safely; the architecture is read off the tensors.
+
+Upstream loads with `strict=False`, which would let a truncated or mismatched file produce
+images from half-random weights; here the first missing, unexpected or mis-shaped key is an
+error naming the file, the key and both shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import FastervarError
+from .bsq import BSQ_CONFIGS, BSQVAE, BSQConfig, load_bsq
+from .checkpoint import StateDict, check_strict, read_state_dict
+from .infinity import Infinity, InfinityConfig
+from .infinity_family import InfinityModel
+
+# name -> (transformer, VAE); the tiny one is the parity configuration (upstream's constructor at
+# 4 blocks x 128 wide, 2 heads, 2 chunks, 256-wide text, an 8-bit VAE).
+INFINITY_CONFIGS: dict[str, tuple[InfinityConfig, BSQConfig]] = {
+    "infinity-2b": (InfinityConfig(depth=32, width=2048, heads=16, chunks=8, text_channels=2048, bits=32),
+                    BSQ_CONFIGS["d32"]),
+    "infinity-8b": (InfinityConfig(depth=40, width=3584, heads=28, chunks=8, text_channels=2048, bits=56),
+                    BSQ_CONFIGS["d14-f8-patchify"]),
+    "infinity-tiny": (InfinityConfig(depth=4, width=128, heads=2, chunks=2, text_channels=256, bits=8),
+                      BSQConfig(codebook_dim=8, ch=32, num_res_blocks=1)),
+}
+_SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def is_infinity_state_dict(sd: StateDict) -> bool:
+    return "cfg_uncond" in sd or any(k.startswith("block_chunks.") for k in sd)
+
+
+def read_infinity_state_dict(path: str | os.PathLike) -> StateDict:
+    """One file, or a folder of shards with a Hugging Face index (how Infinity-8B is released)."""
+    p = Path(path)
+    if not p.is_dir():
+        return read_state_dict(p, unwrap="vae")
+    index = next((p / name for name in _SHARD_INDEXES if (p / name).exists()), None)
+    if index is None:
+        raise FastervarError(f"{p}: a checkpoint folder needs {' or '.join(_SHARD_INDEXES)}")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FastervarError(f"{index}: not a shard index with a 'weight_map' ({exc})") from None
+    sd: StateDict = {}
+    for shard in sorted(set(weight_map.values())):
+        part = read_state_dict(p / shard)
+        sd.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
+    missing = sorted(set(weight_map) - set(sd))
+    if missing:
+        raise FastervarError(f"{p}: the index names {len(missing)} keys its shards lack, first {missing[0]!r}")
+    return sd
+
+
+def _normalise(sd: StateDict) -> StateDict:
+    """Accept `scale_mul_1H11` in both of upstream's shapes: (1, H, 1, 1), or (1, 1, H, 1) as
+    its flash-attention build saves it."""
+    out = dict(sd)
+    for k, v in sd.items():
+        if k.endswith("scale_mul_1H11") and v.dim() == 4 and v.shape[1] == 1 and v.shape[2] > 1:
+            out[k] = v.reshape(1, -1, 1, 1)
+    return out
+
+
+def infer_infinity_config(sd: StateDict, path: str | os.PathLike) -> InfinityConfig:
+    """Depth, chunks, width, heads, text width and bits, from the tensors."""
+    try:
+        blocks = {(int(m.group(1)), int(m.group(2)))
+                  for k in sd if (m := re.match(r"block_chunks\.(\d+)\.module\.(\d+)\.", k))}
+        chunks = 1 + max(c for c, _ in blocks)
+        width, bits = sd["word_embed.weight"].shape
+        heads = sd["block_chunks.0.module.0.sa.scale_mul_1H11"].numel()
+        text_channels = sd["cfg_uncond"].shape[1]
+    except (KeyError, ValueError) as exc:
+        raise FastervarError(f"{path}: cannot infer the Infinity configuration, missing key {exc}") from None
+    return InfinityConfig(depth=len(blocks), width=width, heads=heads, chunks=chunks,
+                          text_channels=text_channels, bits=bits)
+
+
+def load_infinity_transformer(path: str | os.PathLike, cfg: InfinityConfig | None = None) -> Infinity:
+    p = Path(path)
+    sd = read_infinity_state_dict(p)
+    if not is_infinity_state_dict(sd):
+        hint = " (it looks like a VAE)" if any(k.startswith(("encoder.", "decoder.")) for k in sd) else \
+            " (it looks like a class-conditional VAR)" if "class_emb.weight" in sd else ""
+        raise FastervarError(f"{p}: not an Infinity transformer checkpoint{hint}; first key {next(iter(sd))!r}")
+    sd = _normalise(sd)
+    model = Infinity(cfg or infer_infinity_config(sd, p))
+    own = model.state_dict()
+    check_strict(own, sd, p, "Infinity")
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def load_infinity_model(checkpoint: str | os.PathLike, vae_checkpoint: str | os.PathLike,
+                        name: str | None = None, h_div_w: float = 1.0, pn: str = "1M") -> InfinityModel:
+    """Both files, architecture from `name` when given, else read off the files."""
+    t_cfg, v_cfg = INFINITY_CONFIGS[name] if name else (None, None)
+    transformer = load_infinity_transformer(checkpoint, t_cfg)
+    if v_cfg is None:
+        from .bsq import infer_bsq_config
+        vae_sd = read_state_dict(vae_checkpoint, unwrap="vae")
+        if is_infinity_state_dict(vae_sd):
+            raise FastervarError(f"{vae_checkpoint}: this is an Infinity transformer, given as the VAE")
+        probe = infer_bsq_config(vae_sd, 1, vae_checkpoint)
+        patch = 2 if transformer.cfg.bits == 4 * probe.codebook_dim else 1
+        v_cfg = BSQConfig(probe.codebook_dim, probe.ch, probe.ch_mult, probe.num_res_blocks, patch)
+    vae = load_bsq(vae_checkpoint, v_cfg)
+    model = InfinityModel(transformer, vae, h_div_w, pn)
+    model.weights_origin = "checkpoint"
+    return model.eval()
+
+
+def random_infinity(name: str, seed: int = 0, h_div_w: float = 1.0, pn: str = "0.06M") -> InfinityModel:
+    """A named configuration with seeded weights (keyed by parameter name, as the parity
+    references were made), for tests and speed benchmarks."""
+    from .loading import seeded_parameters
+    t_cfg, v_cfg = INFINITY_CONFIGS[name]
+    model = InfinityModel(Infinity(t_cfg), BSQVAE(v_cfg), h_div_w, pn)
+    for part, part_seed in ((model.infinity, seed + 1), (model.vae, seed + 2)):
+        values = seeded_parameters([(n, tuple(p.shape)) for n, p in part.named_parameters()], part_seed)
+        with torch.no_grad():
+            for n, p in part.named_parameters():
+                p.copy_(values[n])
+    model.weights_origin = "random"
+    return model.eval()
