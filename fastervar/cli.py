@@ -7,6 +7,7 @@ message with exit code 2.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -65,9 +66,11 @@ def model_options(fn):
     """--model / --var-checkpoint / --vae-checkpoint / --random-weights / --device."""
     for opt in reversed([
         click.option("--model", "model_name", metavar="NAME|DIR",
-                     help="Named model: fashion-tiny (the embedded default), or d16..d36 / tiny with checkpoints or "
-                          "--random-weights; or a model folder (config.json + weights, as train-tiny writes)."),
-        click.option("--var-checkpoint", type=click.Path(dir_okay=False), help="VAR transformer weights (.pth or .safetensors)."),
+                     help="Named model: fashion-tiny (the embedded default), or d16..d36 / tiny / infinity-2b / "
+                          "infinity-8b / infinity-tiny with checkpoints or --random-weights; or a model folder "
+                          "(config.json + weights, as train-tiny writes)."),
+        click.option("--checkpoint", "--var-checkpoint", "var_checkpoint", type=click.Path(),
+                     help="Transformer weights: VAR or Infinity (.pth, .safetensors, or Infinity-8B's shard folder)."),
         click.option("--vae-checkpoint", type=click.Path(dir_okay=False), help="VQVAE weights (.pth or .safetensors)."),
         click.option("--random-weights", is_flag=True, help="Seeded random weights (tests and speed benchmarks only)."),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
@@ -76,14 +79,21 @@ def model_options(fn):
     return fn
 
 
-def sampling_options(fn):
-    """Guidance, filtering and sampler choice, shared by every command that samples."""
+def sampling_options(fn, per_family: bool = False):
+    """Guidance, filtering and sampler choice, shared by every command that samples; with
+    `per_family`, guidance and top-p default to the family's published values."""
+    cfg_help = "Guidance at the last step (linear ramp from 0)."
+    cfg_default, top_p_default = 1.5, 0.96
+    if per_family:
+        cfg_help = "Guidance [default: 1.5 at the last step, ramped from 0, for VAR; 3, constant, for Infinity]."
+        cfg_default = top_p_default = None
     for opt in reversed([
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True,
-                     help="Guidance at the last step (linear ramp from 0)."),
+        click.option("--cfg", type=click.FloatRange(min=0), default=cfg_default, show_default=not per_family,
+                     help=cfg_help),
         click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True),
-        click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=top_p_default, show_default=not per_family,
+                     help="[default: 0.96 for VAR, 0.97 (per bit) for Infinity]" if per_family else None),
         click.option("--more-smooth", is_flag=True,
                      help="Soft Gumbel code mixing (upstream's visualisation mode; needs --sampler official)."),
         click.option("--sampler", type=click.Choice(["official", "portable"]), default="portable", show_default=True),
@@ -143,23 +153,100 @@ def _settings(cfg, top_k, top_p, more_smooth, sampler):
     return SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, sampler=sampler)
 
 
+def text_options(fn):
+    """Prompts and image shape for a text-to-image model (Infinity)."""
+    for opt in reversed([
+        click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="A prompt; repeat for more images."),
+        click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="File of prompts, one per line."),
+        click.option("--text-encoder", type=click.Path(file_okay=False), metavar="DIR",
+                     help="Flan-T5 folder (config.json, weights, tokenizer.json) to encode the prompts."),
+        click.option("--text-embeddings", type=click.Path(dir_okay=False), metavar="FILE.npz",
+                     help="Prompts encoded elsewhere: 'embeddings' (N, T, C) float32 zero-padded, 'lengths' (N,)."),
+        click.option("--aspect", default="1:1", show_default=True, help="Height:width, snapped to Infinity's templates."),
+        click.option("--pn", default="1M", show_default=True, type=click.Choice(["0.06M", "0.25M", "0.60M", "1M"]),
+                     help="Pixel budget (1M is 1024x1024 at 1:1)."),
+        click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+                     help="Logit temperature (Infinity)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+TEXT_FLAGS = {"prompts": "--prompt", "prompts_file": "--prompts", "text_encoder": "--text-encoder",
+              "text_embeddings": "--text-embeddings", "aspect": "--aspect", "pn": "--pn", "tau": "--tau"}
+
+
+def _is_text_model(model_name: str | None, checkpoint: str | None, text_given: list[str]) -> bool:
+    """Text-to-image when the model is named so, when the checkpoint is Infinity's, or, with no
+    model named, when prompts are given (the loader then says if the files are not Infinity's)."""
+    if model_name is not None:
+        return model_name.startswith("infinity")
+    if text_given:
+        return True
+    if checkpoint is None:
+        return False
+    from .models.infinity_checkpoint import is_infinity_file
+    return is_infinity_file(checkpoint)
+
+
+def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg, top_k,
+                   top_p, sampler, batch_size, out_dir) -> None:
+    """`generate` for a text-to-image model: prompts in, one image per prompt."""
+    from .models.infinity_checkpoint import resolve_infinity
+    from .models.infinity_family import BitSamplingSettings
+    from .models.infinity_schedules import parse_aspect, schedule
+    from .models.loading import resolve_device
+    from .models.prompts import read_prompts, text_batch
+    from .models.sampler import generate as run_generate
+    from .runtime.images import output_dir, write_pngs
+
+    prompts, prompts_file, text_encoder, embeddings, aspect, pn, tau = text_args
+    h_div_w = parse_aspect(aspect)
+    schedule(h_div_w, pn)
+    settings = BitSamplingSettings(cfg=3.0 if cfg is None else cfg, tau=tau, top_k=top_k,
+                                   top_p=0.97 if top_p is None else top_p, sampler=sampler)
+    text = text_batch(read_prompts(prompts, prompts_file), text_encoder, embeddings)
+    with output_dir(out_dir):
+        model = resolve_infinity(model_name, checkpoint, vae_checkpoint, random_weights, resolve_device(device),
+                                 h_div_w, pn)
+        result = run_generate(model, text, settings, seed=seed, batch_size=batch_size, progress=True)
+        paths = write_pngs(result.images.cpu().numpy(), out_dir)
+    click.echo(f"wrote {len(paths)} images to {out_dir}")
+
+
 @main.command()
 @model_options
 @click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
-@sampling_options
+@text_options
+@functools.partial(sampling_options, per_family=True)
 @click.option("--profile", "profile_spec", metavar="PROFILE", help="Accelerate with a profile (file or shipped name).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, 0001.png, ...")
-def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, class_ids, classes_file, seed, cfg,
-             top_k, top_p, more_smooth, sampler, batch_size, profile_spec, out_dir) -> None:
-    """Generate one image per class: the reference (baseline) sampler, or accelerated by --profile."""
+def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, class_ids, classes_file, prompts,
+             prompts_file, text_encoder, text_embeddings, aspect, pn, tau, seed, cfg, top_k, top_p, more_smooth,
+             sampler, batch_size, profile_spec, out_dir) -> None:
+    """Generate one image per class (VAR) or per prompt (Infinity): the reference sampler, or
+    accelerated by --profile (VAR)."""
     from .models.cuda_graphs import fast_path
     from .models.loading import resolve_model
     from .models.sampler import generate as run_generate
     from .runtime.images import output_dir, write_pngs
 
+    text_args = (prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau)
+    given = click.get_current_context().get_parameter_source
+    text_given = [flag for name, flag in TEXT_FLAGS.items() if given(name) is not click.core.ParameterSource.DEFAULT]
+    if _is_text_model(model_name, var_checkpoint, text_given):
+        if class_ids or classes_file or profile_spec or more_smooth:
+            raise FastervarError("--class/--classes/--profile/--more-smooth are for class-conditional VAR models; "
+                                 "a text-to-image model takes --prompt/--prompts (profiles for Infinity come later)")
+        _generate_text(model_name, var_checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg,
+                       top_k, top_p, sampler, batch_size, out_dir)
+        return
+    if text_given:
+        raise FastervarError(f"{text_given[0]} is for text-to-image models (--model infinity-*); "
+                             f"this is a class-conditional VAR model, which takes --class/--classes")
     classes = _parse_classes(class_ids, classes_file)
-    settings = _settings(cfg, top_k, top_p, more_smooth, sampler)
+    settings = _settings(1.5 if cfg is None else cfg, top_k, 0.96 if top_p is None else top_p, more_smooth, sampler)
     profile = _load_profile(profile_spec)
     with output_dir(out_dir):
         model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)

@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from PIL import Image
 from safetensors.torch import save_file
 
+from fastervar.cli import main
 from fastervar.errors import FastervarError
 from fastervar.models.infinity import Infinity
 from fastervar.models.infinity_checkpoint import (
@@ -232,3 +235,40 @@ def test_unknown_aspect_or_pn_is_one_line(aspect, pn, message):
     from fastervar.models.infinity_schedules import parse_aspect, schedule
     with pytest.raises(FastervarError, match=message):
         schedule(parse_aspect(aspect), pn)
+
+
+# -- the CLI, as a user with the released files runs it ----------------------------------------------
+def cli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("prefix", sorted(ASPECTS))
+def test_generate_with_upstream_files_and_embeddings_reproduces_upstream(infinity_files, one_thread, tmp_path, prefix):
+    text = reference_text()
+    np.savez(tmp_path / "emb.npz", embeddings=text.embeddings.numpy(), lengths=text.lengths.numpy())
+    aspect = "1:1" if ASPECTS[prefix] == 1.0 else "1:2"
+    result = cli("generate", "--checkpoint", infinity_files / "infinity.pth", "--vae-checkpoint",
+                 infinity_files / "vae.pth", "--text-embeddings", tmp_path / "emb.npz", "--aspect", aspect,
+                 "--pn", "0.06M", "--sampler", "official", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    images = np.stack([np.array(Image.open(tmp_path / "out" / f"{i:04d}.png")) for i in range(len(text))])
+    assert hashlib.sha256(images.tobytes()).hexdigest() == str(REF[prefix + "image_sha256"])
+
+
+def test_generate_refuses_mixed_families_in_one_line(infinity_files, tiny_files, tmp_path):
+    np.savez(tmp_path / "emb.npz", embeddings=np.zeros((1, 3, 256), np.float32), lengths=np.array([3]))
+    var_pth, vae_pth = tiny_files
+    cases = [
+        (["--checkpoint", infinity_files / "infinity.pth", "--vae-checkpoint", infinity_files / "vae.pth",
+          "--class", "1"], "are for class-conditional VAR models"),
+        (["--model", "tiny", "--random-weights", "--prompt", "a cat"], "--prompt is for text-to-image models"),
+        (["--checkpoint", var_pth, "--vae-checkpoint", vae_pth, "--text-embeddings", tmp_path / "emb.npz"],
+         "not an Infinity transformer checkpoint (it looks like a class-conditional VAR)"),
+        (["--model", "infinity-tiny", "--random-weights", "--prompt", "a cat"], "needs --text-encoder DIR"),
+        (["--model", "infinity-tiny", "--random-weights", "--text-embeddings", tmp_path / "emb.npz", "--aspect", "wide"],
+         "give height:width"),
+    ]
+    for args, message in cases:
+        result = cli("generate", *args, "--out", tmp_path / "never")
+        assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "never").exists()

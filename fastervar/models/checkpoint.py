@@ -77,6 +77,8 @@ def checkpoint_kind(sd: StateDict) -> str:
         return "vae"
     if "class_emb.weight" in sd or any(k.startswith("blocks.") for k in sd):
         return "var"
+    if "cfg_uncond" in sd or any(k.startswith("block_chunks.") for k in sd):
+        return "infinity"
     return "unknown"
 
 
@@ -87,6 +89,9 @@ def _expect_kind(sd: StateDict, path: Path, want: str) -> None:
     flag = {"var": "--var-checkpoint", "vae": "--vae-checkpoint"}[want]
     if kind == "unknown":
         raise FastervarError(f"{path}: not a {want.upper()} checkpoint (first key {next(iter(sd))!r})")
+    if kind == "infinity":
+        raise FastervarError(f"{path} is an Infinity (text-to-image) transformer; this command takes class-"
+                             f"conditional VAR models (Infinity runs in `fastervar generate`)")
     raise FastervarError(f"{path} looks like a {kind.upper()} checkpoint but was given as {flag}")
 
 

@@ -38,6 +38,24 @@ def is_infinity_state_dict(sd: StateDict) -> bool:
     return "cfg_uncond" in sd or any(k.startswith("block_chunks.") for k in sd)
 
 
+def is_infinity_file(path: str | os.PathLike) -> bool:
+    """Whether a transformer checkpoint is Infinity's, from its key names alone (safetensors
+    headers, or a memory-mapped pickle); unreadable files are left to the loader to report."""
+    p = Path(path)
+    if p.is_dir():
+        return True
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(p), framework="pt") as f:
+                keys = list(f.keys())
+        else:
+            keys = list(torch.load(p, map_location="cpu", weights_only=True, mmap=True))
+    except Exception:  # noqa: BLE001 - any unreadable file gets the loader's own message
+        return False
+    return "cfg_uncond" in keys or any(str(k).startswith("block_chunks.") for k in keys)
+
+
 def read_infinity_state_dict(path: str | os.PathLike) -> StateDict:
     """One file, or a folder of shards with a Hugging Face index (how Infinity-8B is released)."""
     p = Path(path)
@@ -117,6 +135,25 @@ def load_infinity_model(checkpoint: str | os.PathLike, vae_checkpoint: str | os.
     model = InfinityModel(transformer, vae, h_div_w, pn)
     model.weights_origin = "checkpoint"
     return model.eval()
+
+
+def resolve_infinity(name: str | None, checkpoint: str | None, vae_checkpoint: str | None,
+                     random_weights: bool, device: torch.device, h_div_w: float, pn: str) -> InfinityModel:
+    """The Infinity model the CLI options name: random weights of a named config, or the files."""
+    if name is not None and name not in INFINITY_CONFIGS:
+        raise FastervarError(f"unknown Infinity model {name!r}; choose one of {', '.join(INFINITY_CONFIGS)}")
+    if random_weights:
+        if checkpoint or vae_checkpoint:
+            raise FastervarError("--random-weights cannot be combined with checkpoint files")
+        if name is None:
+            raise FastervarError("--random-weights needs --model NAME")
+        model = random_infinity(name, h_div_w=h_div_w, pn=pn)
+    else:
+        if not (checkpoint and vae_checkpoint):
+            raise FastervarError(f"{name or 'Infinity'} has no shipped weights: give --checkpoint (the "
+                                 f"transformer) and --vae-checkpoint, or --random-weights")
+        model = load_infinity_model(checkpoint, vae_checkpoint, name, h_div_w, pn)
+    return model.to(device)
 
 
 def random_infinity(name: str, seed: int = 0, h_div_w: float = 1.0, pn: str = "0.06M") -> InfinityModel:

@@ -49,3 +49,32 @@ def read_text_embeddings(path: str | Path) -> TextBatch:
     if len(lengths) == 0 or lengths.min() < 1 or lengths.max() > emb.shape[1]:
         raise FastervarError(f"{p}: every length must be in 1..{emb.shape[1]}")
     return TextBatch(torch.from_numpy(emb.copy()), torch.from_numpy(lengths.astype(np.int64)))
+
+
+def read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:
+    """`--prompt` values, then the non-empty lines of `--prompts FILE`, in order."""
+    out = list(prompts)
+    if prompts_file:
+        try:
+            out += [line.strip() for line in Path(prompts_file).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FastervarError(f"cannot read --prompts file {prompts_file}: {exc}") from None
+    return out
+
+
+def text_batch(prompts: list[str], text_encoder: str | None, embeddings_file: str | None) -> TextBatch:
+    """The prompts encoded by the T5 folder, or the rows of an embeddings file (which then stand
+    for the images, in order, and take no prompts)."""
+    if embeddings_file:
+        if text_encoder or prompts:
+            raise FastervarError("--text-embeddings already holds the prompts: give it without "
+                                 "--prompt/--prompts/--text-encoder")
+        return read_text_embeddings(embeddings_file)
+    if not text_encoder:
+        raise FastervarError("a text-to-image model needs --text-encoder DIR (a Flan-T5 folder) "
+                             "or --text-embeddings FILE.npz")
+    if not prompts:
+        raise FastervarError("no prompts given: use --prompt TEXT (repeatable) or --prompts FILE")
+    from .t5 import TextEncoder
+    emb, lengths = TextEncoder.from_folder(text_encoder).encode(prompts)
+    return TextBatch(torch.from_numpy(emb), torch.from_numpy(lengths))

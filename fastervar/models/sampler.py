@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..runtime.noise import NoiseKey, batch_uniform, image_keys
 from .family import StepModel, StepOutput, StepState
+from .prompts import TextBatch
 from .sampling import SamplingSettings
 
 OnStep = Callable[[int, StepState, StepOutput | None], None]
@@ -118,16 +119,17 @@ def batch_generator(settings: SamplingSettings, device: torch.device, seed: int)
 
 
 @torch.no_grad()
-def generate(model: StepModel, classes: Sequence[int], settings: SamplingSettings, seed: int = 0,
+def generate(model: StepModel, inputs: Sequence[int] | TextBatch, settings: SamplingSettings, seed: int = 0,
              batch_size: int = 16, progress: bool = False) -> Generation:
-    """Generate one image per entry of `classes`, in order."""
+    """Generate one image per class index (or per prompt, for a text model), in order."""
     device = model.device
     parts: list[Generation] = []
-    starts = range(0, len(classes), batch_size)
+    starts = range(0, len(inputs), batch_size)
     for j, lo in enumerate(tqdm(starts, desc="batches", disable=not progress or len(starts) < 2)):
-        idx = list(range(lo, min(lo + batch_size, len(classes))))
-        labels = torch.tensor([classes[i] for i in idx], device=device)
-        parts.append(generate_batch(model, labels, settings, image_keys(seed, idx),
+        idx = list(range(lo, min(lo + batch_size, len(inputs))))
+        batch = inputs.rows(idx) if isinstance(inputs, TextBatch) else \
+            torch.tensor([inputs[i] for i in idx], device=device)
+        parts.append(generate_batch(model, batch, settings, image_keys(seed, idx),
                                     batch_generator(settings, device, seed + j), progress=progress))
     return merge(parts)
 
