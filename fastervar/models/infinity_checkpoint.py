@@ -159,13 +159,8 @@ def resolve_infinity(name: str | None, checkpoint: str | None, vae_checkpoint: s
 def random_infinity(name: str, seed: int = 0, h_div_w: float = 1.0, pn: str = "0.06M") -> InfinityModel:
     """A named configuration with seeded weights (keyed by parameter name, as the parity
     references were made), for tests and speed benchmarks."""
-    from .loading import seeded_parameters
+    from .loading import seed_module_
     t_cfg, v_cfg = INFINITY_CONFIGS[name]
-    model = InfinityModel(Infinity(t_cfg), BSQVAE(v_cfg), h_div_w, pn)
-    for part, part_seed in ((model.infinity, seed + 1), (model.vae, seed + 2)):
-        values = seeded_parameters([(n, tuple(p.shape)) for n, p in part.named_parameters()], part_seed)
-        with torch.no_grad():
-            for n, p in part.named_parameters():
-                p.copy_(values[n])
+    model = InfinityModel(seed_module_(Infinity(t_cfg), seed + 1), seed_module_(BSQVAE(v_cfg), seed + 2), h_div_w, pn)
     model.weights_origin = "random"
     return model.eval()

@@ -47,28 +47,36 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-@torch.no_grad()
-def seeded_parameters(shapes: Iterable[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Seeded values for named parameters, each drawn from its own (seed, name) stream.
+def seeded_value(name: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """A parameter's seeded value, drawn from its own (seed, name) stream.
 
     Keyed by name rather than by module order, so two implementations with the same parameter
     names (ours and upstream's, in a parity check) get identical weights. Norm gains sit near 1,
     attention temperatures at log 4 (cosine attention's initial value), matrices at 1/sqrt(fan_in).
     """
-    out = {}
-    for name, shape in shapes:
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        noise = torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
-        leaf = name.rsplit(".", 2)[-2] if name.count(".") else ""
-        if name.endswith("scale_mul_1H11"):
-            out[name] = torch.full(tuple(shape), math.log(4.0))
-        elif name.endswith(".weight") and len(shape) == 1 and ("norm" in leaf or leaf.endswith("nm")):
-            out[name] = 1 + 0.05 * noise
-        elif len(shape) >= 2 and name.endswith("weight"):
-            out[name] = noise / math.sqrt(math.prod(shape[1:]))
-        else:
-            out[name] = 0.05 * noise
-    return out
+    if name.endswith("scale_mul_1H11"):
+        return torch.full(tuple(shape), math.log(4.0))
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    noise = torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+    leaf = name.rsplit(".", 2)[-2] if name.count(".") else ""
+    if name.endswith(".weight") and len(shape) == 1 and ("norm" in leaf or leaf.endswith("nm")):
+        return noise.mul_(0.05).add_(1)
+    if len(shape) >= 2 and name.endswith("weight"):
+        return noise.div_(math.sqrt(math.prod(shape[1:])))
+    return noise.mul_(0.05)
+
+
+def seeded_parameters(shapes: Iterable[tuple[str, tuple[int, ...]]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """`seeded_value` for each (name, shape)."""
+    return {name: seeded_value(name, shape, seed) for name, shape in shapes}
+
+
+@torch.no_grad()
+def seed_module_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fill every parameter with its `seeded_value`, one at a time (a 2B model has no room for a copy)."""
+    for name, p in module.named_parameters():
+        p.copy_(seeded_value(name, tuple(p.shape), seed))
+    return module
 
 
 def random_model(name: str, seed: int = 0) -> VARModel:
