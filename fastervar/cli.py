@@ -621,13 +621,15 @@ def _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_d
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Calibration seeds per class.")
 @click.option("--max-quality-drop", type=click.FloatRange(0, 1), default=0.15, show_default=True)
 @click.option("--images", type=click.IntRange(min=2), default=100, show_default=True, help="Bench prompts.")
-def demo(out_dir, seeds, max_quality_drop, images) -> None:
+@click.option("--model", "model_name", type=click.Choice(["fashion-16", "fashion-tiny"]), default=None,
+              help="Shipped model [default: the embedded one, fashion-16; fashion-tiny is the small, fast one].")
+def demo(out_dir, seeds, max_quality_drop, images, model_name) -> None:
     """The main job on the embedded model: calibrate -> export -> run -> bench, into one folder."""
     from .bench.demo import run_demo
     seed_list = _int_list(seeds, "--seeds")
     if not seed_list or min(seed_list) < 0:
         raise FastervarError("--seeds must list non-negative integers")
-    summary = run_demo(Path(out_dir), seed_list, max_quality_drop, images)
+    summary = run_demo(Path(out_dir), seed_list, max_quality_drop, images, model_name)
     for line in summary:
         click.echo(line)
 
@@ -728,7 +730,7 @@ def profiles_show(name: str) -> None:
 @click.option("--vae-steps", type=click.IntRange(min=1), default=None,
               help="VQVAE steps [default: 900 for fashion-tiny, 1000 for fashion-16].")
 @click.option("--var-steps", type=click.IntRange(min=1), default=None,
-              help="VAR steps [default: 3600 for fashion-tiny, 2700 for fashion-16].")
+              help="VAR steps [default: 3600 for fashion-tiny, 2400 for fashion-16].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def train_tiny(data_dir, work_dir, out_dir, model_name, seed, vae_steps, var_steps, device) -> None:
     """Train an embedded model (VQVAE, then VAR) and the evaluation classifier; resumes from --work-dir."""

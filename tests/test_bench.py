@@ -26,7 +26,7 @@ def run(*args: str):
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
-    r = run("bench", "--images", "20", "--batch-size", "10", "--compare", "fashion-tiny-calibrated-fast", "--reps", "2",
+    r = run("bench", "--model", "fashion-tiny", "--images", "20", "--batch-size", "10", "--compare", "fashion-tiny-calibrated-fast", "--reps", "2",
             "--out", str(d / "report"), "--json", str(d / "b.json"))
     assert r.exit_code == 0, r.output
     return d
@@ -81,19 +81,19 @@ def test_bench_random_weights_is_speed_only(tmp_path):
 
 def test_bench_bad_arguments(bench_dir, tmp_path):
     out = str(tmp_path / "o")
-    assert_bad_input(run("bench", "--profile", "nope", "--out", out), "nope")
-    assert_bad_input(run("bench", "--profile", "d16-paper-split", "--out", out), "made for another model")
-    assert_bad_input(run("bench", "--bundle", str(tmp_path), "--no-bundle", "--out", out), "contradict")
-    assert_bad_input(run("bench", "--no-bundle", "--compare", "fashion-tiny-calibrated", "--out", out),
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--profile", "nope", "--out", out), "nope")
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--profile", "d16-paper-split", "--out", out), "made for another model")
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--bundle", str(tmp_path), "--no-bundle", "--out", out), "contradict")
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--no-bundle", "--compare", "fashion-tiny-calibrated", "--out", out),
                      "already in the bench")
-    assert_bad_input(run("bench", "--no-bundle", "--compare", "d16-paper-split", "--out", out), "made for another model")
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--no-bundle", "--compare", "d16-paper-split", "--out", out), "made for another model")
     bundle = str(bench_dir / "report" / "bundle")
-    assert_bad_input(run("bench", "--bundle", bundle, "--cfg", "3", "--out", out), "cfg 1.5 (asked 3.0)")
-    assert_bad_input(run("bench", "--bundle", bundle, "--profile", "fashion-tiny-skipvar-skip1", "--out", out),
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--bundle", bundle, "--cfg", "3", "--out", out), "cfg 1.5 (asked 3.0)")
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--bundle", bundle, "--profile", "fashion-tiny-skipvar-skip1", "--out", out),
                      "was exported with profile 'fashion-tiny-calibrated'")
-    assert_bad_input(run("bench", "--bundle", bundle, "--identity-bundle", bundle, "--out", out),
+    assert_bad_input(run("bench", "--model", "fashion-tiny", "--bundle", bundle, "--identity-bundle", bundle, "--out", out),
                      "not the identity profile")
-    r = run("bench", "--images", "1", "--out", out)
+    r = run("bench", "--model", "fashion-tiny", "--images", "1", "--out", out)
     assert r.exit_code == 2 and "Traceback" not in r.output
 
 
@@ -105,14 +105,14 @@ def test_peak_memory_sees_an_allocation():
 
 
 def quick_calibrate(model, classes, seeds, settings, target, drop, out, report_dir, *rest, **options):
-    prof = resolve("fashion-tiny-calibrated")       # calibration itself is covered in test_profile_cli
+    prof = resolve(f"{model.cfg.name}-calibrated")       # calibration itself is covered in test_profile_cli
     prof.save(out)
     return prof, report_dir / "report.md"
 
 
 def test_demo_runs_every_stage_and_compares_both_peers_at_equal_speed(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_mod, "calibrate", quick_calibrate)
-    r = run("demo", "--out", str(tmp_path / "d"), "--seeds", "0", "--images", "20")
+    r = run("demo", "--model", "fashion-tiny", "--out", str(tmp_path / "d"), "--seeds", "0", "--images", "20")
     assert r.exit_code == 0, r.output
     d = tmp_path / "d"
     assert len(list((d / "images").glob("*.png"))) == 10 and (d / "bundle" / "manifest.json").exists()
@@ -126,7 +126,7 @@ def test_demo_runs_every_stage_and_compares_both_peers_at_equal_speed(tmp_path, 
 def test_interrupted_demo_leaves_no_half_written_bundle(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_mod, "calibrate", quick_calibrate)
     interrupt_trace(monkeypatch, 2)
-    r = run("demo", "--out", str(tmp_path / "d"), "--seeds", "0,1,2,3,4", "--images", "10")
+    r = run("demo", "--model", "fashion-tiny", "--out", str(tmp_path / "d"), "--seeds", "0,1,2,3,4", "--images", "10")
     assert r.exit_code == 130
     d = tmp_path / "d"
     assert json.loads((d / "profile.json").read_text())["name"]        # the finished stage is whole

@@ -172,7 +172,7 @@ def test_cli_run_writes_the_pngs_generate_writes(bundles, tmp_path):
     a, b = tmp_path / "run", tmp_path / "gen"
     r = run("run", str(path), "--class", "2", "--class", "8", "--class", "8", "--seed", "5", "--out", str(a))
     assert r.exit_code == 0, r.output
-    r = run("generate", "--profile", "fashion-tiny-calibrated", "--sampler", "portable", "--class", "2",
+    r = run("generate", "--model", "fashion-tiny", "--profile", "fashion-tiny-calibrated", "--sampler", "portable", "--class", "2",
             "--class", "8", "--class", "8", "--seed", "5", "--out", str(b))
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in a.iterdir())

@@ -68,7 +68,7 @@ def test_missing_model_folder_is_one_line(tmp_path):
 
 def test_evaluate_uses_the_given_judge(tmp_path, shifted_judge, user_folder):
     base, mine = tmp_path / "base.json", tmp_path / "mine.json"
-    r = run("evaluate", "--samples-per-class", "3", "--json", str(base))
+    r = run("evaluate", "--model", "fashion-tiny", "--samples-per-class", "3", "--json", str(base))
     assert r.exit_code == 0, r.output
     assert "warning" not in r.stderr                              # shipped weights, shipped judge
     r = run("evaluate", "--model", str(user_folder), "--samples-per-class", "3", "--judge", str(shifted_judge),
@@ -101,14 +101,14 @@ def test_bench_judges_with_the_given_judge(tmp_path, shifted_judge, user_folder)
 
 
 def test_bad_judge_folders_are_one_line(tmp_path, shifted_judge):
-    assert_bad_input(run("evaluate", "--judge", str(tmp_path / "nope"), "--samples-per-class", "2"), "not a folder")
+    assert_bad_input(run("evaluate", "--model", "fashion-tiny", "--judge", str(tmp_path / "nope"), "--samples-per-class", "2"), "not a folder")
     partial = tmp_path / "partial"
     shutil.copytree(shifted_judge, partial)
     (partial / STATS).unlink()
-    assert_bad_input(run("evaluate", "--judge", str(partial), "--samples-per-class", "2"),
+    assert_bad_input(run("evaluate", "--model", "fashion-tiny", "--judge", str(partial), "--samples-per-class", "2"),
                      "missing classifier/fashion_test_stats.npz")
     (partial / STATS).write_bytes(b"not an npz")
-    assert_bad_input(run("evaluate", "--judge", str(partial), "--samples-per-class", "2"), "cannot read")
+    assert_bad_input(run("evaluate", "--model", "fashion-tiny", "--judge", str(partial), "--samples-per-class", "2"), "cannot read")
     assert_bad_input(run("evaluate", "--model", "d16", "--random-weights", "--judge", str(shifted_judge)),
                      "the judge scores 32 px images of 10 classes")
 

@@ -1,7 +1,7 @@
 """`fastervar demo`: the whole product on the embedded model, into one folder.
 
 calibrate (profile + report) -> export (bundle) -> run (one image per class, torch-free runtime)
--> bench (every variant side by side, with the shipped fashion-tiny-calibrated-fast profile so
+-> bench (every variant side by side, with the shipped MODEL-calibrated-fast profile so
 that both peers have a profile of ours near their speed). Each stage writes atomically, so an interruption leaves
 finished stages whole and nothing half-written.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..assets import EMBEDDED_MODEL_NAME
 from ..calibrate.run import calibrate, weights_sha256
 from ..evaluate.judge import shipped_judge
 from ..export.bundle import export_bundle
-from ..models.loading import embedded_model
+from ..models.loading import shipped_model
 from ..models.sampling import SamplingSettings
 from ..profile import identity
 from ..profiles import resolve
@@ -24,10 +25,12 @@ from ..runtime.images import write_pngs
 from .command import bench, runtime_variants
 
 
-def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int) -> list[str]:
-    """Run the four stages; returns the summary lines the CLI prints."""
+def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int,
+             model_name: str | None = None) -> list[str]:
+    """Run the four stages on a shipped model (the embedded one by default); returns the summary
+    lines the CLI prints."""
     t0 = time.perf_counter()
-    model = embedded_model()
+    model = shipped_model(model_name or EMBEDDED_MODEL_NAME)
     settings = SamplingSettings()
     classes = list(range(model.cfg.var.num_classes))
 

@@ -36,10 +36,10 @@ class TrainSettings:
 
 # The models `train-tiny --model` builds, with the settings their shipped weights were trained with.
 # fashion-16 runs 680 tokens per image (4.4x fashion-tiny's), so it trains at half the batch and
-# checkpoints often; 2700 steps (1.7x fashion-tiny's token count) fit an afternoon on 2 cores.
+# checkpoints often; 2400 steps (1.5x fashion-tiny's token count) fit an afternoon on 2 cores.
 TRAINABLE: dict[str, dict[str, float]] = {
     "fashion-tiny": {"vae_steps": 900, "var_steps": 3600},
-    "fashion-16": {"vae_steps": 1000, "var_steps": 2700, "var_batch": 32, "var_lr": 1e-3,
+    "fashion-16": {"vae_steps": 1000, "var_steps": 2400, "var_batch": 32, "var_lr": 1e-3,
                    "save_every": 100},
 }
 
