@@ -272,3 +272,27 @@ def test_generate_refuses_mixed_families_in_one_line(infinity_files, tiny_files,
         result = cli("generate", *args, "--out", tmp_path / "never")
         assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
         assert not (tmp_path / "never").exists()
+
+
+def test_prompt_strings_through_a_t5_folder_give_the_embeddings_images(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers builds the tiny T5 folder")
+    from fastervar.models.t5 import TextEncoder
+    from tests.test_t5 import _tokenizer
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
+    transformers.T5EncoderModel(cfg).eval().save_pretrained(tmp_path / "t5")
+    _tokenizer().save(str(tmp_path / "t5" / "tokenizer.json"))
+    prompts = ["a red cat on the grass", "the dog"]
+    common = ["--model", "infinity-tiny", "--random-weights", "--pn", "0.06M"]
+    r = cli("generate", *common, "--text-encoder", tmp_path / "t5", "--prompt", prompts[0], "--prompt", prompts[1],
+            "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    emb, lengths = TextEncoder.from_folder(tmp_path / "t5").encode(prompts)
+    assert lengths.tolist() == [7, 3]                                   # words and </s>, at true length
+    np.savez(tmp_path / "emb.npz", embeddings=emb, lengths=lengths)
+    r = cli("generate", *common, "--text-embeddings", tmp_path / "emb.npz", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    for i in range(2):
+        assert np.array_equal(np.array(Image.open(tmp_path / "a" / f"{i:04d}.png")),
+                              np.array(Image.open(tmp_path / "b" / f"{i:04d}.png")))
