@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from fastervar.accel.presets import paper_split
+from fastervar.assets import shipped_model_dir
 from fastervar.export.bundle import export_bundle
 from fastervar.models.family import VARModel
-from fastervar.models.loading import embedded_model, random_model
+from fastervar.models.loading import random_model, shipped_model
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profile import Profile, identity
 from fastervar.profiles import resolve, shipped
@@ -20,7 +21,7 @@ from fastervar.runtime.manifest import read_manifest
 
 def load_model(name: str) -> VARModel:
     """The shipped model by name, or a named configuration with seeded random weights."""
-    return embedded_model() if name == "fashion-tiny" else random_model(name)
+    return shipped_model(name) if (shipped_model_dir(name) / "config.json").exists() else random_model(name)
 
 
 def load_profile(spec: str | None, model: VARModel) -> Profile:

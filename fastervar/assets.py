@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "assets"
 PROFILES_DIR = ROOT / "profiles"
-EMBEDDED_MODEL_NAME = "fashion-tiny"
+EMBEDDED_MODEL_NAME = "fashion-16"
 
 
 def shipped_model_dir(name: str) -> Path:

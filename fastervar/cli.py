@@ -66,7 +66,8 @@ def model_options(fn):
     """--model / --var-checkpoint / --vae-checkpoint / --random-weights / --device."""
     for opt in reversed([
         click.option("--model", "model_name", metavar="NAME|DIR",
-                     help="Named model: fashion-tiny (the embedded default), or d16..d36 / tiny / infinity-2b / "
+                     help="Named model: fashion-16 (the embedded default), fashion-tiny (small and fast), or "
+                          "d16..d36 / tiny / infinity-2b / "
                           "infinity-8b / infinity-tiny with checkpoints or --random-weights; or a model folder "
                           "(config.json + weights, as train-tiny writes)."),
         click.option("--checkpoint", "--var-checkpoint", "var_checkpoint", type=click.Path(),
@@ -499,8 +500,8 @@ def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, th
 @model_options
 @guidance_options
 @click.option("--profile", "profile_spec", metavar="PROFILE",
-              help="Profile to compare: a file, a shipped name, or 'identity' [default: fashion-tiny-calibrated, "
-                   "or MODEL-paper-split].")
+              help="Profile to compare: a file, a shipped name, or 'identity' [default: MODEL-calibrated "
+                   "for a shipped model, else MODEL-paper-split].")
 @click.option("--bundle", "bundle_path", type=click.Path(file_okay=False),
               help="Exported bundle of that profile to run on the runtime [default: export one into OUT/bundle].")
 @click.option("--identity-bundle", "identity_path", type=click.Path(file_okay=False),
@@ -566,13 +567,13 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
 
 
 def _default_profile(model):
-    """The embedded model's calibrated profile; else the shipped paper-split template, or one made
-    on the spot for configurations without a shipped template."""
+    """A shipped model's calibrated profile; else the shipped paper-split template, or one made on
+    the spot for configurations without a shipped template."""
     from .accel.presets import paper_split
-    from .assets import EMBEDDED_MODEL_NAME
     from .profiles import shipped
-    name = f"{EMBEDDED_MODEL_NAME}-calibrated" if model.cfg.name == EMBEDDED_MODEL_NAME else f"{model.cfg.name}-paper-split"
-    return _load_profile(name) if name in shipped() else paper_split(model.cfg)
+    names = [f"{model.cfg.name}-calibrated", f"{model.cfg.name}-paper-split"]
+    name = next((n for n in names if n in shipped()), None)
+    return _load_profile(name) if name else paper_split(model.cfg)
 
 
 def _bench_pipelines(model, profile, settings, bundle_path, identity_path, out_dir, batch_size, provider,

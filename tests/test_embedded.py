@@ -39,12 +39,14 @@ def test_shipped_files_fit_the_budget():
 
 
 def test_configuration(model):
+    """The default model is VAR-256's pyramid: its ten steps, 680 tokens, 62.5% in the last two."""
     cfg = model.cfg
-    assert cfg == get_config("fashion-tiny")
+    assert cfg == get_config("fashion-16") == get_config(EMBEDDED_MODEL_NAME)
     assert cfg.resolution == 32 and cfg.vae.in_channels == 3 and cfg.var.num_classes == 10
     pn = cfg.var.patch_nums
-    assert len(pn) >= 7
-    assert (pn[-1] ** 2 + pn[-2] ** 2) / sum(p * p for p in pn) >= 0.55
+    assert pn == get_config("d16").var.patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    assert sum(p * p for p in pn) == 680
+    assert (pn[-1] ** 2 + pn[-2] ** 2) / 680 == 0.625
 
 
 def test_fixed_seed_generation_is_deterministic(model):

@@ -20,7 +20,7 @@ from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.cli import main
 from fastervar.export import bundle as bundle_mod
 from fastervar.export.bundle import export_bundle
-from fastervar.models.loading import embedded_model, random_model
+from fastervar.models.loading import random_model, shipped_model
 from fastervar.models.sampler import generate
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profile import identity
@@ -39,7 +39,8 @@ def run(*args: str):
 
 @pytest.fixture(scope="module")
 def embedded():
-    return embedded_model()
+    """The small shipped model (fashion-tiny): real trained weights, fast enough for export tests."""
+    return shipped_model("fashion-tiny")
 
 
 @pytest.fixture(scope="module")

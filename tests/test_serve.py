@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from fastervar.cli import main
 from fastervar.export.bundle import export_bundle
-from fastervar.models.loading import embedded_model
+from fastervar.models.loading import shipped_model
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profiles import resolve
 from fastervar.runtime.pipeline import Pipeline
@@ -36,7 +36,7 @@ from .test_cli import assert_bad_input
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return export_bundle(embedded_model(), resolve("fashion-tiny-calibrated"), tmp_path_factory.mktemp("b") / "bundle",
+    return export_bundle(shipped_model("fashion-tiny"), resolve("fashion-tiny-calibrated"), tmp_path_factory.mktemp("b") / "bundle",
                          SamplingSettings(), max_batch=8, progress=False)
 
 

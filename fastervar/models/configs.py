@@ -130,11 +130,12 @@ def _named() -> dict[str, ModelConfig]:
     out["fashion-tiny"] = ModelConfig(
         "fashion-tiny", VARConfig(depth=6, embed_dim=96, num_heads=3, num_classes=10, patch_nums=TINY_SCHEDULE),
         VQVAEConfig(vocab_size=512, z_channels=16, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, num_groups=8),
-        "the embedded model: class-conditional VAR on Fashion-MNIST, 32 px, 7 steps")
+        "the small shipped model the tests use: class-conditional VAR on Fashion-MNIST, 32 px, 7 steps")
     out["fashion-16"] = ModelConfig(
         "fashion-16", VARConfig(depth=6, embed_dim=128, num_heads=2, num_classes=10),
         VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, num_groups=8),
-        "class-conditional VAR on Fashion-MNIST, 32 px, on VAR-256's 10-step schedule (16x16 latent)")
+        "the embedded default: class-conditional VAR on Fashion-MNIST, 32 px, on VAR-256's 10-step "
+        "schedule (16x16 latent)")
     return out
 
 
