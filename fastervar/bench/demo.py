@@ -36,7 +36,8 @@ def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int,
 
     tqdm.write("[1/4] calibrate: measure the baseline, search profiles")
     profile, cal_report = calibrate(model, classes, seeds, settings, None, max_quality_drop, out / "profile.json",
-                                    out / "calibration", out / ".cache", 16, None, judge=shipped_judge())
+                                    out / "calibration", out / ".cache", 16, f"{model.cfg.name}-demo",
+                                    judge=shipped_judge())
     tqdm.write("[2/4] export: ONNX graphs with the profile baked in (and the identity profile, for attribution)")
     sha = weights_sha256(model)
     bundle = export_bundle(model, profile, out / "bundle", settings, max_batch=16, weights_sha256=sha)
