@@ -204,8 +204,8 @@ def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, devic
     prompts, prompts_file, text_encoder, embeddings, aspect, pn, tau = text_args
     h_div_w = parse_aspect(aspect)
     schedule(h_div_w, pn)
-    settings = BitSamplingSettings(cfg=3.0 if cfg is None else cfg, tau=tau, top_k=top_k,
-                                   top_p=0.97 if top_p is None else top_p, sampler=sampler)
+    settings = BitSamplingSettings(cfg=BitSamplingSettings.cfg if cfg is None else cfg, tau=tau, top_k=top_k,
+                                   top_p=BitSamplingSettings.top_p if top_p is None else top_p, sampler=sampler)
     text = text_batch(read_prompts(prompts, prompts_file), text_encoder, embeddings)
     with output_dir(out_dir):
         model = resolve_infinity(model_name, checkpoint, vae_checkpoint, random_weights, resolve_device(device),
@@ -247,7 +247,9 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
         raise FastervarError(f"{text_given[0]} is for text-to-image models (--model infinity-*); "
                              f"this is a class-conditional VAR model, which takes --class/--classes")
     classes = _parse_classes(class_ids, classes_file)
-    settings = _settings(1.5 if cfg is None else cfg, top_k, 0.96 if top_p is None else top_p, more_smooth, sampler)
+    from .models.sampling import SamplingSettings
+    settings = _settings(SamplingSettings.cfg if cfg is None else cfg, top_k,
+                         SamplingSettings.top_p if top_p is None else top_p, more_smooth, sampler)
     profile = _load_profile(profile_spec)
     with output_dir(out_dir):
         model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
