@@ -71,13 +71,18 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:160] if text else type(exc).__name__
 
 
+def names_infinity(keys) -> bool:
+    """Whether state-dict key names are an Infinity transformer's (its null prompt, its block chunks)."""
+    return any(k == "cfg_uncond" or str(k).startswith("block_chunks.") for k in keys)
+
+
 def checkpoint_kind(sd: StateDict) -> str:
     """'vae', 'var' or 'unknown', judged from the key names."""
     if any(k.startswith(_VAE_PREFIXES) for k in sd):
         return "vae"
     if "class_emb.weight" in sd or any(k.startswith("blocks.") for k in sd):
         return "var"
-    if "cfg_uncond" in sd or any(k.startswith("block_chunks.") for k in sd):
+    if names_infinity(sd):
         return "infinity"
     return "unknown"
 

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import FastervarError
 from .bsq import BSQ_CONFIGS, BSQVAE, BSQConfig, load_bsq
-from .checkpoint import StateDict, check_strict, read_state_dict
+from .checkpoint import StateDict, check_strict, names_infinity, read_state_dict
 from .infinity import Infinity, InfinityConfig
 from .infinity_family import InfinityModel
 
@@ -32,10 +32,6 @@ INFINITY_CONFIGS: dict[str, tuple[InfinityConfig, BSQConfig]] = {
                       BSQConfig(codebook_dim=8, ch=32, num_res_blocks=1)),
 }
 _SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def is_infinity_state_dict(sd: StateDict) -> bool:
-    return "cfg_uncond" in sd or any(k.startswith("block_chunks.") for k in sd)
 
 
 def is_infinity_file(path: str | os.PathLike) -> bool:
@@ -53,7 +49,7 @@ def is_infinity_file(path: str | os.PathLike) -> bool:
             keys = list(torch.load(p, map_location="cpu", weights_only=True, mmap=True))
     except Exception:  # noqa: BLE001 - any unreadable file gets the loader's own message
         return False
-    return "cfg_uncond" in keys or any(str(k).startswith("block_chunks.") for k in keys)
+    return names_infinity(keys)
 
 
 def read_infinity_state_dict(path: str | os.PathLike) -> StateDict:
@@ -106,7 +102,7 @@ def infer_infinity_config(sd: StateDict, path: str | os.PathLike) -> InfinityCon
 def load_infinity_transformer(path: str | os.PathLike, cfg: InfinityConfig | None = None) -> Infinity:
     p = Path(path)
     sd = read_infinity_state_dict(p)
-    if not is_infinity_state_dict(sd):
+    if not names_infinity(sd):
         hint = " (it looks like a VAE)" if any(k.startswith(("encoder.", "decoder.")) for k in sd) else \
             " (it looks like a class-conditional VAR)" if "class_emb.weight" in sd else ""
         raise FastervarError(f"{p}: not an Infinity transformer checkpoint{hint}; first key {next(iter(sd))!r}")
@@ -126,7 +122,7 @@ def load_infinity_model(checkpoint: str | os.PathLike, vae_checkpoint: str | os.
     if v_cfg is None:
         from .bsq import infer_bsq_config
         vae_sd = read_state_dict(vae_checkpoint, unwrap="vae")
-        if is_infinity_state_dict(vae_sd):
+        if names_infinity(vae_sd):
             raise FastervarError(f"{vae_checkpoint}: this is an Infinity transformer, given as the VAE")
         probe = infer_bsq_config(vae_sd, 1, vae_checkpoint)
         patch = 2 if transformer.cfg.bits == 4 * probe.codebook_dim else 1
