@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fastervar.calibrate.measure import measure
 from fastervar.calibrate.search import (
+    KEEP_RATIOS,
     Candidate,
     Knobs,
     Searcher,
     _unmet_message,
+    build_profile,
+    reachable_boundary,
     search,
     stage_split,
 )
@@ -58,3 +61,23 @@ def test_an_unmet_target_names_the_nearest_candidate_on_each_side():
     # without a judge there is only one side
     plain = [_cand(c.speedup, c.ssim, None) for c in tried]
     assert _unmet_message(plain, 40, None, None, 0.02).endswith("closest: predicted speedup 2.00x at paired SSIM 0.700")
+
+
+def test_a_target_beyond_the_measured_refine_steps_moves_the_boundary_earlier():
+    model = random_model("tiny")
+    settings = SamplingSettings()
+    m = measure(model, [0, 3], [0], settings, judge=None, batch_size=2)
+    last = model.num_steps - 1
+    stages = {"semantic": list(range(last)), "refine": [last]}     # the split leaves one refine step
+    s = Searcher(model, m, stages, [0, 3], [0], settings, 2, None)
+
+    def fastest(b: int) -> float:
+        k = Knobs(boundary=b, keep=KEEP_RATIOS[0], selector="grid")
+        return s.predict(build_profile(model, m, stages, k, "probe"))[0]["transformer"]
+
+    target = (fastest(last - 1) + fastest(2)) / 2
+    b = reachable_boundary(s, last - 1, target)
+    assert 2 <= b < last - 1
+    assert fastest(b) >= target > fastest(b + 1)
+    chosen, _ = search(s, target_speedup=target, max_drop=None)
+    assert chosen.meets and chosen.speedup >= target           # out of reach from the measured split alone

@@ -170,12 +170,16 @@ class Searcher:
             self.on_candidate(cand)
         return cand
 
+    def predict(self, profile: Profile) -> tuple[dict, dict]:
+        """(price, FLOPs prediction) of a profile, without running it: cheap enough to plan with."""
+        cfg = self.model.cfg
+        flops = predicted_speedup(cfg, self.base_profile, profile, self.batch)
+        return (flops if self.latency is None else self.latency.speedup(cfg, self.base_profile, profile)), flops
+
     def score(self, profile: Profile, knobs: Knobs | None = None) -> Candidate:
         """Price and judge any profile (a candidate, or a peer's recipe) on the calibration prompts.
         The price is the latency model's when there is one (time on this machine), else FLOPs."""
-        cfg = self.model.cfg
-        flops = predicted_speedup(cfg, self.base_profile, profile, self.batch)
-        sp = flops if self.latency is None else self.latency.speedup(cfg, self.base_profile, profile)
+        sp, flops = self.predict(profile)
         images = self._images(profile)
         acc = None if self.judge is None else float((self.judge(images) == self.labels).mean())
         return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
@@ -199,7 +203,10 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
         raise FastervarError("give exactly one target: --target-speedup or --max-quality-drop")
     steps = s.model.num_steps
     first_refine = s.stages["refine"][0] if s.stages.get("refine") else steps - 1
-    boundaries = sorted({max(2, first_refine - 1), first_refine, min(steps - 1, first_refine + 1)})
+    earliest = max(2, first_refine - 1)
+    if target_speedup is not None:
+        earliest = reachable_boundary(s, earliest, target_speedup)
+    boundaries = sorted({*range(earliest, first_refine + 1), min(steps - 1, first_refine + 1)})
 
     def score(c: Candidate) -> tuple:
         ok = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
@@ -232,6 +239,20 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
     if not best.meets:
         raise FastervarError(_unmet_message(tried, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop))
     return best, tried
+
+
+def reachable_boundary(s: Searcher, earliest: int, target_speedup: float) -> int:
+    """Move the first refine step earlier until reducing alone (fewest kept tokens, no guidance,
+    the last step still run) is priced at the target. Skipping the last step often reaches a
+    speed from a late boundary, but at a cost in detail; reducing over more steps is the other
+    way there, and the search can only weigh the two if both are in its space."""
+    fastest = Knobs(boundary=earliest, keep=KEEP_RATIOS[0], selector="grid")
+    while earliest > 2:
+        price, _ = s.predict(build_profile(s.model, s.m, s.stages, replace(fastest, boundary=earliest), "probe"))
+        if price["transformer"] >= target_speedup:
+            break
+        earliest -= 1
+    return earliest
 
 
 def _describe(c: Candidate) -> str:
