@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fastervar.evaluate.metrics import (
+    feature_shift,
     frechet_distance,
     gaussian_stats,
     kid,
@@ -22,6 +23,19 @@ def test_frechet_distance_zero_for_same_stats_and_grows_with_shift():
     assert frechet_distance(mu, s, mu, s) == pytest.approx(0, abs=1e-6)
     mu2, s2 = gaussian_stats(a + 1.0)
     assert frechet_distance(mu, s, mu2, s2) == pytest.approx(8.0, rel=1e-6)   # ||shift||^2, same cov
+
+
+def test_feature_shift_is_zero_for_the_same_mean_scale_free_and_grows_with_the_offset():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 8))
+    assert feature_shift(ref, ref) == 0.0
+    assert feature_shift(ref, ref[::-1] * 1.0) == pytest.approx(0.0, abs=1e-20)   # order does not matter
+    near, far = feature_shift(ref, ref + 0.1), feature_shift(ref, ref + 0.5)
+    assert 0 < near < far
+    # the offset is measured against the reference's spread: scaling both changes nothing
+    assert feature_shift(ref * 10, (ref + 0.5) * 10) == pytest.approx(far)
+    # 0.5 on each of 8 unit-variance features: 8 * 0.25 over a total variance of about 8
+    assert far == pytest.approx(8 * 0.25 / ref.var(0).sum())
 
 
 def test_kid_near_zero_for_same_distribution_and_positive_otherwise():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from fastervar.calibrate.measure import measure
 from fastervar.calibrate.search import (
     KEEP_RATIOS,
@@ -81,3 +83,25 @@ def test_a_target_beyond_the_measured_refine_steps_moves_the_boundary_earlier():
     assert fastest(b) >= target > fastest(b + 1)
     chosen, _ = search(s, target_speedup=target, max_drop=None)
     assert chosen.meets and chosen.speedup >= target           # out of reach from the measured split alone
+
+
+class _ChannelJudge:
+    """A stand-in judge: per-image channel means and spreads as features, every image class 0."""
+
+    def features_and_classes(self, images):
+        x = np.asarray(images, dtype=np.float64)
+        return np.concatenate([x.mean((1, 2)), x.std((1, 2))], axis=1), np.zeros(len(x), dtype=int)
+
+
+def test_with_a_judge_the_speed_target_picks_the_smallest_feature_shift():
+    model = random_model("tiny")
+    settings = SamplingSettings()
+    m = measure(model, [0, 3], [0], settings, judge=None, batch_size=2)
+    s = Searcher(model, m, stage_split(m), [0, 3], [0], settings, 2, _ChannelJudge())
+    chosen, tried = search(s, target_speedup=1.05, max_drop=None)
+    meeting = [c for c in tried if c.meets]
+    assert all(c.shift is not None and c.shift >= 0 for c in tried)
+    assert chosen.shift == min(c.shift for c in meeting)
+    assert len({round(c.shift, 12) for c in meeting}) > 1          # the choice was a real one
+    identity_like = s.score(s.base_profile)
+    assert identity_like.shift == 0.0 and identity_like.ssim == 1.0

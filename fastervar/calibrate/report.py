@@ -63,12 +63,16 @@ def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.8))
+    judged = chosen.shift is not None         # the measure the search ranked by (Candidate.closeness)
     for sel in sorted({c.knobs.selector for c in tried}):
         pts = [c for c in tried if c.knobs.selector == sel]
-        ax.scatter([c.speedup for c in pts], [c.ssim for c in pts], label=sel, alpha=0.7)
-    ax.scatter([chosen.speedup], [chosen.ssim], s=160, facecolors="none", edgecolors="red", label="chosen")
+        ax.scatter([c.speedup for c in pts], [c.shift if judged else c.ssim for c in pts], label=sel, alpha=0.7)
+    ax.scatter([chosen.speedup], [chosen.shift if judged else chosen.ssim], s=160, facecolors="none",
+               edgecolors="red", label="chosen")
     ax.set_xlabel("predicted scale-step speedup (see the cost model above)")
-    ax.set_ylabel("paired SSIM to baseline")
+    if judged:
+        ax.set_yscale("log")
+    ax.set_ylabel("judge-feature shift from baseline (lower is closer)" if judged else "paired SSIM to baseline")
     ax.set_title("Candidates tried")
     ax.legend(fontsize=7)
     _save(fig, dest)
@@ -93,13 +97,14 @@ def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: lis
     lines += ["", "![convergence](convergence.png)", "", "## Chosen profile", ""]
     lines += [f"- **{k}**: {v}" for k, v in chosen.row().items()]
     lines += ["", "![cost per step](cost_per_step.png)", "", "## Against the peers at equal predicted speed (+-10%)", "",
-              ("Our best candidate within 10% of each peer recipe's predicted speedup, judged on the same prompts "
-               "and noise (paired to the baseline)."), "",
-              "| peer | speedup | SSIM | PSNR | class acc | ours: speedup | SSIM | PSNR | class acc |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              ("Our closest candidate to the baseline within 10% of each peer recipe's predicted speedup, judged "
+               "on the same prompts and noise (paired to the baseline; feature shift: the judge's mean features, "
+               "lower is closer)."), "",
+              "| peer | speedup | SSIM | PSNR | class acc | shift | ours: speedup | SSIM | PSNR | class acc | shift |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    metrics = ("speedup", "ssim", "psnr", "class_accuracy", "feature_shift")
     for r in peers:
-        vals = [r["peer"]] + [r[k] for k in ("peer_speedup", "peer_ssim", "peer_psnr", "peer_class_accuracy",
-                                             "ours_speedup", "ours_ssim", "ours_psnr", "ours_class_accuracy")]
+        vals = [r["peer"]] + [r[f"{side}_{k}"] for side in ("peer", "ours") for k in metrics]
         lines.append("| " + " | ".join("-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
                                        for v in vals) + " |")
     lines += ["", f"## Candidates tried ({len(rows)})", "",

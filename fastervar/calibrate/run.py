@@ -103,7 +103,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
         tqdm.write(("reusing the latency model" if reused else "fitted a latency model")
                    + f" for this machine (probe totals within {latency.fit_error:.0%} of measured)")
     bar = tqdm(desc="searching profiles", unit="cand")
-    searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge and judge.predict,
+    searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge,
                         on_candidate=lambda c: bar.update(), latency=latency)
     try:
         peers = {p.name.removeprefix(f"{model.cfg.name}-"): searcher.score(p) for p in peer_profiles(model.cfg)}
@@ -139,7 +139,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
                         "predicted_by": ("latency model fitted on this machine (see calibration.latency_model)"
                                          if latency else "FLOPs"),
                         "measured_speedup_total": speed, "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
-                        "class_accuracy": chosen.class_accuracy}
+                        "class_accuracy": chosen.class_accuracy, "feature_shift": chosen.shift}
     header = {"model": model.cfg.name, "weights": sha[:16], "prompts": f"{len(classes)} classes x {len(seeds)} seeds",
               "target": (f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}")
               + (f" (matching {match_peer})" if match_peer else ""),

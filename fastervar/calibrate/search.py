@@ -1,9 +1,12 @@
-"""Choosing a profile from measurements: stage split, then a coordinate search over the knobs.
+"""Choosing a profile from measurements: stage split, a grid over the knobs that set the speed,
+then a coordinate search over all of them.
 
 Every candidate is priced by the analytic cost model and judged by running it on the calibration
 prompts with the baseline's noise: paired SSIM/PSNR against the baseline images and, where a judge
-(classifier) exists, class accuracy. The chosen profile is the fastest candidate that meets the
-target; nothing is hand-picked.
+(classifier) exists, class accuracy and the shift of the judge's mean features. At a speed target
+the best candidate is the one whose images stay closest to the baseline's: by feature shift where
+there is a judge (it predicts the Frechet distance users evaluate with), else by paired SSIM.
+Nothing is hand-picked.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import predicted_speedup
 from ..errors import FastervarError
-from ..evaluate.metrics import mean_psnr, ssim
+from ..evaluate.features import ClassifierFeatures
+from ..evaluate.metrics import feature_shift, mean_psnr, ssim
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity, model_identity
@@ -54,8 +58,14 @@ class Candidate:
     ssim: float
     psnr: float
     class_accuracy: float | None
+    shift: float | None = None   # judge-feature shift from the baseline images (lower is closer)
     meets: bool = False
     extra: dict = field(default_factory=dict)
+
+    @property
+    def closeness(self) -> float:
+        """Higher is closer to the baseline: the feature shift where a judge measured it, else SSIM."""
+        return self.ssim if self.shift is None else -self.shift
 
     def row(self) -> dict:
         k = self.knobs
@@ -65,7 +75,7 @@ class Candidate:
         return {**knobs, "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
                 "flops_speedup": self.extra.get("flops_speedup", self.speedup),
                 "paired_ssim": self.ssim, "paired_psnr": self.psnr, "class_accuracy": self.class_accuracy,
-                "meets_target": self.meets}
+                "feature_shift": self.shift, "meets_target": self.meets}
 
 
 def stage_split(m: Measurements, semantic_at: float = 0.95, structure_at: float = 0.6) -> dict[str, list[int]]:
@@ -123,7 +133,7 @@ class Searcher:
 
     def __init__(self, model: VARModel, m: Measurements, stages: dict[str, list[int]], classes: Sequence[int],
                  seeds: Sequence[int], settings: SamplingSettings, batch: int,
-                 judge: Callable[[np.ndarray], np.ndarray] | None,
+                 judge: ClassifierFeatures | None,
                  on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None):
         self.model, self.m, self.stages, self.settings, self.batch = model, m, stages, settings, batch
         self.latency = latency
@@ -138,7 +148,10 @@ class Searcher:
         self.by_plan: dict[str, Candidate] = {}     # knobs that build the same steps share one run
         self.base_profile = identity(model.cfg)
         self.labels = np.array([c for c, _ in self.prompts])
-        self.base_accuracy = None if judge is None else float((judge(m.final_images) == self.labels).mean())
+        self.base_accuracy = self.base_features = None
+        if judge is not None:
+            self.base_features, classes_seen = judge.features_and_classes(m.final_images)
+            self.base_accuracy = float((classes_seen == self.labels).mean())
 
     def _images(self, profile: Profile) -> np.ndarray:
         """The profile's images of the prompts, each with the noise the measurement run gave it."""
@@ -181,9 +194,14 @@ class Searcher:
         The price is the latency model's when there is one (time on this machine), else FLOPs."""
         sp, flops = self.predict(profile)
         images = self._images(profile)
-        acc = None if self.judge is None else float((self.judge(images) == self.labels).mean())
+        acc = shift = None
+        if self.judge is not None:
+            feats, classes_seen = self.judge.features_and_classes(images)
+            acc = float((classes_seen == self.labels).mean())
+            shift = feature_shift(self.base_features, feats)
         return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
-                         mean_psnr(images, self.m.final_images), acc, extra={"flops_speedup": flops["transformer"]})
+                         mean_psnr(images, self.m.final_images), acc, shift,
+                         extra={"flops_speedup": flops["transformer"]})
 
 
 def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, base_accuracy: float | None,
@@ -198,7 +216,7 @@ def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, ba
 
 def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
            max_accuracy_drop: float = 0.02) -> tuple[Candidate, list[Candidate]]:
-    """Coordinate search from the measured stage split; returns (chosen, every candidate tried)."""
+    """Grid over the speed knobs, then coordinate search; returns (chosen, every candidate tried)."""
     if (target_speedup is None) == (max_drop is None):
         raise FastervarError("give exactly one target: --target-speedup or --max-quality-drop")
     steps = s.model.num_steps
@@ -211,28 +229,23 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
     def score(c: Candidate) -> tuple:
         ok = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
         c.meets = ok
-        if target_speedup is not None:          # reach the speed, then be as good as possible
-            return (ok, c.ssim if ok else c.speedup)
+        if target_speedup is not None:          # reach the speed, then stay as close as possible
+            return (ok, c.closeness if ok else c.speedup)
         return (ok, c.speedup if ok else c.ssim)
 
     axes = (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", SELECTORS),
             ("level", ("block", "layer", "latent")), ("drop_cfg", (True, False)),
             ("factorize", (False, True)), ("skip_last", (False, True)))
-    # two starts: reduce the measured refine steps, or skip the last step and reduce what is left
-    # before it; one knob at a time from either can miss the other's neighbourhood
-    starts = (Knobs(boundary=first_refine, keep=0.3, selector="relevance"),
-              Knobs(boundary=steps - 1, keep=0.3, selector="relevance", skip_last=True))
-    best = None
-    for start in starts:
-        local = s.evaluate(start)
-        for _ in range(2):
-            for field_name, values in axes:
-                for v in values:
-                    cand = s.evaluate(replace(local.knobs, **{field_name: v}))
-                    if score(cand) > score(local):
-                        local = cand
-        if best is None or score(local) > score(best):
-            best = local
+    # every boundary x kept share x skipping the last step first: one knob at a time from a single
+    # start misses moves that need two (dropping guidance over more steps while keeping every token)
+    best = max((s.evaluate(Knobs(boundary=b, keep=k, selector="relevance", skip_last=skip))
+                for b in boundaries for k in KEEP_RATIOS for skip in (False, True)), key=score)
+    for _ in range(2):
+        for field_name, values in axes:
+            for v in values:
+                cand = s.evaluate(replace(best.knobs, **{field_name: v}))
+                if score(cand) > score(best):
+                    best = cand
     tried = list(s.by_plan.values())
     for c in tried:
         score(c)
@@ -286,15 +299,16 @@ def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_dro
 
 
 def equal_speed_comparison(peers: list[Candidate], tried: list[Candidate], tolerance: float = 0.1) -> list[dict]:
-    """For each peer, our best candidate (by paired SSIM) within +-tolerance of its predicted speed."""
+    """For each peer, our closest candidate to the baseline (see `Candidate.closeness`) within
+    +-tolerance of its predicted speed."""
     rows = []
     for peer in peers:
         near = [c for c in tried if abs(c.speedup / peer.speedup - 1) <= tolerance]
-        ours = max(near, key=lambda c: c.ssim, default=None)
-        rows.append({"peer": peer.profile.name, "peer_speedup": peer.speedup, "peer_ssim": peer.ssim,
-                     "peer_psnr": peer.psnr, "peer_class_accuracy": peer.class_accuracy,
-                     "ours_speedup": None if ours is None else ours.speedup,
-                     "ours_ssim": None if ours is None else ours.ssim,
-                     "ours_psnr": None if ours is None else ours.psnr,
-                     "ours_class_accuracy": None if ours is None else ours.class_accuracy})
+        ours = max(near, key=lambda c: c.closeness, default=None)
+        row = {"peer": peer.profile.name}
+        for side, c in (("peer", peer), ("ours", ours)):
+            for key, attr in (("speedup", "speedup"), ("ssim", "ssim"), ("psnr", "psnr"),
+                              ("class_accuracy", "class_accuracy"), ("feature_shift", "shift")):
+                row[f"{side}_{key}"] = None if c is None else getattr(c, attr)
+        rows.append(row)
     return rows

@@ -48,7 +48,8 @@ class ClassifierFeatures:
         return cls(net)
 
     @torch.no_grad()
-    def _run(self, images: np.ndarray, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    def features_and_classes(self, images: np.ndarray, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        """Both from one pass of the classifier."""
         feats, preds = [], []
         for lo in range(0, len(images), chunk):
             f = self.net.features(prepare(images[lo:lo + chunk]))
@@ -57,10 +58,10 @@ class ClassifierFeatures:
         return np.concatenate(feats), np.concatenate(preds)
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        return self._run(images)[0]
+        return self.features_and_classes(images)[0]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return self._run(images)[1]
+        return self.features_and_classes(images)[1]
 
 
 def load_extractor(spec: str | None, judge: JudgeFiles) -> FeatureExtractor:
