@@ -12,6 +12,7 @@ from fastervar.calibrate.search import (
     Searcher,
     _unmet_message,
     build_profile,
+    closest,
     reachable_boundary,
     search,
     stage_split,
@@ -93,7 +94,7 @@ class _ChannelJudge:
         return np.concatenate([x.mean((1, 2)), x.std((1, 2))], axis=1), np.zeros(len(x), dtype=int)
 
 
-def test_with_a_judge_the_speed_target_picks_the_smallest_feature_shift():
+def test_with_a_judge_the_speed_target_weighs_ssim_and_feature_shift():
     model = random_model("tiny")
     settings = SamplingSettings()
     m = measure(model, [0, 3], [0], settings, judge=None, batch_size=2)
@@ -101,7 +102,25 @@ def test_with_a_judge_the_speed_target_picks_the_smallest_feature_shift():
     chosen, tried = search(s, target_speedup=1.05, max_drop=None)
     meeting = [c for c in tried if c.meets]
     assert all(c.shift is not None and c.shift >= 0 for c in tried)
-    assert chosen.shift == min(c.shift for c in meeting)
-    assert len({round(c.shift, 12) for c in meeting}) > 1          # the choice was a real one
+    assert chosen is closest(meeting)
+    # nothing that meets the target is closer on both counts
+    assert not any(c.ssim > chosen.ssim and c.shift < chosen.shift for c in meeting)
     identity_like = s.score(s.base_profile)
     assert identity_like.shift == 0.0 and identity_like.ssim == 1.0
+
+
+def _judged(ssim: float, shift: float) -> Candidate:
+    return Candidate(None, None, 2.0, 2.0, ssim, 20.0, 0.9, shift)
+
+
+def test_closest_is_the_lowest_rank_sum_then_the_higher_ssim():
+    a, b, c, x = _judged(0.90, 0.050), _judged(0.85, 0.010), _judged(0.89, 0.020), _judged(0.80, 0.040)
+    # ranks (SSIM + shift): a 0+3, b 2+0, c 1+1, x 3+2; b and c tie, c has the higher SSIM
+    assert closest([a, b, c, x]) is c
+    d = _judged(0.95, 0.005)
+    assert closest([a, b, c, x, d]) is d           # best on both
+    e, f = _judged(0.90, 0.03), _judged(0.80, 0.01)
+    assert closest([e, f]) is e                    # a tie in rank sums goes to SSIM
+    assert closest([]) is None
+    # without a judge, SSIM alone
+    assert closest([_cand(2.0, 0.7, None), _cand(2.0, 0.8, None)]).ssim == 0.8

@@ -63,7 +63,7 @@ def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    judged = chosen.shift is not None         # the measure the search ranked by (Candidate.closeness)
+    judged = chosen.shift is not None         # one of the two measures the choice weighs (search.closest)
     for sel in sorted({c.knobs.selector for c in tried}):
         pts = [c for c in tried if c.knobs.selector == sel]
         ax.scatter([c.speedup for c in pts], [c.shift if judged else c.ssim for c in pts], label=sel, alpha=0.7)

@@ -4,9 +4,9 @@ then a coordinate search over all of them.
 Every candidate is priced by the analytic cost model and judged by running it on the calibration
 prompts with the baseline's noise: paired SSIM/PSNR against the baseline images and, where a judge
 (classifier) exists, class accuracy and the shift of the judge's mean features. At a speed target
-the best candidate is the one whose images stay closest to the baseline's: by feature shift where
-there is a judge (it predicts the Frechet distance users evaluate with), else by paired SSIM.
-Nothing is hand-picked.
+the chosen candidate is the one closest to the baseline on both counts (see `closest`): paired SSIM
+says each image is kept, the feature shift that the set is (it predicts the Frechet distance users
+evaluate with; SSIM does not). Nothing is hand-picked.
 """
 
 from __future__ import annotations
@@ -61,11 +61,6 @@ class Candidate:
     shift: float | None = None   # judge-feature shift from the baseline images (lower is closer)
     meets: bool = False
     extra: dict = field(default_factory=dict)
-
-    @property
-    def closeness(self) -> float:
-        """Higher is closer to the baseline: the feature shift where a judge measured it, else SSIM."""
-        return self.ssim if self.shift is None else -self.shift
 
     def row(self) -> dict:
         k = self.knobs
@@ -214,6 +209,19 @@ def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, ba
     return (1.0 - c.ssim) <= max_drop
 
 
+def closest(cands: Sequence[Candidate]) -> Candidate | None:
+    """The candidate closest to the baseline on paired SSIM and judge-feature shift together: the
+    lowest sum of its two ranks, then the higher SSIM. Ranks, because the two have no common scale;
+    SSIM alone where no judge measured the shift."""
+    if not cands:
+        return None
+    if any(c.shift is None for c in cands):
+        return max(cands, key=lambda c: c.ssim)
+    by_ssim = {id(c): r for r, c in enumerate(sorted(cands, key=lambda c: -c.ssim))}
+    by_shift = {id(c): r for r, c in enumerate(sorted(cands, key=lambda c: c.shift))}
+    return min(cands, key=lambda c: (by_ssim[id(c)] + by_shift[id(c)], -c.ssim))
+
+
 def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
            max_accuracy_drop: float = 0.02) -> tuple[Candidate, list[Candidate]]:
     """Grid over the speed knobs, then coordinate search; returns (chosen, every candidate tried)."""
@@ -226,29 +234,40 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
         earliest = reachable_boundary(s, earliest, target_speedup)
     boundaries = sorted({*range(earliest, first_refine + 1), min(steps - 1, first_refine + 1)})
 
-    def score(c: Candidate) -> tuple:
-        ok = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
-        c.meets = ok
-        if target_speedup is not None:          # reach the speed, then stay as close as possible
-            return (ok, c.closeness if ok else c.speedup)
-        return (ok, c.speedup if ok else c.ssim)
+    def scorer(closeness: Callable[[Candidate], float]) -> Callable[[Candidate], tuple]:
+        def score(c: Candidate) -> tuple:
+            ok = c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
+            if target_speedup is not None:      # reach the speed, then stay as close as possible
+                return (ok, closeness(c) if ok else c.speedup)
+            return (ok, c.speedup if ok else c.ssim)
+        return score
 
     axes = (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", SELECTORS),
             ("level", ("block", "layer", "latent")), ("drop_cfg", (True, False)),
             ("factorize", (False, True)), ("skip_last", (False, True)))
     # every boundary x kept share x skipping the last step first: one knob at a time from a single
     # start misses moves that need two (dropping guidance over more steps while keeping every token)
-    best = max((s.evaluate(Knobs(boundary=b, keep=k, selector="relevance", skip_last=skip))
-                for b in boundaries for k in KEEP_RATIOS for skip in (False, True)), key=score)
-    for _ in range(2):
-        for field_name, values in axes:
-            for v in values:
-                cand = s.evaluate(replace(best.knobs, **{field_name: v}))
-                if score(cand) > score(best):
-                    best = cand
+    grid = [s.evaluate(Knobs(boundary=b, keep=k, selector="relevance", skip_last=skip))
+            for b in boundaries for k in KEEP_RATIOS for skip in (False, True)]
+    # then climb one knob at a time, towards SSIM and (with a judge) towards a small feature shift,
+    # so that both neighbourhoods are in the pool the choice is made from
+    climbs = [lambda c: c.ssim]
+    if target_speedup is not None and s.judge is not None:
+        climbs.append(lambda c: -c.shift)
+    for closeness in climbs:
+        score = scorer(closeness)
+        best = max(grid, key=score)
+        for _ in range(2):
+            for field_name, values in axes:
+                for v in values:
+                    cand = s.evaluate(replace(best.knobs, **{field_name: v}))
+                    if score(cand) > score(best):
+                        best = cand
     tried = list(s.by_plan.values())
     for c in tried:
-        score(c)
+        scorer(lambda c: c.ssim)(c)
+    if target_speedup is not None:
+        best = closest([c for c in tried if c.meets]) or best
     if not best.meets:
         raise FastervarError(_unmet_message(tried, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop))
     return best, tried
@@ -299,12 +318,12 @@ def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_dro
 
 
 def equal_speed_comparison(peers: list[Candidate], tried: list[Candidate], tolerance: float = 0.1) -> list[dict]:
-    """For each peer, our closest candidate to the baseline (see `Candidate.closeness`) within
-    +-tolerance of its predicted speed."""
+    """For each peer, our closest candidate to the baseline (see `closest`) within +-tolerance of
+    its predicted speed."""
     rows = []
     for peer in peers:
         near = [c for c in tried if abs(c.speedup / peer.speedup - 1) <= tolerance]
-        ours = max(near, key=lambda c: c.closeness, default=None)
+        ours = closest(near)
         row = {"peer": peer.profile.name}
         for side, c in (("peer", peer), ("ours", ours)):
             for key, attr in (("speedup", "speedup"), ("ssim", "ssim"), ("psnr", "psnr"),
