@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fastervar.calibrate.measure import measure
+from fastervar.calibrate.run import verify_speed
 from fastervar.calibrate.search import (
     KEEP_RATIOS,
     Candidate,
@@ -17,6 +19,7 @@ from fastervar.calibrate.search import (
     search,
     stage_split,
 )
+from fastervar.errors import FastervarError
 from fastervar.models.loading import random_model
 from fastervar.models.sampling import SamplingSettings
 
@@ -124,3 +127,24 @@ def test_closest_is_the_lowest_rank_sum_then_the_higher_ssim():
     assert closest([]) is None
     # without a judge, SSIM alone
     assert closest([_cand(2.0, 0.7, None), _cand(2.0, 0.8, None)]).ssim == 0.8
+
+
+def _priced(speed: float, ssim: float, shift: float, meets: bool = True) -> Candidate:
+    c = Candidate(None, f"p{speed}", speed, speed, ssim, 20.0, 0.9, shift)
+    c.meets = meets
+    return c
+
+
+def test_a_choice_that_measures_short_of_the_target_is_replaced_by_a_faster_one():
+    chosen = _priced(2.55, 0.84, 0.05)
+    faster = _priced(2.80, 0.80, 0.05)
+    too_slow = _priced(2.60, 0.83, 0.04)
+    unmet = _priced(3.00, 0.90, 0.01, meets=False)            # fails the accuracy limit: never chosen
+    tried = [chosen, faster, too_slow, unmet]
+    clock = {"p2.55": (2.40, 2.2), "p2.8": (2.62, 2.4), "p2.6": (2.45, 2.25)}
+    got, steps, total = verify_speed(lambda p: clock[p], chosen, tried, 2.5)
+    # the model over-priced by 2.55/2.40, so it needs a candidate priced at >= 2.66x
+    assert got is faster and (steps, total) == (2.62, 2.4)
+    assert verify_speed(lambda p: clock[p], faster, tried, 2.5)[0] is faster     # measured fast enough: kept
+    with pytest.raises(FastervarError, match="measures 2.40x on the scale steps against the 2.5x asked"):
+        verify_speed(lambda p: clock[p], chosen, [chosen, too_slow, unmet], 2.5)
