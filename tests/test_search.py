@@ -15,6 +15,7 @@ from fastervar.calibrate.search import (
     _unmet_message,
     build_profile,
     closest,
+    meets,
     reachable_boundary,
     search,
     stage_split,
@@ -148,3 +149,11 @@ def test_a_choice_that_measures_short_of_the_target_is_replaced_by_a_faster_one(
     assert verify_speed(lambda p: clock[p], faster, tried, 2.5)[0] is faster     # measured fast enough: kept
     with pytest.raises(FastervarError, match="measures 2.40x on the scale steps against the 2.5x asked"):
         verify_speed(lambda p: clock[p], chosen, [chosen, too_slow, unmet], 2.5)
+
+
+def test_matching_a_peer_requires_being_as_close_as_it_on_both_measures():
+    rival = _priced(2.0, 0.85, 0.05)
+    assert meets(_priced(2.0, 0.86, 0.04), 1.8, None, None, 0.02, rival)
+    assert not meets(_priced(2.0, 0.84, 0.01), 1.8, None, None, 0.02, rival)     # worse SSIM
+    assert not meets(_priced(2.0, 0.90, 0.06), 1.8, None, None, 0.02, rival)     # worse shift
+    assert meets(_priced(2.0, 0.84, 0.01), 1.8, None, None, 0.02)                # no rival: speed decides

@@ -89,12 +89,13 @@ def verify_speed(measure: Callable[[Profile], tuple[float, float]], chosen: Cand
 
 def peer_target(peer: Candidate, base_accuracy: float | None, max_accuracy_drop: float) -> tuple[float, float]:
     """Compete with a peer at its own speed: reach 90% of its predicted speedup (the equal-speed
-    band) while keeping at least its class accuracy."""
+    band) while keeping at least its class accuracy (and, in `search`, its closeness)."""
     target = round(0.9 * peer.speedup, 3)
     if base_accuracy is not None and peer.class_accuracy is not None:
         max_accuracy_drop = max(0.0, base_accuracy - peer.class_accuracy)
     tqdm.write(f"matching {peer.profile.name}: predicted {peer.speedup:.2f}x here, so target {target:g}x"
-               + (f" with class accuracy >= {peer.class_accuracy:.3f}" if peer.class_accuracy is not None else ""))
+               + (f" with class accuracy >= {peer.class_accuracy:.3f}" if peer.class_accuracy is not None else "")
+               + f", paired SSIM >= {peer.ssim:.3f}" + (f", feature shift <= {peer.shift:.4f}" if peer.shift is not None else ""))
     return target, max_accuracy_drop
 
 
@@ -144,7 +145,8 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
         if match_peer is not None:
             target_speedup, max_accuracy_drop = peer_target(peers[match_peer], searcher.base_accuracy,
                                                             max_accuracy_drop)
-        chosen, tried = search(searcher, target_speedup, max_quality_drop, max_accuracy_drop)
+        rival = peers[match_peer] if match_peer is not None else None
+        chosen, tried = search(searcher, target_speedup, max_quality_drop, max_accuracy_drop, rival)
     finally:
         bar.close()
     comparison = equal_speed_comparison(list(peers.values()), tried)

@@ -200,9 +200,13 @@ class Searcher:
 
 
 def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, base_accuracy: float | None,
-          max_accuracy_drop: float) -> bool:
-    """The target: a speedup to reach, or a paired-SSIM drop not to exceed; never lose class accuracy."""
+          max_accuracy_drop: float, rival: Candidate | None = None) -> bool:
+    """The target: a speedup to reach, or a paired-SSIM drop not to exceed; never lose class accuracy;
+    with a rival (the peer `--match-peer` names), be at least as close as it on SSIM and feature shift."""
     if base_accuracy is not None and c.class_accuracy is not None and c.class_accuracy < base_accuracy - max_accuracy_drop:
+        return False
+    if rival is not None and (c.ssim < rival.ssim or (c.shift is not None and rival.shift is not None
+                                                      and c.shift > rival.shift)):
         return False
     if target_speedup is not None:
         return c.speedup >= target_speedup
@@ -223,8 +227,9 @@ def closest(cands: Sequence[Candidate]) -> Candidate | None:
 
 
 def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
-           max_accuracy_drop: float = 0.02) -> tuple[Candidate, list[Candidate]]:
-    """Grid over the speed knobs, then coordinate search; returns (chosen, every candidate tried)."""
+           max_accuracy_drop: float = 0.02, rival: Candidate | None = None) -> tuple[Candidate, list[Candidate]]:
+    """Grid over the speed knobs, then coordinate search; returns (chosen, every candidate tried).
+    `rival` (see `meets`) is a peer to beat on both closeness measures."""
     if (target_speedup is None) == (max_drop is None):
         raise FastervarError("give exactly one target: --target-speedup or --max-quality-drop")
     steps = s.model.num_steps
@@ -236,7 +241,7 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
 
     def scorer(closeness: Callable[[Candidate], float]) -> Callable[[Candidate], tuple]:
         def score(c: Candidate) -> tuple:
-            ok = c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
+            ok = c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, rival)
             if target_speedup is not None:      # reach the speed, then stay as close as possible
                 return (ok, closeness(c) if ok else c.speedup)
             return (ok, c.speedup if ok else c.ssim)
@@ -269,7 +274,10 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
     if target_speedup is not None:
         best = closest([c for c in tried if c.meets]) or best
     if not best.meets:
-        raise FastervarError(_unmet_message(tried, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop))
+        msg = _unmet_message(tried, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
+        if rival is not None:
+            msg += f" (and none is as close to the baseline as {rival.profile.name} on both SSIM and feature shift)"
+        raise FastervarError(msg)
     return best, tried
 
 
