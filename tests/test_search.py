@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from fastervar.calibrate.measure import measure
 from fastervar.calibrate.run import verify_speed
@@ -20,7 +19,6 @@ from fastervar.calibrate.search import (
     search,
     stage_split,
 )
-from fastervar.errors import FastervarError
 from fastervar.models.loading import random_model
 from fastervar.models.sampling import SamplingSettings
 
@@ -147,8 +145,8 @@ def test_a_choice_that_measures_short_of_the_target_is_replaced_by_a_faster_one(
     # the model over-priced by 2.55/2.40, so it needs a candidate priced at >= 2.66x
     assert got is faster and (steps, total) == (2.62, 2.4)
     assert verify_speed(lambda p: clock[p], faster, tried, 2.5)[0] is faster     # measured fast enough: kept
-    with pytest.raises(FastervarError, match="measures 2.40x on the scale steps against the 2.5x asked"):
-        verify_speed(lambda p: clock[p], chosen, [chosen, too_slow, unmet], 2.5)
+    # nothing faster keeps the limits: the choice stands, measured as it is (and a warning says so)
+    assert verify_speed(lambda p: clock[p], chosen, [chosen, too_slow, unmet], 2.5) == (chosen, 2.40, 2.2)
 
 
 def test_matching_a_peer_requires_being_as_close_as_it_on_both_measures():

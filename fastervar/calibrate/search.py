@@ -243,7 +243,8 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
         def score(c: Candidate) -> tuple:
             ok = c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, rival)
             if target_speedup is not None:      # reach the speed, then stay as close as possible
-                return (ok, closeness(c) if ok else c.speedup)
+                fast = c.speedup >= target_speedup
+                return (ok, fast, closeness(c) if fast else c.speedup)
             return (ok, c.speedup if ok else c.ssim)
         return score
 
