@@ -271,7 +271,7 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
                         best = cand
     tried = list(s.by_plan.values())
     for c in tried:
-        scorer(lambda c: c.ssim)(c)
+        c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, rival)
     if target_speedup is not None:
         best = closest([c for c in tried if c.meets]) or best
     if not best.meets:
