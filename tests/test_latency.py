@@ -57,3 +57,20 @@ def test_latency_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch
     cache.write_text("{not json")                                    # a corrupt cache is measured again
     L.cached_latency(None, [1, 2], None, tmp_path, "k")
     assert len(calls) == 3
+
+
+def test_the_clock_measures_each_plan_once_and_remembers_it_across_runs(tmp_path):
+    cfg = get_config("tiny")
+    calls = []
+
+    def measure(p):
+        calls.append(p.name)
+        return (2.0 + len(calls), 1.5)
+
+    a, b = identity(cfg, "a"), fastvar(cfg)
+    clock = L.cached_clock(measure, tmp_path, "k")
+    assert clock(a) == (3.0, 1.5) and clock(a) == (3.0, 1.5) and clock(b) == (4.0, 1.5)
+    assert calls == ["a", fastvar(cfg).name]
+    again = L.cached_clock(measure, tmp_path, "k")          # a rerun with the same cache: no new timing
+    assert again(identity(cfg, "renamed")) == (3.0, 1.5) and len(calls) == 2
+    assert L.cached_clock(measure, tmp_path, "other")(a) == (5.0, 1.5)   # another key measures afresh

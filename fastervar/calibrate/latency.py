@@ -16,6 +16,7 @@ import hashlib
 import json
 import platform
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,3 +137,26 @@ def cached_latency(model: VARModel, labels: list[int], settings: SamplingSetting
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(lm.to_dict(), indent=2))
     return lm, False
+
+
+def cached_clock(measure: Callable[[Profile], tuple[float, float]], cache_dir: Path,
+                 key: str) -> Callable[[Profile], tuple[float, float]]:
+    """`measure` (a profile's measured speedups) remembered per plan and machine beside the latency
+    model: the clock settles a choice once, so a rerun with the same cache makes the same one."""
+    tag = hashlib.sha256(f"{key}|{machine_id()}".encode()).hexdigest()[:16]
+    path = cache_dir / f"speed-{tag}.json"
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        known = {}
+
+    def clock(profile: Profile) -> tuple[float, float]:
+        plan = hashlib.sha256(json.dumps(profile.to_dict()["steps"], sort_keys=True).encode()).hexdigest()[:16]
+        if plan not in known:
+            known[plan] = list(measure(profile))
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(known, indent=2))
+        steps, total = known[plan]
+        return steps, total
+    return clock

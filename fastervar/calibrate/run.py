@@ -20,7 +20,7 @@ from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from ..timing import TorchRunner, batches, interleaved, speedup
-from .latency import FEATURES, cached_latency
+from .latency import FEATURES, cached_clock, cached_latency
 from .measure import Measurements, cache_key, measure
 from .report import write_report
 from .search import (
@@ -149,11 +149,11 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     finally:
         bar.close()
     comparison = equal_speed_comparison(list(peers.values()), tried)
+    clock = cached_clock(lambda p: measured_speedups(model, p, list(classes), settings, batch), cache_dir, cache.stem)
     if target_speedup is None:
-        steps_speed, speed = measured_speedups(model, chosen.profile, list(classes), settings, batch)
+        steps_speed, speed = clock(chosen.profile)
     else:
-        chosen, steps_speed, speed = verify_speed(
-            lambda p: measured_speedups(model, p, list(classes), settings, batch), chosen, tried, target_speedup)
+        chosen, steps_speed, speed = verify_speed(clock, chosen, tried, target_speedup)
     profile = chosen.profile
     profile.name = name or f"{model.cfg.name}-calibrated"
     profile.model = model_identity(model.cfg, sha)
