@@ -15,8 +15,8 @@ from fastervar.models.loading import random_model, shipped_model
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profile import Profile, identity
 from fastervar.profiles import resolve, shipped
-from fastervar.runtime.atomic import atomic_path
-from fastervar.runtime.manifest import read_manifest
+from fastervar.utils.atomic import atomic_path
+from fastervar.bundle_contract import read_manifest
 
 
 def load_model(name: str) -> VARModel:

@@ -25,7 +25,7 @@ from fastervar.models.infinity_family import BitSamplingSettings
 from fastervar.models.infinity_schedules import parse_aspect
 from fastervar.models.prompts import TextBatch
 from fastervar.models.sampler import batch_generator, generate_batch
-from fastervar.runtime.noise import image_keys
+from fastervar.utils.noise import image_keys
 
 PARTS = ("self_attention", "cross_attention", "ffn")
 

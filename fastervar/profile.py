@@ -71,7 +71,7 @@ class Profile:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: an interrupted save leaves the previous file (or none)."""
-        from .runtime.atomic import atomic_path
+        from .utils.atomic import atomic_path
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -11,7 +11,7 @@ lazily: the runtime and the rest of the package work without it.
 from __future__ import annotations
 
 import base64
-import io
+import importlib
 import json
 import os
 from collections.abc import Sequence
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FastervarError
+from .utils.images import png_bytes
 
 Item = tuple[int, int, int]            # (class, seed, index)
 
@@ -30,11 +31,23 @@ class RequestError(FastervarError):
     """A request the server answers with HTTP 400 and this one-line message."""
 
 
-def _ray(extra: str):
-    try:
-        import ray
-    except ImportError:
-        raise FastervarError(f"this needs Ray: pip install 'fastervar[{extra}]'") from None
+# What each extra's code imports, checked by importing it: `ray.data` needs pandas and pyarrow,
+# which `ray[serve]` alone does not bring.
+NEEDS = {"serve": ("ray", "ray.serve", "starlette"), "batch": ("ray", "ray.data")}
+WHAT = {"serve": "Ray Serve", "batch": "Ray Data"}
+
+
+def require(extra: str):
+    """The `ray` module, once everything `extra`'s code imports is importable; else one line that
+    names the extra to install and the module that is missing."""
+    for module in NEEDS[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) or module
+            raise FastervarError(f"this needs {WHAT[extra]}: pip install 'fastervar[{extra}]' "
+                                 f"(cannot import {missing})") from None
+    import ray
     return ray
 
 
@@ -74,13 +87,6 @@ def parse_request(body: bytes, num_classes: int, max_items: int) -> tuple[list[I
     return items, as_json
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def item_json(item: Item, image: np.ndarray, tokens: Sequence[np.ndarray]) -> dict[str, Any]:
     c, s, i = item
     return {"class": c, "seed": s, "index": i, "png_base64": base64.b64encode(png_bytes(image)).decode(),
@@ -102,18 +108,42 @@ class ServeOptions:
     threads: int = 0
     batch_wait_ms: float = 20.0
     max_items: int = 64
+    max_body_bytes: int = 65536           # a request of 64 items is a few KB; a larger body is answered 413
+
+
+class BodyTooLarge(RequestError):
+    """A request body over `max_body_bytes`: HTTP 413, read no further."""
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes `limit` bytes (by its Content-Length, or
+    while it streams in), so a client cannot make a replica buffer an unbounded body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the body is {declared} bytes; at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"the body is over {limit} bytes")
+    return bytes(body)
+
+
+def worker_resources(provider: str) -> dict[str, float]:
+    """What a Ray worker holding one Pipeline asks of the cluster: a GPU for a GPU provider."""
+    return {"num_cpus": 1, "num_gpus": 1} if provider in ("cuda", "tensorrt") else {"num_cpus": 1}
 
 
 def deployment(options: ServeOptions, replicas: int | str = 1):
     """The Ray Serve application for a bundle: `serve.run(deployment(...))`."""
-    _ray("serve")
+    require("serve")
     from collections import deque
 
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
 
-    from .runtime.manifest import read_manifest
+    from .bundle_contract import read_manifest
 
     scaling: dict[str, Any] = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": max(1, os.cpu_count() or 1)}}
                                if replicas == "auto" else {"num_replicas": int(replicas)})
@@ -160,7 +190,10 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
             if method != "POST":
                 return JSONResponse({"error": "POST a JSON body to /generate"}, status_code=405)
             try:
-                items, as_json = parse_request(await request.body(), self.pipe.num_classes, self.opts.max_items)
+                body = await read_body(request, self.opts.max_body_bytes)
+                items, as_json = parse_request(body, self.pipe.num_classes, self.opts.max_items)
+            except BodyTooLarge as exc:
+                return JSONResponse({"error": str(exc)}, status_code=413)
             except RequestError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
             try:
@@ -197,8 +230,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def start_ray(temp_dir: str | None = None) -> bool:
     """Connect to the cluster RAY_ADDRESS names, or start a local Ray without the dashboard or
-    usage reporting; returns whether this call started it (False if Ray was already up)."""
-    ray = _ray("serve")
+    usage reporting; returns whether this call started it (False if Ray was already up). Callers
+    `require` their extra first."""
+    import ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
@@ -212,7 +246,8 @@ def start_ray(temp_dir: str | None = None) -> bool:
 def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | str, blocking: bool = True):
     """Start Ray (locally unless RAY_ADDRESS names a cluster) and Serve, and deploy the bundle;
     returns the handle. With `blocking`, serve until interrupted, then shut everything down."""
-    from .runtime.manifest import read_manifest
+    from .bundle_contract import read_manifest
+    require("serve")
     read_manifest(options.bundle)                 # a bad bundle is one line here, not a dead replica
     start_ray()
     from ray import serve
@@ -235,7 +270,7 @@ def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | st
 
 
 def shutdown() -> None:
-    ray = _ray("serve")
+    ray = require("serve")
     from ray import serve
     if ray.is_initialized():
         serve.shutdown()
@@ -253,7 +288,7 @@ class _BatchWriter:
         self.out = Path(out)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .runtime.atomic import atomic_path
+        from .utils.atomic import atomic_path
         items = list(zip(batch["class"].tolist(), batch["seed"].tolist(), batch["index"].tolist()))
         images = self.pipe.generate_items(items).images
         for (_, _, index), image in zip(items, images):
@@ -272,7 +307,8 @@ def generate_batch(bundle: str, classes: Sequence[int], seed: int, out: str | Pa
     there are skipped, so a rerun resumes. Returns (written, skipped)."""
     from tqdm.auto import tqdm
 
-    from .runtime.manifest import read_manifest
+    from .bundle_contract import read_manifest
+    ray = require("batch")
     manifest = read_manifest(bundle)
     bad = [c for c in classes if not 0 <= c < manifest.num_classes]
     if bad:
@@ -284,11 +320,10 @@ def generate_batch(bundle: str, classes: Sequence[int], seed: int, out: str | Pa
     skipped = len(classes) - len(todo)
     if not todo:
         return 0, skipped
-    ray = _ray("batch")
     started = start_ray()
     ds = ray.data.from_items(todo).map_batches(
         _BatchWriter, fn_constructor_args=(str(bundle), str(out), provider, threads),
-        batch_size=manifest.max_batch, concurrency=concurrency, num_cpus=1)
+        batch_size=manifest.max_batch, concurrency=concurrency, **worker_resources(provider))
     written = 0
     try:
         with tqdm(total=len(todo), desc="generate-batch", unit="img", disable=not progress) as bar:

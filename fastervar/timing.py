@@ -5,8 +5,9 @@ the scripts in `benchmarks/`):
 - **The baseline is the batched path, as upstream runs it.** The model's own step loop with
   convolutions over the whole batch (per-image convolutions are a parity check's opt-in) and, on
   a GPU, the package's CUDA-graph fast path. Accelerated variants run through the same loop.
-- **Warm-up at the timed batch size.** Each variant first runs the first batch untimed: graph
-  capture, allocator growth and onnxruntime's first call are not timed.
+- **Warm-up at every timed batch size.** Each variant first runs one batch of each size the
+  workload holds (a ragged last batch included) untimed: graph capture, allocator growth and
+  onnxruntime's first call at a shape are not timed.
 - **Interleaving.** Batch by batch, every variant runs in turn, so drift on a shared machine hits
   all of them alike; ratios come from one process.
 - **Device sync.** A run is wall clock with the device synchronized at both ends; per-step times
@@ -25,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .memory import PeakMemory
-from .runtime.noise import NoiseKey, image_keys
+from .utils.noise import NoiseKey, image_keys
 
 if TYPE_CHECKING:
     from .models.family import StepModel
@@ -77,7 +78,7 @@ class TorchRunner:
         from .models.cuda_graphs import fast_path
         self.model = fast_path(model, settings) if fast else model
         self.settings = settings
-        self.device = model.var.head.weight.device
+        self.device = model.device
 
     def __call__(self, batch: Batch) -> Run:
         import torch
@@ -98,6 +99,23 @@ class PipelineRunner:
     def __call__(self, batch: Batch) -> Run:
         r = self.pipeline.generate_items([(c, s, i) for c, (s, i) in zip(batch.labels, batch.keys)])
         return Run(r.images, r.tokens, r.step_seconds, r.decode_seconds, r.graph_seconds)
+
+
+def clock_context(model: StepModel, batch: int, provider: str = "torch") -> dict:
+    """Everything a measured time depends on besides the work itself: the machine, the device and
+    dtype, the provider, the batch size, the threads and the code. A cached timing is reused only
+    where all of it is the same."""
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .utils.machine import cpu_model
+    device = model.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"machine": platform.node(), "arch": platform.machine(), "device": f"{device.type}: {name}",
+            "dtype": str(model.dtype).removeprefix("torch."), "provider": provider, "batch": int(batch),
+            "threads": torch.get_num_threads(), "fastervar": __version__, "torch": torch.__version__}
 
 
 def _sync(device: str) -> None:
@@ -122,9 +140,11 @@ def interleaved(runners: dict[str, Runner], work: Sequence[Batch], reps: int = 1
     `device` defaults to the torch runners' own.
     """
     device = device or _device(runners)
+    shapes = list({len(b.labels): b for b in reversed(work)}.values())[::-1]    # the first batch of each size
     for _ in range(warmup):
-        for run in runners.values():
-            run(work[0])
+        for batch in shapes:
+            for run in runners.values():
+                run(batch)
     out: dict[str, list[list[Run]]] = {name: [] for name in runners}
     spent, rep = 0.0, 0
     limit = max(reps, max_reps or reps)

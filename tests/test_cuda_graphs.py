@@ -79,3 +79,36 @@ def test_replay_bookkeeping_feeds_every_step_its_own_inputs(which):
             assert torch.equal(a, b), f"{which}, seed {seed}: step {k} tokens differ"
         assert torch.equal(want.images, got.images)
     assert sorted(graphed._plans) == [1, 3]
+
+
+def test_captured_batch_sizes_are_bounded_least_recently_used_first():
+    """A server meets many batch sizes: past the bound, the size used longest ago is dropped and
+    recaptured if it returns, and the images stay the eager ones."""
+    model = random_model("tiny")
+    graphed = EmulatedGraphs(model, max_batches=2)
+    for size in (1, 2, 1, 3):
+        classes = list(range(size))
+        want = generate(model, classes, PORTABLE, seed=size, batch_size=size)
+        got = generate(graphed, classes, PORTABLE, seed=size, batch_size=size)
+        assert torch.equal(want.images, got.images)
+    assert graphed.captured_batches == [1, 3]                # 2 was the least recently used
+    with pytest.raises(ValueError, match="max_batches"):
+        GraphedModel(model, max_batches=0)
+
+
+def test_graphs_convert_pixels_as_the_family_does():
+    """uint8 conversion comes from the wrapped model: VAR rounds, a truncating family truncates."""
+    model = random_model("tiny")
+
+    class Truncating:
+        device, dtype = model.device, model.dtype
+
+        @staticmethod
+        def to_uint8(images):
+            return images.permute(0, 2, 3, 1).mul(255).to(torch.uint8)
+
+    images = torch.full((1, 3, 2, 2), 0.999)
+    assert EmulatedGraphs(model).to_uint8(images).max() == 255
+    assert EmulatedGraphs(Truncating()).to_uint8(images).max() == 254
+    plain = Truncating()
+    assert fast_path(plain, PORTABLE) is plain           # the device comes from the protocol, not `.var`

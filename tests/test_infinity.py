@@ -31,7 +31,7 @@ from fastervar.models.infinity_checkpoint import (
 from fastervar.models.infinity_family import BitSamplingSettings, sample_bits
 from fastervar.models.prompts import TextBatch, read_text_embeddings
 from fastervar.models.sampler import batch_generator, generate_batch
-from fastervar.runtime.noise import image_keys
+from fastervar.utils.noise import image_keys
 
 DATA = Path(__file__).parent / "data"
 LAYOUT = json.loads((DATA / "infinity_layout.json").read_text())

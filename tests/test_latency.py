@@ -10,7 +10,9 @@ import pytest
 from fastervar.accel.presets import fastvar, paper_split, skipvar
 from fastervar.calibrate import latency as L
 from fastervar.models.configs import get_config
+from fastervar.models.loading import random_model
 from fastervar.profile import identity
+from fastervar.timing import clock_context
 
 CFG = get_config("fashion-tiny")
 
@@ -40,37 +42,82 @@ def test_fit_recovers_known_costs_and_prices_profiles():
     assert sp["transformer"] == pytest.approx(want) and 1 < sp["total"] < sp["transformer"]
 
 
-def test_latency_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def model():
+    return random_model("tiny")
+
+
+def test_latency_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch, model, capsys):
     calls = []
 
     def fake(model, labels, settings):
         calls.append(labels)
-        return L.LatencyModel(len(labels), [0.01, 0, 0, 0, 0], 0.1, 0.0, L.machine_id())
+        return L.LatencyModel(len(labels), [0.01, 0, 0, 0, 0], 0.1, 0.0, "test")
     monkeypatch.setattr(L, "measure_latency", fake)
-    first, reused = L.cached_latency(None, [1, 2], None, tmp_path, "k")
-    again, reused_again = L.cached_latency(None, [1, 2], None, tmp_path, "k")
+    first, reused = L.cached_latency(model, [1, 2], None, tmp_path, "k")
+    again, reused_again = L.cached_latency(model, [1, 2], None, tmp_path, "k")
     assert (reused, reused_again) == (False, True) and again == first and len(calls) == 1
     (cache,) = tmp_path.glob("latency-*.json")
-    assert json.loads(cache.read_text())["features"] == list(L.FEATURES)
-    L.cached_latency(None, [1, 2], None, tmp_path, "other prompts")   # another key: measured anew
+    data = json.loads(cache.read_text())
+    assert data["payload"]["features"] == list(L.FEATURES)
+    assert data["context"] == clock_context(model, 2) and data["context"]["batch"] == 2
+    L.cached_latency(model, [1, 2], None, tmp_path, "other prompts")   # another key: measured anew
     assert len(calls) == 2
     cache.write_text("{not json")                                    # a corrupt cache is measured again
-    L.cached_latency(None, [1, 2], None, tmp_path, "k")
-    assert len(calls) == 3
+    L.cached_latency(model, [1, 2], None, tmp_path, "k")
+    assert len(calls) == 3 and "warning: ignoring unreadable cache" in capsys.readouterr().err
 
 
-def test_the_clock_measures_each_plan_once_and_remembers_it_across_runs(tmp_path):
-    cfg = get_config("tiny")
-    calls = []
-
+def _measure(calls):
     def measure(p):
         calls.append(p.name)
         return (2.0 + len(calls), 1.5)
+    return measure
 
+
+def test_the_clock_measures_each_plan_once_and_remembers_it_across_runs(tmp_path, model):
+    cfg = get_config("tiny")
+    calls = []
+    measure, context = _measure(calls), clock_context(model, 16)
     a, b = identity(cfg, "a"), fastvar(cfg)
-    clock = L.cached_clock(measure, tmp_path, "k")
+    clock = L.cached_clock(measure, tmp_path, "k", context)
     assert clock(a) == (3.0, 1.5) and clock(a) == (3.0, 1.5) and clock(b) == (4.0, 1.5)
     assert calls == ["a", fastvar(cfg).name]
-    again = L.cached_clock(measure, tmp_path, "k")          # a rerun with the same cache: no new timing
+    again = L.cached_clock(measure, tmp_path, "k", context)          # a rerun with the same cache: no new timing
     assert again(identity(cfg, "renamed")) == (3.0, 1.5) and len(calls) == 2
-    assert L.cached_clock(measure, tmp_path, "other")(a) == (5.0, 1.5)   # another key measures afresh
+    assert L.cached_clock(measure, tmp_path, "other", context)(a) == (5.0, 1.5)   # another key measures afresh
+
+
+def test_a_speed_cache_made_at_one_batch_size_is_not_used_at_another(tmp_path, model):
+    cfg = get_config("tiny")
+    calls = []
+    measure = _measure(calls)
+    at16 = L.cached_clock(measure, tmp_path, "k", clock_context(model, 16))
+    assert at16(identity(cfg, "a")) == (3.0, 1.5)
+    at64 = L.cached_clock(measure, tmp_path, "k", clock_context(model, 64))
+    assert at64(identity(cfg, "a")) == (4.0, 1.5) and len(calls) == 2      # timed again at batch 64
+    assert L.cached_clock(measure, tmp_path, "k", clock_context(model, 16))(identity(cfg, "a")) == (3.0, 1.5)
+    # a cache file holding another context (say, copied from a GPU machine) is measured anew, with a warning
+    (path16,) = [p for p in tmp_path.glob("speed-*.json") if json.loads(p.read_text())["context"]["batch"] == 16]
+    foreign = json.loads(path16.read_text())
+    foreign["context"]["device"] = "cuda: NVIDIA H100"
+    path16.write_text(json.dumps(foreign))
+    assert L.cached_clock(measure, tmp_path, "k", clock_context(model, 16))(identity(cfg, "a")) == (5.0, 1.5)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong entries"])
+def test_a_damaged_speed_cache_is_measured_again_with_a_warning(tmp_path, model, capsys, damage):
+    cfg = get_config("tiny")
+    calls = []
+    context = clock_context(model, 16)
+    L.cached_clock(_measure(calls), tmp_path, "k", context)(identity(cfg, "a"))
+    (path,) = tmp_path.glob("speed-*.json")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:
+        data = json.loads(path.read_text())
+        data["payload"] = {plan: "fast" for plan in data["payload"]}
+        path.write_text(json.dumps(data))
+    assert L.cached_clock(_measure(calls), tmp_path, "k", context)(identity(cfg, "a")) == (4.0, 1.5)
+    err = capsys.readouterr().err
+    assert len(calls) == 2 and "warning:" in err and len(err.strip().splitlines()) == 1

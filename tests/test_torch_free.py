@@ -13,7 +13,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_package_and_runtime_import_without_torch():
-    p = _run("import fastervar, fastervar.runtime, fastervar.runtime.noise, fastervar.runtime.images, "
+    p = _run("import fastervar, fastervar.runtime, fastervar.runtime.pipeline, fastervar.bundle_contract, "
+             "fastervar.utils.noise, fastervar.utils.images, fastervar.utils.atomic, fastervar.utils.machine, "
              "fastervar.models.configs, fastervar.cli; print('ok')")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "ok"
@@ -25,7 +26,7 @@ def test_cli_help_without_torch():
 
 
 def test_noise_is_one_uniform_per_token_keyed_by_seed_image_and_step():
-    from fastervar.runtime.noise import batch_uniform, image_keys, step_uniform
+    from fastervar.utils.noise import batch_uniform, image_keys, step_uniform
     a = step_uniform(1, 2, 3, 256)
     assert a.shape == (256,) and a.dtype.name == "float32" and (a >= 0).all() and (a < 1).all()
     assert (batch_uniform(image_keys(1, [7, 2]), 3, 256)[1] == a).all()

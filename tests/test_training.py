@@ -8,7 +8,8 @@ import torch
 
 from fastervar.errors import FastervarError
 from fastervar.train import loop
-from fastervar.train.data import load_split, to_model_space, to_uint8_rgb
+from fastervar.train.data import load_split, to_model_space
+from fastervar.utils.images import grey_to_rgb
 
 
 def _train(tmp, total: int, stop_after: int | None = None) -> torch.Tensor:
@@ -56,5 +57,5 @@ def test_image_layouts():
     img = np.arange(28 * 28, dtype=np.uint8).reshape(1, 28, 28)
     x = to_model_space(img)
     assert x.shape == (1, 3, 32, 32) and x.min() >= -1 and x.max() <= 1 and x[0, :, 0, 0].tolist() == [-1] * 3
-    rgb = to_uint8_rgb(img)
+    rgb = grey_to_rgb(img)
     assert rgb.shape == (1, 32, 32, 3) and (rgb[0, 2:30, 2:30, 1] == img[0]).all()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.family import StepOutput, StepState, VARModel, to_uint8
+from ..models.family import StepOutput, StepState, VARModel
 from ..models.resample import resample
 from ..models.sampling import (
     SamplingSettings,
@@ -86,6 +86,10 @@ class AcceleratedModel:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
     def tokens_at(self, step: int) -> int:
         return self.model.tokens_at(step)
 
@@ -102,7 +106,10 @@ class AcceleratedModel:
         return self.model.decode(f_hat)
 
     def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return to_uint8(self.decode(f_hat))
+        return self.to_uint8(self.decode(f_hat))
+
+    def to_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.to_uint8(images)
 
     def _install(self, step: int) -> None:
         for i, blk in enumerate(self.model.var.blocks):

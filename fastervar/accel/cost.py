@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-from torch import nn
-
 from ..models.configs import ModelConfig
 from ..profile import FACTORIZABLE, Profile, StepPlan
 
@@ -83,14 +80,18 @@ def step_costs(cfg: ModelConfig, profile: Profile, batch: int, bytes_per_param: 
 
 
 def decoder_flops(cfg: ModelConfig, batch: int = 1) -> float:
-    """Conv and attention FLOPs of the VQVAE decoder, counted on an empty (meta) copy."""
+    """Conv and attention FLOPs of the VQVAE decoder, counted on an empty (meta) copy (the one
+    count here that needs torch: the step counts stay importable without it)."""
+    import torch
+    from torch import nn
+
     from ..models.vqvae import AttnBlock, Decoder
 
     with torch.device("meta"):
         dec = Decoder(cfg.vae)
     total = 0.0
 
-    def conv_hook(mod: nn.Conv2d, _inp, outp) -> None:
+    def conv_hook(mod, _inp, outp) -> None:
         nonlocal total
         kh, kw = mod.kernel_size
         total += 2 * outp.numel() * (mod.in_channels // mod.groups) * kh * kw

@@ -14,14 +14,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..assets import EMBEDDED_MODEL_NAME
-from ..calibrate.run import calibrate, weights_sha256
+from ..calibrate.run import calibrate
 from ..evaluate.judge import shipped_judge
 from ..export.bundle import export_bundle
+from ..models.checkpoint import weights_sha256
 from ..models.loading import shipped_model
 from ..models.sampling import SamplingSettings
 from ..profile import identity
 from ..profiles import resolve, shipped
-from ..runtime.images import write_pngs
+from ..utils.images import image_folder, write_pngs
 from .command import bench, runtime_variants
 
 
@@ -46,7 +47,8 @@ def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int,
     tqdm.write("[3/4] run: one image per class on the torch-free runtime")
     pipes = runtime_variants(bundle, "cpu", identity_bundle)
     gen = pipes["bundle"].generate(classes, seed=0)
-    write_pngs(gen.images, out / "images")
+    with image_folder(out / "images") as stage:
+        write_pngs(gen.images, stage)
     tqdm.write("[4/4] bench: baseline, accelerated, bundle, the shipped calibrated profiles and the peers side by side")
     # the model's shipped calibrated profiles, made at other speeds, for the equal-speed table
     shipped_ours = [resolve(n) for n in sorted(shipped())

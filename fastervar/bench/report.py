@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.atomic import atomic_path
-from ..runtime.images import save_png, tile_grid
+from ..utils.atomic import atomic_path
+from ..utils.images import save_png, tile_grid
 
 COLUMNS = [("seconds_per_image", "s/image", "{:.4f}"), ("speedup_total", "speedup", "{:.2f}x"),
            ("speedup_transformer", "steps speedup", "{:.2f}x"), ("peak_memory_mib", "peak MiB", "{:.0f}"),

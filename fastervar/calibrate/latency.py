@@ -6,23 +6,23 @@ does not shrink; a large model at batch 1 streams all its weights every step wha
 count. So each step's time is modelled as a non-negative mix of five counts the analytic cost model
 gives for any profile (an executed step, matmul FLOPs, attention FLOPs, sampled logits, restored
 values), with the weights fitted to per-step wall times of a few probe profiles timed on this
-machine. The fit is cached next to the baseline measurements, which keeps calibration
-deterministic once the cache exists.
+machine. The fit is cached next to the baseline measurements, keyed by everything a time depends
+on (`timing.clock_context`), which keeps calibration deterministic once the cache exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.optimize import nnls
+from tqdm.auto import tqdm
 
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import step_costs
@@ -31,8 +31,8 @@ from ..models.configs import ModelConfig
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity
-from ..runtime.atomic import atomic_path
-from ..timing import TorchRunner, batches, interleaved, summarize
+from ..utils.atomic import atomic_path
+from ..timing import TorchRunner, batches, clock_context, interleaved, summarize
 
 FEATURES = ("step", "matmul_flops", "attention_flops", "sampled_logits", "restored_values")
 
@@ -99,10 +99,6 @@ def probes(cfg: ModelConfig) -> list[Profile]:
     return [base, unguided, paper_split(cfg), fastvar(cfg)]
 
 
-def machine_id() -> str:
-    return f"{platform.node()}/{platform.machine()}/torch{torch.__version__}/threads{torch.get_num_threads()}"
-
-
 def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, min_reps: int = 2,
                     max_reps: int = 15, min_seconds: float = 6.0) -> LatencyModel:
     """Time each probe on one batch of the calibration prompts through the timing harness and fit
@@ -116,47 +112,79 @@ def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettin
                        min_seconds=min_seconds, max_reps=max_reps, desc="timing probe profiles")
     timings = {name: summarize(passes) for name, passes in runs.items()}
     obs = [(step_features(cfg, p, len(labels)), np.asarray(timings[p.name].step_seconds)) for p, _ in probe_models]
-    return fit(obs, len(labels), statistics.median(t.decode_seconds for t in timings.values()), machine_id())
+    context = clock_context(model, len(labels))
+    return fit(obs, len(labels), statistics.median(t.decode_seconds for t in timings.values()),
+               f"{context['device']}, {context['threads']} threads")
+
+
+def _warn(message: str) -> None:
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def _tag(key: str, context: dict) -> str:
+    return hashlib.sha256(json.dumps({"key": key, "context": context}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_cache(path: Path, context: dict) -> dict | None:
+    """A cache file's payload when it is readable and was measured in `context`; otherwise None,
+    with a one-line warning for a file that is there but corrupt or from elsewhere."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("payload"), dict):
+            raise ValueError("not a fastervar timing cache")
+    except (OSError, ValueError) as exc:
+        _warn(f"ignoring unreadable cache {path} ({str(exc).splitlines()[0]}); measuring again")
+        return None
+    if data.get("context") != context:
+        _warn(f"ignoring cache {path}: it was measured on another machine, device, dtype, batch or version; "
+              f"measuring again")
+        return None
+    return data["payload"]
+
+
+def write_cache(path: Path, context: dict, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"context": context, "payload": payload}, indent=2))
 
 
 def cached_latency(model: VARModel, labels: list[int], settings: SamplingSettings, cache_dir: Path,
                    key: str) -> tuple[LatencyModel, bool]:
-    """The fitted model from the cache when it was made for this key on this machine, else measured
-    and cached. Returns (model, reused)."""
-    tag = hashlib.sha256(f"{key}|{labels}|{machine_id()}".encode()).hexdigest()[:16]
-    path = cache_dir / f"latency-{tag}.json"
-    if path.exists():
+    """The fitted model from the cache when it was made for this key in this clock context (see
+    `timing.clock_context`), else measured and cached. Returns (model, reused)."""
+    context = clock_context(model, len(labels))
+    path = cache_dir / f"latency-{_tag(f'{key}|{labels}', context)}.json"
+    data = read_cache(path, context)
+    if data is not None:
         try:
-            data = json.loads(path.read_text())
             data.pop("features", None)
             return LatencyModel(**data), True
-        except (OSError, ValueError, TypeError):
-            pass
+        except TypeError as exc:
+            _warn(f"ignoring cache {path} ({exc}); measuring again")
     lm = measure_latency(model, labels, settings)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(lm.to_dict(), indent=2))
+    write_cache(path, context, lm.to_dict())
     return lm, False
 
 
-def cached_clock(measure: Callable[[Profile], tuple[float, float]], cache_dir: Path,
-                 key: str) -> Callable[[Profile], tuple[float, float]]:
-    """`measure` (a profile's measured speedups) remembered per plan and machine beside the latency
-    model: the clock settles a choice once, so a rerun with the same cache makes the same one."""
-    tag = hashlib.sha256(f"{key}|{machine_id()}".encode()).hexdigest()[:16]
-    path = cache_dir / f"speed-{tag}.json"
-    try:
-        known = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        known = {}
+def cached_clock(measure: Callable[[Profile], tuple[float, float]], cache_dir: Path, key: str,
+                 context: dict) -> Callable[[Profile], tuple[float, float]]:
+    """`measure` (a profile's measured speedups) remembered per plan beside the latency model, for
+    one clock context (machine, device, dtype, batch...): the clock settles a choice once, so a
+    rerun with the same cache makes the same one, and another batch or device measures anew."""
+    path = cache_dir / f"speed-{_tag(key, context)}.json"
+    known = read_cache(path, context) or {}
+    good = {plan: v for plan, v in known.items()
+            if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)}
+    if len(good) != len(known):
+        _warn(f"ignoring {len(known) - len(good)} malformed entries of {path}; measuring them again")
+    known = good
 
     def clock(profile: Profile) -> tuple[float, float]:
         plan = hashlib.sha256(json.dumps(profile.to_dict()["steps"], sort_keys=True).encode()).hexdigest()[:16]
         if plan not in known:
-            known[plan] = list(measure(profile))
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(known, indent=2))
+            known[plan] = [float(x) for x in measure(profile)]
+            write_cache(path, context, known)
         steps, total = known[plan]
         return steps, total
     return clock

@@ -42,7 +42,7 @@ class Measurements:
     tokens: list[np.ndarray] = field(default_factory=list)   # per step (N, p*p)
 
     def save(self, path: Path) -> None:
-        from ..runtime.atomic import atomic_path
+        from ..utils.atomic import atomic_path
         arrays = {"semantic": self.semantic, "structure": self.structure, "guidance_tv": self.guidance_tv,
                   "final_images": self.final_images}
         arrays.update({f"relevance/{k}": r for k, r in enumerate(self.relevance)})
@@ -67,8 +67,8 @@ class Measurements:
 def cache_key(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
               weights_sha256: str, judge: str | None = None) -> str:
     blob = json.dumps({"model": model.cfg.to_dict(), "weights": weights_sha256, "classes": list(classes),
-                       "seeds": list(seeds), "settings": settings.__dict__, "judge": judge, "version": 2},
-                      sort_keys=True)
+                       "seeds": list(seeds), "settings": settings.__dict__, "judge": judge, "version": 3,
+                       "device": model.device.type, "dtype": str(model.dtype)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from ..accel.cost import step_costs
 from ..models.configs import ModelConfig
 from ..profile import Profile, identity
-from ..runtime.atomic import atomic_path
+from ..utils.atomic import atomic_path
 from .measure import Measurements
 from .search import Candidate
 

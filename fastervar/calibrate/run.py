@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,10 +14,12 @@ from tqdm.auto import tqdm
 from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
+from ..models.checkpoint import weights_sha256
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
-from ..timing import TorchRunner, batches, interleaved, speedup
+from ..timing import TorchRunner, batches, clock_context, interleaved, speedup
+from ..utils.atomic import atomic_dir
 from .latency import FEATURES, cached_clock, cached_latency
 from .measure import Measurements, cache_key, measure
 from .report import write_report
@@ -31,16 +31,6 @@ from .search import (
     search,
     stage_split,
 )
-
-
-def weights_sha256(model: VARModel) -> str:
-    """Hash of every tensor of the model in key order: ties a profile to the weights it was made on."""
-    h = hashlib.sha256()
-    for part in (model.var, model.vae):
-        for k, v in part.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def check_sampler(settings: SamplingSettings) -> None:
@@ -98,18 +88,40 @@ def peer_target(peer: Candidate, base_accuracy: float | None, max_accuracy_drop:
     return target, max_accuracy_drop
 
 
-def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
-              target_speedup: float | None, max_quality_drop: float | None, out: Path, report_dir: Path,
-              cache_dir: Path, batch: int = 16, name: str | None = None,
-              max_accuracy_drop: float = 0.02, cost_model: str = "latency",
-              match_peer: str | None = None, judge: JudgeFiles | None = None) -> tuple[Profile, Path]:
-    """Measure (cached), fit the latency model (cached), search, then write the profile and its report
-    atomically. `match_peer` (a name in `presets.PEER_NAMES`) sets the target from that peer's recipe;
+@dataclass
+class CalibrationRequest:
+    """What a calibration is asked for: the prompts (classes x seeds) and sampling settings, one
+    target (`target_speedup`, `max_quality_drop` or `match_peer`, a name in `presets.PEER_NAMES`),
+    the limits a candidate must keep, and where the profile, its report and the caches go.
     `judge` (see `evaluate.judge.pick_judge`) adds class accuracy to what a candidate must keep."""
+
+    classes: Sequence[int]
+    seeds: Sequence[int]
+    settings: SamplingSettings
+    out: Path
+    report_dir: Path
+    cache_dir: Path
+    target_speedup: float | None = None
+    max_quality_drop: float | None = None
+    match_peer: str | None = None
+    max_accuracy_drop: float = 0.02
+    batch: int = 16
+    name: str | None = None
+    cost_model: str = "latency"
+    judge: JudgeFiles | None = None
+
+
+def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Path]:
+    """Measure (cached), fit the latency model (cached), search, then write the profile and its
+    report atomically (both or neither)."""
+    r = request
+    classes, seeds, settings, batch, cache_dir = r.classes, r.seeds, r.settings, r.batch, r.cache_dir
+    target_speedup, max_quality_drop, match_peer = r.target_speedup, r.max_quality_drop, r.match_peer
+    max_accuracy_drop, cost_model, name = r.max_accuracy_drop, r.cost_model, r.name
     check_sampler(settings)
     torch.manual_seed(0)
     sha = weights_sha256(model)
-    judge_files, judge = judge, None
+    judge_files, judge = r.judge, None
     if judge_files is not None:
         from ..evaluate.features import ClassifierFeatures
         judge = ClassifierFeatures.load(judge_files)
@@ -149,7 +161,8 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
     finally:
         bar.close()
     comparison = equal_speed_comparison(list(peers.values()), tried)
-    clock = cached_clock(lambda p: measured_speedups(model, p, list(classes), settings, batch), cache_dir, cache.stem)
+    clock = cached_clock(lambda p: measured_speedups(model, p, list(classes), settings, batch), cache_dir, cache.stem,
+                         clock_context(model, batch))
     if target_speedup is None:
         steps_speed, speed = clock(chosen.profile)
     else:
@@ -189,14 +202,7 @@ def calibrate(model: VARModel, classes: Sequence[int], seeds: Sequence[int], set
               "measured speedup (wall, end to end)": f"{speed:.2f}x",
               "baseline class accuracy": searcher.base_accuracy,
               "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None}
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage_dir = Path(tempfile.mkdtemp(dir=report_dir.parent, prefix=f".{report_dir.name}."))
-    try:
-        write_report(stage_dir, profile, chosen, tried, m, stages, model.cfg, batch, header, comparison)
-        profile.save(out)
-        if report_dir.exists():
-            shutil.rmtree(report_dir)
-        stage_dir.rename(report_dir)
-    finally:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-    return profile, report_dir / "report.md"
+    with atomic_dir(r.report_dir) as stage:
+        write_report(stage, profile, chosen, tried, m, stages, model.cfg, batch, header, comparison)
+        profile.save(r.out)
+    return profile, r.report_dir / "report.md"

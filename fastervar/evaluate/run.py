@@ -50,9 +50,9 @@ class Reference:
 def real_test_images(judge: JudgeFiles) -> tuple[np.ndarray, np.ndarray]:
     """The judge's real test images (1000 Fashion-MNIST ones for the shipped judge) as
     (N, 32, 32, 3) uint8, with labels."""
-    from ..train.data import to_uint8_rgb
+    from ..utils.images import grey_to_rgb
     z = load_npz(judge.real_images, ("images", "labels"))
-    return to_uint8_rgb(z["images"]), z["labels"]
+    return grey_to_rgb(z["images"]), z["labels"]
 
 
 @torch.no_grad()

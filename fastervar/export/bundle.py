@@ -26,8 +26,23 @@ from ..errors import FastervarError
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
-from ..runtime.atomic import atomic_dir
-from ..runtime.manifest import FORMAT, MANIFEST, WEIGHTS, file_sha256
+from ..bundle_contract import (
+    F_HAT,
+    FORMAT,
+    IMAGES,
+    LABELS,
+    MANIFEST,
+    NOISE,
+    PRECISIONS,
+    TOKENS,
+    WEIGHTS,
+    BundleError,
+    read_manifest,
+    step_noise,
+    step_tokens,
+)
+from ..utils.atomic import atomic_dir
+from ..utils.hashing import file_sha256
 from .chain import join_chain
 from .fold import ConstantBinder
 from .graphs import DecoderGraph, StepGraph, StepIO, example_steps, plan_io
@@ -35,7 +50,6 @@ from .quantize import calibration_latents, quantize_decoder, quantize_linears
 from .weights import WeightStore
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
 DECODER_PRECISIONS = ("fp32", "int8")
 # Graphs are traced at the first batch size; a run at the second tells which axes scale with the
 # batch (rows = 2 x batch). The second is 1: it records shapes only, so it should cost the least memory.
@@ -171,6 +185,13 @@ def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: 
     return Path(out)
 
 
+def check_target(out_dir: str | Path) -> None:
+    """Export replaces an old bundle but never a directory that holds anything else."""
+    d = Path(out_dir)
+    if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / MANIFEST).exists())):
+        raise FastervarError(f"--out {out_dir} exists and is not a bundle; choose a new or empty directory")
+
+
 def check_memory(model: VARModel, precision: str) -> None:
     """Fail before writing anything when the machine cannot hold what export adds to the model:
     one step's state at the example batch, the fp16 copy of the weights, and one weight in flight."""
@@ -220,8 +241,8 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
                 engines.append(_engine(f"step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params, precision))
                 bar.update()
             dec, other = next(examples), shapes[-1]
-            ins, outs = [_spec("f_hat", dec["f_hat"], other["f_hat"])], [_spec("images", dec["images"], other["images"])]
-            graph, params = _trace(DecoderGraph(acc), (dec["f_hat"],), ins, outs)
+            ins, outs = [_spec(F_HAT, dec[F_HAT], other[F_HAT])], [_spec(IMAGES, dec[IMAGES], other[IMAGES])]
+            graph, params = _trace(DecoderGraph(acc), (dec[F_HAT],), ins, outs)
             del dec
             if decoder == "int8":
                 graph, params = quantize_decoder(graph, params, calibration[0], OPSET), {}
@@ -239,17 +260,21 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
         manifest["decoder_calibration"] = calibration[1] if calibration else None
         manifest["chain"] = chain
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        try:
+            read_manifest(tmp, verify=False)       # what export wrote must be what the runtime accepts
+        except BundleError as exc:
+            raise FastervarError(f"internal: export wrote a bundle the contract refuses: {exc}") from None
 
 
 def _chain_engine(ios: list[StepIO], engines: list[dict], root: Path) -> dict:
     """The step graphs and the decoder joined into one graph (chain.py), with their specs."""
     steps, decoder = engines[:-1], engines[-1]
     model = join_chain(root, ios, [e["graph"] for e in steps], decoder["graph"])
-    ins = [_named(steps[0]["inputs"], "labels")]
-    outs = [_named(decoder["outputs"], "images")]
+    ins = [_named(steps[0]["inputs"], LABELS)]
+    outs = [_named(decoder["outputs"], IMAGES)]
     for io_, e in zip(ios, steps):
-        ins.append({**_named(e["inputs"], "noise"), "name": f"noise.{io_.step}"})
-        outs.append({**_named(e["outputs"], "tokens"), "name": f"tokens.{io_.step}"})
+        ins.append({**_named(e["inputs"], NOISE), "name": step_noise(io_.step)})
+        outs.append({**_named(e["outputs"], TOKENS), "name": step_tokens(io_.step)})
     used = list(dict.fromkeys(w for e in engines for w in e["initializers"]))
     mixed = {e["precision"] for e in engines}
     return _save("chain", None, model, ins, outs, root, used, mixed.pop() if len(mixed) == 1 else "mixed")

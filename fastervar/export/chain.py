@@ -15,8 +15,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from ..bundle_contract import F_HAT, IMAGES, LABELS, NOISE, TOKENS, state_name, step_noise, step_tokens
 from ..errors import FastervarError
-from .graphs import OUT, StepIO
+from .graphs import StepIO
 
 
 def _join(chain: onnx.GraphProto, graph: onnx.GraphProto, prefix: str, feeds: dict[str, str],
@@ -63,17 +64,17 @@ def join_chain(root: Path, ios: list[StepIO], steps: list[str], decoder: str) ->
     """One model from the step graphs (files under root, in `ios` order) and the decoder graph."""
     first = onnx.load(str(root / steps[0]), load_external_data=False)
     chain = helper.make_graph([], "chain", [], [])
-    chain.input.append(_value_info(first.graph, "labels", "labels"))
-    f_hat = _value_info(first.graph, "f_hat", "f_hat")
+    chain.input.append(_value_info(first.graph, LABELS, LABELS))
+    f_hat = _value_info(first.graph, F_HAT, F_HAT)
     dims = [d.dim_value for d in f_hat.type.tensor_type.shape.dim[1:]]
     chain.node.extend([
-        helper.make_node("Shape", ["labels"], ["init/batch"]),
+        helper.make_node("Shape", [LABELS], ["init/batch"]),
         helper.make_node("Constant", [], ["init/dims"], value=helper.make_tensor("dims", TensorProto.INT64, [3], dims)),
         helper.make_node("Concat", ["init/batch", "init/dims"], ["init/shape"], axis=0),
         helper.make_node("ConstantOfShape", ["init/shape"], ["init/f_hat"],
                          value=helper.make_tensor("zero", f_hat.type.tensor_type.elem_type, [1], [0])),
     ])
-    state = {"labels": "labels", "f_hat": "init/f_hat"}
+    state = {LABELS: LABELS, F_HAT: "init/f_hat"}
     seen: set[str] = set()
     opsets: dict[str, int] = {}                  # quantized graphs may import more domains
     ir_version = first.ir_version
@@ -83,19 +84,19 @@ def join_chain(root: Path, ios: list[StepIO], steps: list[str], decoder: str) ->
         for op in part.opset_import:
             opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
         ir_version = max(ir_version, part.ir_version)
-        noise = f"noise.{io.step}"
-        chain.input.append(_value_info(graph, "noise", noise))
-        chain.output.append(_value_info(graph, "tokens", f"tokens.{io.step}"))
-        feeds = {name: (noise if name == "noise" else state[name]) for name in io.inputs}
-        _join(chain, graph, f"s{io.step}/", feeds, {"tokens": f"tokens.{io.step}"}, seen)
+        noise = step_noise(io.step)
+        chain.input.append(_value_info(graph, NOISE, noise))
+        chain.output.append(_value_info(graph, TOKENS, step_tokens(io.step)))
+        feeds = {name: (noise if name == NOISE else state[name]) for name in io.inputs}
+        _join(chain, graph, f"s{io.step}/", feeds, {TOKENS: step_tokens(io.step)}, seen)
         for name in io.outputs:
-            if name.startswith(OUT):
-                state[name[len(OUT):]] = f"s{io.step}/{name}"
+            if state_name(name):
+                state[state_name(name)] = f"s{io.step}/{name}"
     dec = onnx.load(str(root / decoder), load_external_data=False)
     for op in dec.opset_import:
         opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
-    _join(chain, dec.graph, "dec/", {"f_hat": state["f_hat"]}, {"images": "images"}, seen)
-    chain.output.insert(0, _value_info(dec.graph, "images", "images"))
+    _join(chain, dec.graph, "dec/", {F_HAT: state[F_HAT]}, {IMAGES: IMAGES}, seen)
+    chain.output.insert(0, _value_info(dec.graph, IMAGES, IMAGES))
     model = helper.make_model(chain, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               ir_version=max(ir_version, dec.ir_version))
     model.producer_name, model.producer_version = first.producer_name, first.producer_version

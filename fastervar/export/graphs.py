@@ -16,20 +16,20 @@ import torch
 from torch import nn
 
 from ..accel.accelerated import AcceleratedModel, AccelState
-from ..models.family import to_uint8
+from ..bundle_contract import (
+    F_HAT,
+    IMAGES,
+    LABELS,
+    NOISE,
+    TOKENS,
+    branch_names,
+    cache_names,
+    hidden_name,
+    is_restore_state,
+    output,
+    state_name,
+)
 from ..models.sampling import SamplingSettings
-
-OUT = "out."
-
-
-def cache_names(depth: int) -> list[str]:
-    return [f"cache.{i}.{kv}" for i in range(depth) for kv in ("k", "v")]
-
-
-def branch_names(step: int, depth: int, layers: list[int] | None = None) -> list[str]:
-    """The cached sublayer outputs of `step`, for every block or only those in `layers` [first, end)."""
-    lo, hi = layers or (0, depth)
-    return [f"branch.{step}.{i}.{part}" for i in range(lo, hi) for part in ("attn", "ffn")]
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,19 @@ def plan_io(acc: AcceleratedModel) -> list[StepIO]:
     executed = [k for k, p in enumerate(steps) if p.mode != "skip"]
     reads: dict[int, list[str]] = {}
     for n, k in enumerate(executed):
-        names = ["labels", "f_hat", "noise"] + (cache_names(depth) if n > 0 else [])
+        names = [LABELS, F_HAT, NOISE] + (cache_names(depth) if n > 0 else [])
         p = steps[k]
         if p.mode == "reduce" and p.restore_level == "block":
-            names.append(f"hidden.{p.restore_from}")
+            names.append(hidden_name(p.restore_from))
         elif p.mode == "reduce" and p.restore_level == "layer":
             names += branch_names(p.restore_from, depth, p.layers)
         reads[k] = names
     out: list[StepIO] = []
     for n, k in enumerate(executed):
         later = {name for j in executed[n + 1:] for name in reads[j]}
-        later -= {name for name in reads[k] if name.startswith(("hidden.", "branch."))}   # the runtime keeps them
-        produced = ["f_hat", "tokens"] + cache_names(depth) + [f"hidden.{k}"] + branch_names(k, depth)
-        outputs = ["tokens"] + [OUT + name for name in produced if name != "tokens" and (name in later or name == "f_hat")]
+        later -= {name for name in reads[k] if is_restore_state(name)}   # the runtime keeps them
+        produced = [F_HAT] + cache_names(depth) + [hidden_name(k)] + branch_names(k, depth)
+        outputs = [TOKENS] + [output(name) for name in produced if name in later or name == F_HAT]
         out.append(StepIO(k, reads[k], outputs))
     return out
 
@@ -77,25 +77,26 @@ class StepGraph(nn.Module):
         feed = dict(zip(self.io.inputs, tensors))
         depth = self.acc.cfg.var.depth
         caches = None
-        if "cache.0.k" in feed:
-            caches = [(feed[f"cache.{i}.k"], feed[f"cache.{i}.v"]) for i in range(depth)]
-        state = AccelState(f_hat=feed["f_hat"], caches=caches)
-        for name, t in feed.items():
-            if name.startswith("hidden."):
-                state.hidden[int(name.split(".")[1])] = t
-        for j in {int(n.split(".")[1]) for n in feed if n.startswith("branch.")}:
-            state.branches[j] = [(feed.get(f"branch.{j}.{i}.attn"), feed.get(f"branch.{j}.{i}.ffn"))
-                                 for i in range(depth)]               # None for blocks the step does not reduce
-        cond = self.acc.condition(feed["labels"], guided=True)
-        state, result = self.acc.step(self.io.step, state, cond, feed["noise"], self.settings)
-        produced = {"tokens": result.tokens, OUT + "f_hat": state.f_hat}
-        for i, (kk, vv) in enumerate(state.caches):
-            produced[f"{OUT}cache.{i}.k"], produced[f"{OUT}cache.{i}.v"] = kk, vv
+        kv = cache_names(depth)
+        if kv[0] in feed:
+            caches = [(feed[kv[2 * i]], feed[kv[2 * i + 1]]) for i in range(depth)]
+        state = AccelState(f_hat=feed[F_HAT], caches=caches)
+        for j in range(self.io.step):
+            if hidden_name(j) in feed:
+                state.hidden[j] = feed[hidden_name(j)]
+            names = branch_names(j, depth)
+            if any(n in feed for n in names):         # None for blocks the step does not reduce
+                state.branches[j] = [(feed.get(names[2 * i]), feed.get(names[2 * i + 1])) for i in range(depth)]
+        cond = self.acc.condition(feed[LABELS], guided=True)
+        state, result = self.acc.step(self.io.step, state, cond, feed[NOISE], self.settings)
+        produced = {TOKENS: result.tokens, output(F_HAT): state.f_hat}
+        for name, t in zip(kv, [t for pair in state.caches for t in pair]):
+            produced[output(name)] = t
         for j, h in state.hidden.items():
-            produced[f"{OUT}hidden.{j}"] = h
+            produced[output(hidden_name(j))] = h
         for j, br in state.branches.items():
-            for i, (a, f) in enumerate(br):
-                produced[f"{OUT}branch.{j}.{i}.attn"], produced[f"{OUT}branch.{j}.{i}.ffn"] = a, f
+            for name, t in zip(branch_names(j, depth), [t for pair in br for t in pair]):
+                produced[output(name)] = t
         return tuple(produced[name] for name in self.io.outputs)
 
 
@@ -108,7 +109,7 @@ class DecoderGraph(nn.Module):
         self.model = acc.model
 
     def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return to_uint8(self.acc.decode(f_hat))
+        return self.acc.to_uint8(self.acc.decode(f_hat))
 
 
 @torch.no_grad()
@@ -121,16 +122,16 @@ def example_steps(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSe
     """
     labels = torch.arange(batch) % acc.cfg.var.num_classes
     noise_gen = torch.Generator().manual_seed(0)
-    state: dict[str, torch.Tensor] = {"labels": labels, "f_hat": acc.init_state(batch).f_hat}
+    state: dict[str, torch.Tensor] = {LABELS: labels, F_HAT: acc.init_state(batch).f_hat}
     for io in ios:
-        state["noise"] = torch.rand(batch, acc.tokens_at(io.step), generator=noise_gen)
+        state[NOISE] = torch.rand(batch, acc.tokens_at(io.step), generator=noise_gen)
         ins = {name: state[name] for name in io.inputs}
         outs = dict(zip(io.outputs, StepGraph(acc, io, settings)(*ins.values())))
         yield {**ins, **outs}
         for name, t in outs.items():
-            if name.startswith(OUT):
-                state[name[len(OUT):]] = t
+            if state_name(name):
+                state[state_name(name)] = t
         del ins, outs
-    f_hat = state.pop("f_hat")
+    f_hat = state.pop(F_HAT)
     state.clear()
-    yield {"f_hat": f_hat, "images": DecoderGraph(acc)(f_hat)}
+    yield {F_HAT: f_hat, IMAGES: DecoderGraph(acc)(f_hat)}

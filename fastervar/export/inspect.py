@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from ..runtime.manifest import read_manifest
+from ..bundle_contract import NOISE, read_manifest
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -50,6 +50,6 @@ def bundle_facts(root: str | Path) -> dict:
     specs = manifest.engines + ([manifest.chain] if manifest.chain else [])
     facts = {}
     for e in specs:
-        facts[e.graph] = {"noise": {i["name"]: i["shape"] for i in e.inputs if i["name"].startswith("noise")},
-                          "topk": topk_sizes(manifest.root / e.graph)}
+        facts[e.graph] = {"noise": {i["name"]: i["shape"] for i in e.inputs if i["name"].startswith(NOISE)},
+                          "topk": topk_sizes(manifest.path(e.graph))}
     return facts

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..bundle_contract import F_HAT
 from ..errors import FastervarError
 from .fold import ConstantBinder
 from .weights import WeightStore
@@ -171,7 +172,7 @@ class _Latents:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         x = next(self._batches, None)
-        return None if x is None else {"f_hat": x}
+        return None if x is None else {F_HAT: x}
 
 
 def quantize_decoder(model: onnx.ModelProto, params: Mapping[str, np.ndarray], latents: np.ndarray, opset: int

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastervar.errors import FastervarError
-from fastervar.runtime.atomic import atomic_path
+from fastervar.utils.atomic import atomic_path
 from fastervar.runtime.tensorrt_engine import load_tensorrt, take_trt_error, trt_logger
 
 # How far each symbolic dim of a manifest shape ranges, in multiples of --max-batch:

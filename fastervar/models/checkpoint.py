@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import FastervarError
-from ..runtime.atomic import atomic_path
+from ..utils.atomic import atomic_path
+from ..utils.hashing import arrays_sha256
 from .configs import (
     NAMED_CONFIGS,
     OFFICIAL_VAE,
@@ -64,6 +65,12 @@ def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> State
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise FastervarError(f"{p}: not a state dict (expected a mapping of names to tensors)")
     return sd
+
+
+def weights_sha256(model: VARModel) -> str:
+    """Hash of every tensor of the model in key order: ties a profile to the weights it was made on."""
+    return arrays_sha256((k, v.detach().cpu().contiguous().numpy())
+                         for part in (model.var, model.vae) for k, v in part.state_dict().items())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,19 +13,26 @@ previous step's graph outputs, then replayed. Later batches copy only the condit
 noise into the graphs' input buffers. Outputs live in the graphs' buffers, so `step` returns
 tokens and `decode` images as copies.
 
+Each batch size's graphs hold their own KV caches and activations, so a long-lived server that
+meets many batch sizes would grow without bound: past `max_batches` sizes, the least recently used
+one's graphs are dropped (and recaptured if that size comes back).
+
 Only the portable sampler is graphed (the official sampler's torch.Generator is host state).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .family import StepModel, StepOutput, StepState, to_uint8
+from .family import StepModel, StepOutput, StepState
 from .sampling import SamplingSettings
+
+MAX_BATCHES = 4                                 # batch sizes whose graphs stay captured at once
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
@@ -83,15 +90,14 @@ def _feed(entry: _Captured, live: list[torch.Tensor]) -> None:
 class GraphedModel:
     """A step-protocol model whose steps and decoder replay as CUDA graphs, per batch size."""
 
-    def __init__(self, model: StepModel):
+    def __init__(self, model: StepModel, max_batches: int = MAX_BATCHES):
+        if max_batches < 1:
+            raise ValueError(f"max_batches must be at least 1, got {max_batches}")
         self.model = model
-        self._plans: dict[int, _Plan] = {}
+        self.max_batches = max_batches
+        self._plans: OrderedDict[int, _Plan] = OrderedDict()
 
     # -- the step protocol, delegated ---------------------------------------------------------
-    @property
-    def var(self) -> Any:
-        return self.model.var
-
     @property
     def cfg(self) -> Any:
         return self.model.cfg
@@ -104,6 +110,15 @@ class GraphedModel:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def captured_batches(self) -> list[int]:
+        """Batch sizes whose graphs are held now, least recently used first."""
+        return list(self._plans)
+
     def tokens_at(self, step: int) -> int:
         return self.model.tokens_at(step)
 
@@ -111,7 +126,11 @@ class GraphedModel:
         return self.model.noise_at(step)
 
     def _plan(self, batch: int) -> _Plan:
-        if batch not in self._plans:
+        if batch in self._plans:
+            self._plans.move_to_end(batch)
+        else:
+            while len(self._plans) >= self.max_batches:
+                self._plans.popitem(last=False)          # its graphs, pool and caches go with it
             self._plans[batch] = _Plan(pool=self._new_pool(), cond=None, state0=self.model.init_state(batch))
         return self._plans[batch]
 
@@ -164,7 +183,10 @@ class GraphedModel:
         return plan.decoder.state.clone()
 
     def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return to_uint8(self.decode(f_hat))
+        return self.model.to_uint8(self.decode(f_hat))
+
+    def to_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.to_uint8(images)
 
     @staticmethod
     def _capture(plan: _Plan, inputs: list[torch.Tensor], fn) -> _Captured:
@@ -182,9 +204,9 @@ class GraphedModel:
         return _Captured(graph, inputs, state, output)
 
 
-def fast_path(model: StepModel, settings: SamplingSettings) -> StepModel:
-    """What the timed and user-facing paths run: CUDA graphs on a GPU with the portable sampler,
-    the model itself otherwise."""
-    if model.var.head.weight.is_cuda and settings.sampler == "portable" and not isinstance(model, GraphedModel):
-        return GraphedModel(model)
+def fast_path(model: StepModel, settings: SamplingSettings, max_batches: int = MAX_BATCHES) -> StepModel:
+    """What the timed and user-facing paths run: CUDA graphs on a GPU with the portable sampler
+    (holding at most `max_batches` batch sizes' graphs), the model itself otherwise."""
+    if model.device.type == "cuda" and settings.sampler == "portable" and not isinstance(model, GraphedModel):
+        return GraphedModel(model, max_batches)
     return model

@@ -47,6 +47,9 @@ class StepModel(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def dtype(self) -> torch.dtype: ...
+
     def tokens_at(self, step: int) -> int: ...
 
     def noise_at(self, step: int) -> int: ...
@@ -61,6 +64,8 @@ class StepModel(Protocol):
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor: ...
 
     def pixels(self, f_hat: torch.Tensor) -> torch.Tensor: ...
+
+    def to_uint8(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class VARModel(nn.Module):
@@ -90,6 +95,10 @@ class VARModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.var.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.var.head.weight.dtype
 
     def tokens_at(self, step: int) -> int:
         return self.patch_nums[step] ** 2
@@ -154,7 +163,11 @@ class VARModel(nn.Module):
         return self._per_image(self.vae.decode, f_hat).add(1).mul(0.5)
 
     def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return to_uint8(self.decode(f_hat))
+        return self.to_uint8(self.decode(f_hat))
+
+    def to_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """VAR's images round to uint8, as its demos do."""
+        return to_uint8(images)
 
     def _per_image(self, fn, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()

@@ -97,6 +97,10 @@ class InfinityModel(nn.Module):
         return self.infinity.head.weight.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.infinity.head.weight.dtype
+
+    @property
     def num_steps(self) -> int:
         return len(self.schedule)
 
@@ -159,5 +163,8 @@ class InfinityModel(nn.Module):
         return self.vae.decode(f_hat).add(1).div(2)
 
     def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return self.to_uint8(self.decode(f_hat))
+
+    def to_uint8(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 RGB, truncated as upstream converts (it then flips to BGR for OpenCV)."""
-        return self.decode(f_hat).permute(0, 2, 3, 1).mul(255).to(torch.uint8)
+        return images.permute(0, 2, 3, 1).mul(255).to(torch.uint8)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..runtime.noise import NoiseKey, batch_uniform, image_keys
+from ..utils.noise import NoiseKey, batch_uniform, image_keys
 from .family import StepModel, StepOutput, StepState
 from .prompts import TextBatch
 from .sampling import SamplingSettings

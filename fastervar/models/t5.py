@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +40,24 @@ class T5Config:
 
     @classmethod
     def from_hf(cls, data: dict, path: Path) -> T5Config:
+        if not isinstance(data, dict):
+            raise FastervarError(f"{path}: not a T5 config (a JSON object)")
         proj = data.get("feed_forward_proj", "relu")
         if proj not in ("relu", "gated-gelu"):
             raise FastervarError(f"{path}: feed_forward_proj {proj!r} is not supported (relu or gated-gelu)")
         try:
-            return cls(vocab_size=int(data["vocab_size"]), d_model=int(data["d_model"]), d_kv=int(data["d_kv"]),
+            cfg = cls(vocab_size=int(data["vocab_size"]), d_model=int(data["d_model"]), d_kv=int(data["d_kv"]),
                        d_ff=int(data["d_ff"]), num_layers=int(data["num_layers"]), num_heads=int(data["num_heads"]),
                        relative_attention_num_buckets=int(data.get("relative_attention_num_buckets", 32)),
                        relative_attention_max_distance=int(data.get("relative_attention_max_distance", 128)),
                        layer_norm_epsilon=float(data.get("layer_norm_epsilon", 1e-6)), gated=proj == "gated-gelu")
         except (KeyError, TypeError, ValueError) as exc:
             raise FastervarError(f"{path}: not a T5 config ({exc})") from None
+        sizes = {k: v for k, v in asdict(cfg).items() if isinstance(v, int) and not isinstance(v, bool)}
+        bad = next((k for k, v in sizes.items() if v < 1), None)
+        if bad:
+            raise FastervarError(f"{path}: {bad} must be positive, got {sizes[bad]}")
+        return cfg
 
 
 class RMSNorm(nn.Module):
@@ -172,22 +180,30 @@ class T5Encoder(nn.Module):
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The folder's tensors: model.safetensors (or its shards), else pytorch_model.bin loaded
-    with weights_only=True."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The folder's tensors: model.safetensors (or its shards), else pytorch_model.bin, each read
+    by the one checkpoint reader (safetensors, or a pickle with weights_only=True)."""
+    from .checkpoint import read_state_dict
+
+    def read(name: str) -> dict[str, torch.Tensor]:
+        try:
+            return read_state_dict(folder / name)
+        except FastervarError as exc:
+            raise FastervarError(f"cannot read the T5 weights: {exc}") from None
 
     index = folder / "model.safetensors.index.json"
-    try:
-        if index.exists():
+    if index.exists():
+        try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return {k: v for s in shards for k, v in load_file(str(folder / s)).items()}
-        if (folder / "model.safetensors").exists():
-            return load_file(str(folder / "model.safetensors"))
-        if (folder / "pytorch_model.bin").exists():
-            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise FastervarError(f"{folder}: cannot read the T5 weights ({str(exc).splitlines()[0]})") from None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FastervarError(f"{index}: not a shard index ({str(exc).splitlines()[0] if str(exc) else exc})") \
+                from None
+        if not all(isinstance(s, str) and "/" not in s and "\\" not in s and s not in ("", ".", "..")
+                   for s in shards):
+            raise FastervarError(f"{index}: shard names must be files of the folder")
+        return {k: v for s in shards for k, v in read(s).items()}
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return read(name)
     raise FastervarError(f"{folder} has no model.safetensors, shard index or pytorch_model.bin")
 
 
@@ -198,8 +214,10 @@ def load_encoder(folder: str | Path) -> T5Encoder:
         cfg = T5Config.from_hf(json.loads((folder / "config.json").read_text()), folder / "config.json")
     except FileNotFoundError:
         raise FastervarError(f"--text-encoder {folder}: no config.json (give a Hugging Face T5 folder)") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FastervarError(f"{folder / 'config.json'}: malformed JSON ({exc})") from None
+    except OSError as exc:
+        raise FastervarError(f"cannot read {folder / 'config.json'}: {exc.strerror or exc}") from None
     found = _read_weights(folder)
     want = {f"encoder.{k}": v for k, v in T5Encoder(cfg).state_dict().items()}
     sd = {k: v for k, v in found.items() if k.startswith("encoder.")}
@@ -226,6 +244,8 @@ class TextEncoder:
 
     def __init__(self, encoder: T5Encoder, tokenizer, max_length: int = 512):
         self.encoder, self.tokenizer, self.max_length = encoder, tokenizer, max_length
+        self._eos = tokenizer.token_to_id("</s>")
+        self._warned = False
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int = 512) -> TextEncoder:
@@ -241,7 +261,20 @@ class TextEncoder:
         return cls(load_encoder(folder), tokenizer, max_length)
 
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
-        return [enc.ids[: self.max_length] for enc in self.tokenizer.encode_batch(prompts)]
+        """Each prompt's ids; one longer than `max_length` keeps its first `max_length - 1` tokens
+        and its closing `</s>`, as Hugging Face's T5 tokenizer truncates (warned once)."""
+        out = []
+        for prompt, enc in zip(prompts, self.tokenizer.encode_batch(prompts)):
+            ids = list(enc.ids)
+            if len(ids) > self.max_length:
+                if not self._warned:
+                    warnings.warn(f"a prompt of {len(ids)} tokens is longer than the encoder's {self.max_length}; "
+                                  f"it is cut to its first {self.max_length - 1} and </s> "
+                                  f"({prompt[:40]!r}...)", stacklevel=2)
+                    self._warned = True
+                ids = ids[: self.max_length - 1] + ids[-1:] if ids[-1] == self._eos else ids[: self.max_length]
+            out.append(ids)
+        return out
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,5 @@
-"""The torch-free side of fastervar: reading and checking bundles, running their engines
-(onnxruntime sessions or TensorRT plans) in order, the portable sampler's noise, image files and
-atomic writes.
+"""The bundle runner: opens a bundle through the bundle contract and chains its engines
+(onnxruntime sessions or TensorRT plans) into images, with the portable sampler's noise.
 
 Nothing under this package may import torch; a test enforces it.
 """

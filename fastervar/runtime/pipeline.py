@@ -14,12 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle_contract import (
+    F_HAT,
+    IMAGES,
+    LABELS,
+    NOISE,
+    TOKENS,
+    Manifest,
+    read_manifest,
+    state_name,
+    step_noise,
+    step_tokens,
+)
 from ..errors import FastervarError
-from .manifest import Manifest, read_manifest
-from .noise import NoiseKey, batch_uniform, image_keys
+from ..utils.noise import NoiseKey, batch_uniform, image_keys
 from .sessions import Engine, create_chain_engine, create_engines
-
-OUT = "out."
 
 
 @dataclass
@@ -107,26 +116,24 @@ class Pipeline:
             return self._chain_chunk(classes, keys)
         m = self.manifest
         b = len(classes)
-        z = m.data["model"]["architecture"]["vae"]["z_channels"]
-        full = m.patch_nums[-1]
-        f_hat_dtype = next(i["dtype"] for i in m.steps[0].inputs if i["name"] == "f_hat")
-        state: dict[str, np.ndarray] = {"labels": np.asarray(classes, dtype=np.int64),
-                                        "f_hat": np.zeros((b, z, full, full), dtype=f_hat_dtype)}
+        shape, dtype = m.latent
+        state: dict[str, np.ndarray] = {LABELS: np.asarray(classes, dtype=np.int64),
+                                        F_HAT: np.zeros((b, *shape), dtype=dtype)}
+        specs = {e.step: e for e in m.steps}
         tokens, seconds = [], []
-        for k, pn in enumerate(m.patch_nums):
+        for k in range(len(m.patch_nums)):
             t0 = time.perf_counter()
             engine = self._steps.get(k)
             if engine is None:
                 tokens.append(np.zeros((b, 0), dtype=np.int64))
             else:
-                state["noise"] = batch_uniform(keys, k, pn * pn)
-                spec = next(e for e in m.steps if e.step == k)
-                out = engine.run({i["name"]: state[i["name"]] for i in spec.inputs})
-                tokens.append(out.pop("tokens"))
-                state.update({name[len(OUT):]: v for name, v in out.items()})
+                state[NOISE] = batch_uniform(keys, k, m.noise_width(k))
+                out = engine.run({i["name"]: state[i["name"]] for i in specs[k].inputs})
+                tokens.append(out.pop(TOKENS))
+                state.update({state_name(name): v for name, v in out.items() if state_name(name)})
             seconds.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        images = self._decoder.run({"f_hat": state["f_hat"]})["images"]
+        images = self._decoder.run({F_HAT: state[F_HAT]})[IMAGES]
         return RuntimeResult(images, tokens, seconds, time.perf_counter() - t0)
 
     def _chain_chunk(self, classes: list[int], keys: Sequence[NoiseKey]) -> RuntimeResult:
@@ -134,11 +141,9 @@ class Pipeline:
         graph cannot split them."""
         m = self.manifest
         t0 = time.perf_counter()
-        feeds = {"labels": np.asarray(classes, dtype=np.int64)}
-        executed = {e.step for e in m.steps}
-        for k, pn in enumerate(m.patch_nums):
-            if k in executed:
-                feeds[f"noise.{k}"] = batch_uniform(keys, k, pn * pn)
+        feeds = {LABELS: np.asarray(classes, dtype=np.int64)}
+        for e in m.steps:
+            feeds[step_noise(e.step)] = batch_uniform(keys, e.step, m.noise_width(e.step))
         out = self._chain.run(feeds)
-        tokens = [out.get(f"tokens.{k}", np.zeros((len(classes), 0), dtype=np.int64)) for k in range(len(m.patch_nums))]
-        return RuntimeResult(out["images"], tokens, [0.0] * len(m.patch_nums), 0.0, time.perf_counter() - t0)
+        tokens = [out.get(step_tokens(k), np.zeros((len(classes), 0), dtype=np.int64)) for k in range(len(m.patch_nums))]
+        return RuntimeResult(out[IMAGES], tokens, [0.0] * len(m.patch_nums), 0.0, time.perf_counter() - t0)

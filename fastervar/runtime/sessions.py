@@ -9,13 +9,12 @@ memory for speed: small-batch matmuls run about 3x faster on prepacked weights.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from ..bundle_contract import EngineSpec, Manifest
 from ..errors import FastervarError
-from .manifest import EngineSpec, Manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -53,7 +52,7 @@ class SharedWeights:
     def __init__(self, manifest: Manifest):
         ort = _ort()
         spec = manifest.weights
-        self._map = np.memmap(manifest.root / spec["file"], dtype=np.uint8, mode="r")
+        self._map = np.memmap(manifest.path(spec["file"]), dtype=np.uint8, mode="r")
         self.values = {}
         for name, t in spec["tensors"].items():
             raw = self._map[t["offset"]:t["offset"] + t["length"]]
@@ -68,8 +67,8 @@ class SharedWeights:
 class OrtEngine:
     """One graph as an onnxruntime session on the chosen execution provider."""
 
-    def __init__(self, root: Path, spec: EngineSpec, weights: SharedWeights | None, provider: str, threads: int = 0,
-                 prepack: bool = False):
+    def __init__(self, manifest: Manifest, spec: EngineSpec, weights: SharedWeights | None, provider: str,
+                 threads: int = 0, prepack: bool = False):
         ort = _ort()
         so = ort.SessionOptions()
         if not prepack:
@@ -84,15 +83,24 @@ class OrtEngine:
             so.add_initializer(name, weights.values[name])
         providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
         try:
-            self.session = ort.InferenceSession(str(root / spec.graph), so, providers=providers)
+            self.session = ort.InferenceSession(str(manifest.path(spec.graph)), so, providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises untyped errors for bad graphs
-            raise FastervarError(f"{spec.graph} could not be loaded by onnxruntime: "
-                                 f"{str(exc).strip().splitlines()[0]}") from None
+            raise FastervarError(f"{spec.graph} could not be loaded by onnxruntime: {_first_line(exc)}") from None
+        self.name = spec.name
         self.output_names = [o["name"] for o in spec.outputs]
         self.weights = weights                # the session reads these buffers: they must outlive it
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        try:
+            results = self.session.run(self.output_names, feeds)
+        except Exception as exc:  # noqa: BLE001 -- a graph that disagrees with its manifest fails untyped
+            raise FastervarError(f"engine {self.name} failed: {_first_line(exc)} (the bundle's graph and manifest "
+                                 f"disagree?)") from None
+        return dict(zip(self.output_names, results))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def installed_onnxruntime_packages() -> list[str]:
@@ -123,7 +131,7 @@ def create_chain_engine(manifest: Manifest, provider: str, threads: int = 0) -> 
     if provider not in ("cpu", "cuda"):
         raise FastervarError(f"the single-graph engine runs on onnxruntime's cpu or cuda provider, not {provider!r}")
     _check_available(provider)
-    return OrtEngine(manifest.root, manifest.chain, None, provider, threads, prepack=True)
+    return OrtEngine(manifest, manifest.chain, None, provider, threads, prepack=True)
 
 
 def create_engines(manifest: Manifest, provider: str, threads: int = 0, prepack: bool = False) -> list[Engine]:
@@ -134,9 +142,9 @@ def create_engines(manifest: Manifest, provider: str, threads: int = 0, prepack:
     if provider == "tensorrt" and all(e.plan for e in manifest.engines):
         from .tensorrt_engine import TensorRTEngine, runtime_available
         if runtime_available() is None:
-            return [TensorRTEngine(manifest.root / e.plan, e.inputs, e.outputs) for e in manifest.engines]
+            return [TensorRTEngine(manifest.path(e.plan), e.inputs, e.outputs) for e in manifest.engines]
     if provider == "tensorrt" and PROVIDERS["tensorrt"] not in _ort().get_available_providers():
         raise FastervarError("provider 'tensorrt': this bundle has no TensorRT plans (export with --tensorrt) "
                              "and onnxruntime here has no TensorRT execution provider")
     weights = SharedWeights(manifest)
-    return [OrtEngine(manifest.root, e, weights, provider, threads, prepack) for e in manifest.engines]
+    return [OrtEngine(manifest, e, weights, provider, threads, prepack) for e in manifest.engines]

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from ..evaluate.classifier import FashionClassifier, prepare
 from ..evaluate.features import ClassifierFeatures
 from ..evaluate.metrics import gaussian_stats
+from ..utils.images import grey_to_rgb
 from . import loop
-from .data import load_split, to_uint8_rgb
+from .data import load_split
 
 
 def _shift(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -24,7 +25,7 @@ def _shift(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 def train_classifier(work: Path, seed: int, data_dir: str | None, steps: int = 1800,
                      batch: int = 128) -> FashionClassifier:
     images, labels = load_split("train", data_dir)
-    x_all = prepare(to_uint8_rgb(images))
+    x_all = prepare(grey_to_rgb(images))
     y_all = torch.from_numpy(labels)
     torch.manual_seed(seed)
     net = FashionClassifier()
@@ -49,13 +50,13 @@ def train_classifier(work: Path, seed: int, data_dir: str | None, steps: int = 1
 
 def test_accuracy(ext: ClassifierFeatures, data_dir: str | None) -> float:
     images, labels = load_split("test", data_dir)
-    return float((ext.predict(to_uint8_rgb(images)) == labels).mean())
+    return float((ext.predict(grey_to_rgb(images)) == labels).mean())
 
 
 def reference_stats(ext: ClassifierFeatures, data_dir: str | None, kid_samples: int = 2000) -> dict[str, np.ndarray]:
     """Gaussian statistics of all 10k real test images, plus a feature sample for KID."""
     images, _ = load_split("test", data_dir)
-    feats = ext.features(to_uint8_rgb(images))
+    feats = ext.features(grey_to_rgb(images))
     mu, sigma = gaussian_stats(feats)
     pick = np.random.default_rng(0).choice(len(feats), kid_samples, replace=False)
     return {"mu": mu, "sigma": sigma, "kid_features": feats[pick].astype(np.float32),
@@ -72,7 +73,7 @@ def build_eval_assets(work: Path, out: Path, seed: int, data_dir: str | None) ->
     """Train the classifier and write it, the reference statistics and the real-image subset."""
     from safetensors.torch import save_file
 
-    from ..runtime.atomic import atomic_path
+    from ..utils.atomic import atomic_path
 
     net = train_classifier(work, seed, data_dir)
     ext = ClassifierFeatures(net.cpu())

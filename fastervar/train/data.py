@@ -46,8 +46,3 @@ def to_model_space(images: np.ndarray) -> np.ndarray:
     x = np.pad(images, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 127.5 - 1.0
     return np.repeat(x[:, None], 3, axis=1)
 
-
-def to_uint8_rgb(images: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) uint8 grey to the (N, 32, 32, 3) uint8 layout generated images have."""
-    x = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-    return np.repeat(x[..., None], 3, axis=-1)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import FastervarError
-from ..runtime.atomic import atomic_path
+from ..utils.atomic import atomic_path
 
 
 def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:

@@ -1,0 +1,424 @@
+"""The bundle contract: what `export` writes and the runtime reads, checked before it is trusted.
+
+A bundle is a directory with `manifest.json`, one ONNX graph per executed scale step, a decoder
+graph, usually the whole generation joined into one graph, one shared weights file and, optionally,
+TensorRT plans. This module holds every tensor name the graphs exchange, the manifest's schema,
+and the checks that make a bundle safe to open:
+- every path it names is relative and resolves inside the bundle (no absolute paths, no `..`, no
+  symlink that leaves it);
+- the tensor table fits its weights file: offsets and lengths within it, no overlaps, and each
+  shape and dtype the size of its bytes;
+- the engines form a runnable chain: steps in order, each reading only what the request or an
+  earlier step provides, one decoder last;
+- with `verify`, every file matches its SHA-256 (a swapped, truncated or edited file is named).
+A bundle that breaks any of it is refused with one line before any file it names is opened.
+Torch-free: export and the runtime both import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from .errors import FastervarError
+from .utils.hashing import file_sha256
+
+# 2: noise is one uniform per token, (B, n); bundles of format 1 took (B, n, V) and must be re-exported
+FORMAT = "fastervar-bundle/2"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.bin"
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_PRECISIONS = PRECISIONS + ("mixed",)       # the joined graph of an int8 bundle with an fp32 decoder
+DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
+
+# -- tensor names ------------------------------------------------------------------------------
+LABELS = "labels"          # (B,) int64 class indices
+F_HAT = "f_hat"            # (B, C, H, W) the accumulated latent
+NOISE = "noise"            # (B, n) one uniform per sampled token of the step
+TOKENS = "tokens"          # (B, n) int64 the step's tokens
+IMAGES = "images"          # (B, H, W, 3) uint8
+OUT = "out."               # a step graph's output `out.X` is the input `X` of the later graphs
+
+
+def output(name: str) -> str:
+    """The output name under which a step graph hands state `name` on."""
+    return OUT + name
+
+
+def state_name(name: str) -> str | None:
+    """The state an output hands on (`out.X` -> `X`); None for an output that is no state."""
+    return name[len(OUT):] if name.startswith(OUT) else None
+
+
+def step_noise(step: int) -> str:
+    """Step `step`'s noise input in the joined whole-generation graph."""
+    return f"{NOISE}.{step}"
+
+
+def step_tokens(step: int) -> str:
+    """Step `step`'s tokens output in the joined whole-generation graph."""
+    return f"{TOKENS}.{step}"
+
+
+def cache_names(depth: int) -> list[str]:
+    """Every block's K and V cache."""
+    return [f"cache.{i}.{kv}" for i in range(depth) for kv in ("k", "v")]
+
+
+def hidden_name(step: int) -> str:
+    """Step `step`'s last block output, kept for block-level restoration."""
+    return f"hidden.{step}"
+
+
+def branch_names(step: int, depth: int, layers: tuple[int, int] | list[int] | None = None) -> list[str]:
+    """The cached sublayer outputs of `step`, for every block or only those in `layers` [first, end)."""
+    lo, hi = layers or (0, depth)
+    return [f"branch.{step}.{i}.{part}" for i in range(lo, hi) for part in ("attn", "ffn")]
+
+
+def is_restore_state(name: str) -> bool:
+    """Cached outputs a reducing step restores from (the runtime keeps them until they are read)."""
+    return name.startswith(("hidden.", "branch."))
+
+
+# -- the manifest ------------------------------------------------------------------------------
+class BundleError(FastervarError):
+    """A bundle that is missing, corrupt, unsafe, or not one this runtime can run."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One graph in call order: a scale step (`step` set) or the decoder (or the joined graph)."""
+
+    name: str
+    step: int | None
+    graph: str
+    sha256: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    initializers: list[str]
+    plan: str | None = None
+    plan_sha256: str | None = None
+    precision: str = "fp32"                 # fp32, fp16, int8 (int8 weights in its linears or convolutions), mixed
+
+    def spec(self, name: str, kind: str = "inputs") -> dict[str, Any] | None:
+        """The input (or output) tensor spec called `name`, if the graph has one."""
+        return next((s for s in getattr(self, kind) if s["name"] == name), None)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict[str, Any]
+    engines: list[EngineSpec]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.data["model"]["num_classes"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.data["model"]["vocab_size"])
+
+    @property
+    def patch_nums(self) -> list[int]:
+        return list(self.data["model"]["patch_nums"])
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.data["max_batch"])
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return self.data["weights"]
+
+    @property
+    def steps(self) -> list[EngineSpec]:
+        return [e for e in self.engines if e.step is not None]
+
+    @property
+    def decoder(self) -> EngineSpec:
+        return self.engines[-1]
+
+    @property
+    def chain(self) -> EngineSpec | None:
+        """All steps and the decoder as one graph (absent from bundles that did not export it)."""
+        raw = self.data.get("chain")
+        return _engine_spec(raw) if raw else None
+
+    @property
+    def latent(self) -> tuple[list[int], str]:
+        """The latent's per-image shape and dtype, as the first step graph reads it."""
+        spec = self.steps[0].spec(F_HAT)
+        return list(spec["shape"][1:]), spec["dtype"]
+
+    def noise_width(self, step: int) -> int:
+        """Uniforms step `step` reads per image."""
+        engine = next(e for e in self.steps if e.step == step)
+        return int(engine.spec(NOISE)["shape"][1])
+
+    def path(self, name: str) -> Path:
+        """A file the manifest names, inside the bundle (checked when the manifest was read)."""
+        return self.root / name
+
+
+def read_manifest(root: str | os.PathLike, verify: bool = True) -> Manifest:
+    """Parse and check a bundle's manifest (see the module docstring); with `verify`, hash every
+    file it names. Every problem is a BundleError with one line."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} does not exist or is not a directory")
+    _no_escaping_links(root)
+    path = _inside(root, MANIFEST, MANIFEST, missing=f"{root} is not a bundle: it has no {MANIFEST}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else None
+        raise BundleError(f"{path}: bundle format {_show(got)} is not supported; this runtime reads {FORMAT!r} "
+                          f"(re-export the bundle with this version of fastervar)")
+    try:
+        manifest = _check(root, data)
+    except _Invalid as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    if verify:
+        for name, digest in _files(manifest):
+            if file_sha256(manifest.path(name)) != digest:
+                raise BundleError(f"{manifest.path(name)} does not match the hash in {MANIFEST}: the file is "
+                                  f"corrupt or was changed")
+    return manifest
+
+
+# -- checks ------------------------------------------------------------------------------------
+class _Invalid(Exception):
+    """A schema violation, reported by `read_manifest` with the manifest's path."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _is_hex64(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _field(obj: Any, key: str, where: str, ok, want: str, optional: bool = False) -> Any:
+    """obj[key], checked by `ok`; a missing or bad value is one line naming the field."""
+    if not isinstance(obj, dict):
+        raise _Invalid(f"field {where or 'manifest'} must be an object, got {_show(obj)}")
+    name = _join(where, key)
+    if key not in obj or obj[key] is None:
+        if optional:
+            return None
+        raise _Invalid(f"field {name} is missing")
+    value = obj[key]
+    if not ok(value):
+        raise _Invalid(f"field {name} must be {want}, got {_show(value)}")
+    return value
+
+
+def _list(obj: Any, key: str, where: str, ok, want: str, optional: bool = False) -> list:
+    items = _field(obj, key, where, lambda v: isinstance(v, list), "a list", optional)
+    for i, v in enumerate(items or []):
+        if not ok(v):
+            raise _Invalid(f"field {_join(where, key)}[{i}] must be {want}, got {_show(v)}")
+    return items
+
+
+def _relative(name: Any) -> bool:
+    if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
+        return False
+    p = PurePosixPath(name)
+    return not p.is_absolute() and ".." not in p.parts
+
+
+def _inside(root: Path, name: Any, where: str, missing: str | None = None) -> Path:
+    """root/name as a regular file that resolves inside the bundle, before anything opens it."""
+    if not _relative(name):
+        raise _Invalid(f"field {where} must be a relative path inside the bundle, got {_show(name)}")
+    path = root / name
+    resolved, top = path.resolve(), root.resolve()
+    if not resolved.is_relative_to(top):
+        raise _Invalid(f"field {where} ({name}) leads outside the bundle (to {resolved})")
+    if not resolved.is_file():
+        raise BundleError(missing or f"bundle {root} is missing {name}")
+    return path
+
+
+def _no_escaping_links(root: Path) -> None:
+    """No symlink anywhere in the bundle may point outside it: onnxruntime opens the weights a
+    graph names itself, and would follow one."""
+    top = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            p = Path(folder) / entry
+            if p.is_symlink() and not p.resolve().is_relative_to(top):
+                raise BundleError(f"bundle {root}: {p.relative_to(root)} is a link to {p.resolve()}, outside the "
+                                  f"bundle")
+
+
+def _tensor_spec(spec: Any, where: str) -> dict[str, Any]:
+    _field(spec, "name", where, lambda v: isinstance(v, str) and v, "a tensor name")
+    _field(spec, "dtype", where, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
+    _list(spec, "shape", where, lambda d: (_is_int(d) and d >= 0) or (isinstance(d, str) and d),
+          "a size or an axis name")
+    return spec
+
+
+def _engine_spec(raw: dict[str, Any]) -> EngineSpec:
+    return EngineSpec(**{k: raw.get(k) for k in ("name", "step", "graph", "sha256", "inputs", "outputs",
+                                                 "initializers", "plan", "plan_sha256")},
+                      precision=raw.get("precision") or "fp32")
+
+
+def _engine(raw: Any, where: str, root: Path, tensors: dict, steps: int, decoder: bool) -> EngineSpec:
+    _field(raw, "name", where, lambda v: isinstance(v, str) and v, "a name")
+    if decoder:
+        if raw.get("step") is not None:
+            raise _Invalid(f"field {where}.step must be null: the last engine is the decoder")
+    else:
+        _field(raw, "step", where, lambda v: _is_int(v) and 0 <= v < steps, f"a step in 0..{steps - 1}")
+    _inside(root, raw.get("graph"), f"{where}.graph")
+    _field(raw, "sha256", where, _is_hex64, "a SHA-256 hex digest")
+    for kind in ("inputs", "outputs"):
+        specs = _list(raw, kind, where, lambda v: isinstance(v, dict), "a tensor spec")
+        names = [_tensor_spec(s, f"{where}.{kind}[{i}]")["name"] for i, s in enumerate(specs)]
+        if len(set(names)) != len(names):
+            raise _Invalid(f"field {where}.{kind} names a tensor twice")
+    _list(raw, "initializers", where, lambda v: isinstance(v, str) and v in tensors,
+          "a tensor of the weights table")
+    if _field(raw, "plan", where, lambda v: isinstance(v, str), "a file name", optional=True) is not None:
+        _inside(root, raw["plan"], f"{where}.plan")
+        _field(raw, "plan_sha256", where, _is_hex64, "a SHA-256 hex digest")
+    _field(raw, "precision", where, lambda v: v in ENGINE_PRECISIONS, f"one of {', '.join(ENGINE_PRECISIONS)}",
+           optional=True)
+    return _engine_spec(raw)
+
+
+def _tensor_table(root: Path, weights: dict) -> dict[str, dict]:
+    """Each tensor within the weights file, the size of its shape and dtype, none overlapping."""
+    size = _inside(root, weights.get("file"), "weights.file").stat().st_size
+    _field(weights, "sha256", "weights", _is_hex64, "a SHA-256 hex digest")
+    _field(weights, "bytes", "weights", lambda v: _is_int(v) and v == size, f"the file's size ({size})")
+    table = _field(weights, "tensors", "weights", lambda v: isinstance(v, dict), "an object")
+    spans = []
+    for name, t in table.items():
+        where = f"weights.tensors[{name!r}]"
+        dtype = _field(t, "dtype", where, lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}")
+        shape = _list(t, "shape", where, lambda d: _is_int(d) and d >= 0, "a size")
+        offset = _field(t, "offset", where, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+        length = _field(t, "length", where, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+        need = math.prod(shape) * np.dtype(dtype).itemsize
+        if need != length:
+            raise _Invalid(f"{where}: a {dtype} tensor of shape {shape} is {need} bytes, the table says {length}")
+        if offset + length > size:
+            raise _Invalid(f"{where}: bytes {offset}..{offset + length} lie beyond the end of the weights file "
+                           f"({size} bytes)")
+        if length:
+            spans.append((offset, offset + length, name))
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise _Invalid(f"weights.tensors {a!r} and {b!r} overlap in the weights file")
+    return table
+
+
+def _chain_order(engines: list[EngineSpec]) -> None:
+    """Each step reads the request's tensors or what an earlier step hands on; the decoder reads
+    the latent and writes images."""
+    steps, decoder = engines[:-1], engines[-1]
+    if not steps:
+        raise _Invalid("engines has no scale-step engine")
+    order = [e.step for e in steps]
+    if order != sorted(set(order)):
+        raise _Invalid(f"engines must list each step once, in order; got steps {order}")
+    available = {LABELS, F_HAT, NOISE}
+    for i, e in enumerate(steps):
+        where = f"engines[{i}]"
+        for name, kind in ((F_HAT, "inputs"), (NOISE, "inputs"), (TOKENS, "outputs"), (output(F_HAT), "outputs")):
+            if e.spec(name, kind) is None:
+                raise _Invalid(f"{where} ({e.name}) has no {kind[:-1]} {name!r}")
+        noise = e.spec(NOISE)["shape"]
+        if len(noise) != 2 or not _is_int(noise[1]) or noise[1] < 1:
+            raise _Invalid(f"{where}: input {NOISE!r} must have shape [batch, n], got {noise}")
+        missing = [s["name"] for s in e.inputs if s["name"] not in available]
+        if missing:
+            raise _Invalid(f"{where} ({e.name}) reads {missing[0]!r}, which no earlier step provides")
+        available |= {state_name(s["name"]) for s in e.outputs if state_name(s["name"])}
+    latent = steps[0].spec(F_HAT)["shape"]
+    if len(latent) < 2 or not all(_is_int(d) and d > 0 for d in latent[1:]):
+        raise _Invalid(f"engines[0]: input {F_HAT!r} must have a batch axis and fixed sizes, got {latent}")
+    if [s["name"] for s in decoder.inputs] != [F_HAT] or decoder.spec(IMAGES, "outputs") is None:
+        raise _Invalid(f"the last engine ({decoder.name}) must be the decoder: {F_HAT!r} in, {IMAGES!r} out")
+
+
+def _check_chain(raw: Any, root: Path, tensors: dict, steps: list[EngineSpec], patch_nums: list[int]) -> None:
+    chain = _engine(raw, "chain", root, tensors, len(patch_nums), decoder=True)
+    want_in = {LABELS} | {step_noise(e.step) for e in steps}
+    want_out = {IMAGES} | {step_tokens(e.step) for e in steps}
+    got_in, got_out = {s["name"] for s in chain.inputs}, {s["name"] for s in chain.outputs}
+    if got_in != want_in or not want_out <= got_out:
+        raise _Invalid(f"chain's tensors do not match its steps: inputs {sorted(got_in)}, outputs {sorted(got_out)}")
+
+
+def _check(root: Path, data: dict) -> Manifest:
+    model = _field(data, "model", "", lambda v: isinstance(v, dict), "an object")
+    _field(model, "config", "model", lambda v: isinstance(v, str), "a model name")
+    _field(model, "num_classes", "model", lambda v: _is_int(v) and v > 0, "a positive integer")
+    _field(model, "vocab_size", "model", lambda v: _is_int(v) and v > 0, "a positive integer")
+    patch_nums = _list(model, "patch_nums", "model", lambda v: _is_int(v) and v > 0, "a positive integer")
+    if not patch_nums:
+        raise _Invalid("field model.patch_nums is empty")
+    profile = _field(data, "profile", "", lambda v: isinstance(v, dict), "an object")
+    _field(profile, "name", "profile", lambda v: isinstance(v, str), "a name")
+    _list(_field(profile, "json", "profile", lambda v: isinstance(v, dict), "the profile as an object"),
+          "steps", "profile.json", lambda v: isinstance(v, dict), "a step plan")
+    sampler = _field(data, "sampler", "", lambda v: isinstance(v, dict), "an object")
+    _field(sampler, "name", "sampler", lambda v: v == "portable", "'portable'")
+    for key in ("cfg", "top_p"):
+        _field(sampler, key, "sampler", _is_num, "a number")
+    _field(sampler, "top_k", "sampler", lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+    _field(data, "precision", "", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+    _field(data, "max_batch", "", lambda v: _is_int(v) and v >= 1, "a positive integer")
+    weights = _field(data, "weights", "", lambda v: isinstance(v, dict), "an object")
+    tensors = _tensor_table(root, weights)
+    raw = _list(data, "engines", "", lambda v: isinstance(v, dict), "an engine")
+    if not raw:
+        raise _Invalid("field engines is empty")
+    engines = [_engine(e, f"engines[{i}]", root, tensors, len(patch_nums), decoder=i == len(raw) - 1)
+               for i, e in enumerate(raw)]
+    _chain_order(engines)
+    if data.get("chain") is not None:
+        _check_chain(data["chain"], root, tensors, engines[:-1], patch_nums)
+    return Manifest(root, data, engines)
+
+
+def _files(manifest: Manifest) -> list[tuple[str, str]]:
+    """(file, digest) of everything the manifest names."""
+    engines = manifest.engines + ([manifest.chain] if manifest.chain else [])
+    files = [(manifest.weights["file"], manifest.weights["sha256"])]
+    files += [(e.graph, e.sha256) for e in engines]
+    files += [(e.plan, e.plan_sha256) for e in engines if e.plan]
+    return files

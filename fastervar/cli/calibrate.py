@@ -1,0 +1,86 @@
+"""`fastervar calibrate`: measure a model on sample prompts and write an acceleration profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..accel.presets import PEER_NAMES
+from ..errors import FastervarError
+from .app import main
+from .options import (
+    check_classes,
+    check_writable_parent,
+    int_list,
+    judge,
+    judge_option,
+    model_options,
+    parse_classes,
+    sampling_options,
+    seed_list,
+    settings,
+)
+
+
+def _classes(spec: str, num_classes: int) -> list[int]:
+    """'all', a list like 0,3,7, or a file of class indices."""
+    if spec == "all":
+        classes = list(range(num_classes))
+    elif Path(spec).is_file():
+        classes = parse_classes((), spec)
+    else:
+        classes = int_list(spec, "--classes")
+    check_classes(classes, num_classes)
+    return classes
+
+
+@main.command()
+@model_options
+@sampling_options
+@click.option("--classes", "classes_spec", default="all", show_default=True,
+              help="Calibration prompts: 'all', a list like 0,3,7, or a file of class indices.")
+@click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per class, e.g. 0,1,2,3.")
+@click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this predicted scale-step speedup (see --cost-model), then the best quality.")
+@click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
+@click.option("--match-peer", type=click.Choice(list(PEER_NAMES)),
+              help="Target that peer's speed (90% of its predicted speedup) at no less than its class accuracy.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="Where a judge exists (shipped weights, or --judge): class accuracy may fall at most this far below the baseline's.")
+@judge_option
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The profile JSON to write.")
+@click.option("--report-dir", type=click.Path(file_okay=False), help="Report folder [default: beside --out].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=".fastervar-cache", show_default=True,
+              help="Baseline measurements, the latency model and timings, cached here per machine, device, dtype "
+                   "and batch size, and reused for a new target.")
+@click.option("--name", help="Profile name [default: MODEL-calibrated].")
+@click.option("--cost-model", type=click.Choice(["latency", "flops"]), default="latency", show_default=True,
+              help="Price candidates by a latency model fitted to probe runs timed here, or by FLOPs alone (no timing).")
+def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
+              more_smooth, sampler, batch_size, classes_spec, seeds, target_speedup, max_quality_drop,
+              match_peer, max_accuracy_drop, judge_dir, out_path, report_dir, cache_dir, name, cost_model) -> None:
+    """Measure the baseline on sample prompts and choose an acceleration profile automatically."""
+    from ..calibrate.run import CalibrationRequest, check_sampler
+    from ..calibrate.run import calibrate as run_calibrate
+    from ..models.loading import resolve_model
+
+    sampling = settings(cfg, top_k, top_p, more_smooth, sampler)
+    check_sampler(sampling)
+    if sum(t is not None for t in (target_speedup, max_quality_drop, match_peer)) != 1:
+        raise FastervarError("give exactly one target: --target-speedup X, --max-quality-drop Y or --match-peer NAME")
+    seeds_ = seed_list(seeds)
+    check_writable_parent(out_path)
+    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    out = Path(out_path)
+    request = CalibrationRequest(
+        classes=_classes(classes_spec, model.cfg.var.num_classes), seeds=seeds_, settings=sampling, out=out,
+        report_dir=Path(report_dir) if report_dir else out.with_name(out.stem + "-report"),
+        cache_dir=Path(cache_dir), target_speedup=target_speedup, max_quality_drop=max_quality_drop,
+        match_peer=match_peer, max_accuracy_drop=max_accuracy_drop, batch=batch_size, name=name,
+        cost_model=cost_model, judge=judge(model, judge_dir, fall_back=False))
+    profile, report = run_calibrate(model, request)
+    meas = profile.measured
+    click.echo(f"wrote {out} (predicted speedup {meas['predicted_speedup_transformer']:.2f}x on the scale steps, "
+               f"{meas['predicted_speedup_total']:.2f}x end to end; measured end to end "
+               f"{meas['measured_speedup_total']:.2f}x; paired SSIM {meas['paired_ssim']:.3f})")
+    click.echo(f"report: {report}")

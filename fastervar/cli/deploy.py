@@ -1,0 +1,95 @@
+"""The torch-free commands that run bundles: `run` here, `serve` (Ray Serve) and `generate-batch`
+(Ray Data) at scale. Nothing here imports torch; a test runs them with torch unimportable."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import FastervarError
+from .app import main
+from .options import parse_classes
+
+PROVIDER = click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu",
+                        show_default=True)
+THREADS = click.option("--threads", type=click.IntRange(min=0), default=0,
+                       help="CPU threads per session (0: onnxruntime's default).")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, ...")
+@PROVIDER
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Chunk size [default: the bundle's max batch].")
+@THREADS
+@click.option("--step-graphs", is_flag=True,
+              help="Run one engine per step graph instead of the single whole-generation graph (TensorRT plans do).")
+@click.option("--prepack", is_flag=True,
+              help="With --step-graphs: let onnxruntime repack weights per graph (faster, one weight copy per graph).")
+def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, threads, step_graphs, prepack) -> None:
+    """Generate with an exported bundle: torch-free, on onnxruntime or TensorRT."""
+    from ..runtime.pipeline import Pipeline
+    from ..utils.images import image_folder, write_pngs
+
+    classes = parse_classes(class_ids, classes_file)
+    with image_folder(out_dir) as stage:
+        pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads, prepack=prepack,
+                                    chain=False if step_graphs else None)
+        result = pipe.generate(classes, seed=seed, batch_size=batch_size)
+        paths = write_pngs(result.images, stage)
+    click.echo(f"wrote {len(paths)} images to {out_dir} ({result.seconds_total:.2f} s on {provider})")
+
+
+def _replicas(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise FastervarError(f"--replicas must be a positive integer or auto, got {value!r}")
+    return n
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the HTTP proxy binds.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@PROVIDER
+@click.option("--replicas", default="1", show_default=True, help="Replicas (one Pipeline each), or 'auto' to autoscale.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="How long a replica waits to fill a batch (up to the bundle's max batch).")
+@click.option("--max-body-bytes", type=click.IntRange(min=64), default=65536, show_default=True,
+              help="Largest request body accepted; a larger one is answered 413.")
+@THREADS
+def serve(bundle, host, port, provider, replicas, batch_wait_ms, max_body_bytes, threads) -> None:
+    """Serve a bundle over HTTP on Ray Serve: POST /generate, GET /healthz, GET /info."""
+    from ..serve import ServeOptions, serve_bundle
+
+    options = ServeOptions(bundle=bundle, provider=provider, threads=threads, batch_wait_ms=batch_wait_ms,
+                           max_body_bytes=max_body_bytes)
+    replica_count = _replicas(replicas)
+    click.echo(f"serving {bundle} on http://{host}:{port}/generate (Ctrl-C stops)")
+    serve_bundle(options, host, port, replica_count)
+
+
+@main.command("generate-batch")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), required=True,
+              help="File of class indices; image i is the i-th.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 000000.png, ...")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Ray Data workers, one Pipeline each.")
+@PROVIDER
+@THREADS
+def generate_batch(bundle, prompts_file, seed, out_dir, concurrency, provider, threads) -> None:
+    """Generate many images on Ray Data; rerun the same command to resume (existing images are kept).
+    With --provider cuda or tensorrt each worker is given a GPU."""
+    from ..serve import generate_batch as run_batch
+
+    classes = parse_classes((), prompts_file)
+    written, skipped = run_batch(bundle, classes, seed, out_dir, concurrency, provider, threads)
+    click.echo(f"wrote {written} images to {out_dir}" + (f" ({skipped} already there)" if skipped else ""))

@@ -1,0 +1,132 @@
+"""`fastervar generate` and `fastervar grid`: images from the torch reference (or a profile)."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from ..errors import FastervarError
+from .app import main
+from .options import (
+    TEXT_FLAGS,
+    accelerated,
+    check_classes,
+    check_writable_parent,
+    graph_option,
+    load_profile,
+    model_options,
+    parse_classes,
+    sampling_options,
+    settings,
+    text_options,
+)
+
+
+def _is_text_model(model_name: str | None, checkpoint: str | None, text_given: list[str]) -> bool:
+    """Text-to-image when the model is named so, when the checkpoint is Infinity's, or, with no
+    model named, when prompts are given (the loader then says if the files are not Infinity's)."""
+    if model_name is not None:
+        return model_name.startswith("infinity")
+    if text_given:
+        return True
+    if checkpoint is None:
+        return False
+    from ..models.infinity_checkpoint import is_infinity_file
+    return is_infinity_file(checkpoint)
+
+
+def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg, top_k,
+                   top_p, sampler, batch_size, out_dir) -> None:
+    """`generate` for a text-to-image model: prompts in, one image per prompt."""
+    from ..models.infinity_checkpoint import resolve_infinity
+    from ..models.infinity_family import BitSamplingSettings
+    from ..models.infinity_schedules import parse_aspect, schedule
+    from ..models.loading import resolve_device
+    from ..models.prompts import read_prompts, text_batch
+    from ..models.sampler import generate as run_generate
+    from ..utils.images import image_folder, write_pngs
+
+    prompts, prompts_file, text_encoder, embeddings, aspect, pn, tau = text_args
+    h_div_w = parse_aspect(aspect)
+    schedule(h_div_w, pn)
+    bits = BitSamplingSettings(cfg=BitSamplingSettings.cfg if cfg is None else cfg, tau=tau, top_k=top_k,
+                               top_p=BitSamplingSettings.top_p if top_p is None else top_p, sampler=sampler)
+    text = text_batch(read_prompts(prompts, prompts_file), text_encoder, embeddings)
+    with image_folder(out_dir) as stage:
+        model = resolve_infinity(model_name, checkpoint, vae_checkpoint, random_weights, resolve_device(device),
+                                 h_div_w, pn)
+        result = run_generate(model, text, bits, seed=seed, batch_size=batch_size, progress=True)
+        paths = write_pngs(result.images.cpu().numpy(), stage)
+    click.echo(f"wrote {len(paths)} images to {out_dir}")
+
+
+@main.command()
+@model_options
+@click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
+@text_options
+@functools.partial(sampling_options, per_family=True)
+@click.option("--profile", "profile_spec", metavar="PROFILE", help="Accelerate with a profile (file or shipped name).")
+@graph_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, 0001.png, ...")
+def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, class_ids, classes_file, prompts,
+             prompts_file, text_encoder, text_embeddings, aspect, pn, tau, seed, cfg, top_k, top_p, more_smooth,
+             sampler, batch_size, profile_spec, max_graph_batches, out_dir) -> None:
+    """Generate one image per class (VAR) or per prompt (Infinity): the reference sampler, or
+    accelerated by --profile (VAR)."""
+    from ..models.cuda_graphs import fast_path
+    from ..models.loading import resolve_model
+    from ..models.sampler import generate as run_generate
+    from ..models.sampling import SamplingSettings
+    from ..utils.images import image_folder, write_pngs
+
+    text_args = (prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau)
+    given = click.get_current_context().get_parameter_source
+    text_given = [flag for name, flag in TEXT_FLAGS.items() if given(name) is not click.core.ParameterSource.DEFAULT]
+    if _is_text_model(model_name, var_checkpoint, text_given):
+        if class_ids or classes_file or profile_spec or more_smooth:
+            raise FastervarError("--class/--classes/--profile/--more-smooth are for class-conditional VAR models; "
+                                 "a text-to-image model takes --prompt/--prompts (profiles for Infinity come later)")
+        _generate_text(model_name, var_checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg,
+                       top_k, top_p, sampler, batch_size, out_dir)
+        return
+    if text_given:
+        raise FastervarError(f"{text_given[0]} is for text-to-image models (--model infinity-*); "
+                             f"this is a class-conditional VAR model, which takes --class/--classes")
+    classes = parse_classes(class_ids, classes_file)
+    sampling = settings(SamplingSettings.cfg if cfg is None else cfg, top_k,
+                        SamplingSettings.top_p if top_p is None else top_p, more_smooth, sampler)
+    profile = load_profile(profile_spec)
+    with image_folder(out_dir) as stage:
+        model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+        check_classes(classes, model.cfg.var.num_classes)
+        runner = fast_path(accelerated(model, profile), sampling, max_graph_batches)
+        result = run_generate(runner, classes, sampling, seed=seed, batch_size=batch_size, progress=True)
+        paths = write_pngs(result.images.cpu().numpy(), stage)
+    click.echo(f"wrote {len(paths)} images to {out_dir}")
+
+
+@main.command()
+@model_options
+@sampling_options
+@click.option("--per-class", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--scale", type=click.IntRange(min=1), default=3, show_default=True, help="Pixel upscaling.")
+@graph_option
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+def grid(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
+         more_smooth, sampler, batch_size, per_class, scale, max_graph_batches, out_path) -> None:
+    """A sample grid: one row per class, --per-class samples each."""
+    from ..models.cuda_graphs import fast_path
+    from ..models.loading import resolve_model
+    from ..models.sampler import generate as run_generate
+    from ..utils.images import save_png, tile_grid
+
+    check_writable_parent(out_path)
+    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    classes = [c for c in range(min(model.cfg.var.num_classes, 10)) for _ in range(per_class)]
+    sampling = settings(cfg, top_k, top_p, more_smooth, sampler)
+    result = run_generate(fast_path(model, sampling, max_graph_batches), classes, sampling, seed=seed,
+                          batch_size=batch_size, progress=True)
+    save_png(tile_grid(result.images.cpu().numpy(), rows=len(classes) // per_class, scale=scale), out_path)
+    click.echo(f"wrote {out_path}")
