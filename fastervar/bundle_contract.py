@@ -36,6 +36,10 @@ WEIGHTS = "weights.bin"
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_PRECISIONS = PRECISIONS + ("mixed",)       # the joined graph of an int8 bundle with an fp32 decoder
 DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
+# What the runtime allocates per image before any graph runs is bounded, so a manifest cannot make it
+# allocate without limit: no step samples more than 2^24 values, no latent holds more than 2^26.
+MAX_NOISE = 1 << 24
+MAX_LATENT = 1 << 26
 
 # -- tensor names ------------------------------------------------------------------------------
 LABELS = "labels"          # (B,) int64 class indices
@@ -298,8 +302,9 @@ def _engine(raw: Any, where: str, root: Path, tensors: dict, steps: int, decoder
     if decoder:
         if raw.get("step") is not None:
             raise _Invalid(f"field {where}.step must be null: the last engine is the decoder")
-    else:
-        _field(raw, "step", where, lambda v: _is_int(v) and 0 <= v < steps, f"a step in 0..{steps - 1}")
+    elif not (_is_int(raw.get("step")) and 0 <= raw["step"] < steps):
+        raise _Invalid(f"field {where}.step must be a step in 0..{steps - 1} (only the last engine is the "
+                       f"decoder), got {_show(raw.get('step'))}")
     _inside(root, raw.get("graph"), f"{where}.graph")
     _field(raw, "sha256", where, _is_hex64, "a SHA-256 hex digest")
     for kind in ("inputs", "outputs"):
@@ -330,7 +335,10 @@ def _tensor_table(root: Path, weights: dict) -> dict[str, dict]:
         shape = _list(t, "shape", where, lambda d: _is_int(d) and d >= 0, "a size")
         offset = _field(t, "offset", where, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
         length = _field(t, "length", where, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
-        need = math.prod(shape) * np.dtype(dtype).itemsize
+        itemsize = np.dtype(dtype).itemsize
+        need = math.prod(shape) * itemsize
+        if offset % itemsize:
+            raise _Invalid(f"{where}: offset {offset} is not aligned to its {dtype} elements")
         if need != length:
             raise _Invalid(f"{where}: a {dtype} tensor of shape {shape} is {need} bytes, the table says {length}")
         if offset + length > size:
@@ -361,15 +369,18 @@ def _chain_order(engines: list[EngineSpec]) -> None:
             if e.spec(name, kind) is None:
                 raise _Invalid(f"{where} ({e.name}) has no {kind[:-1]} {name!r}")
         noise = e.spec(NOISE)["shape"]
-        if len(noise) != 2 or not _is_int(noise[1]) or noise[1] < 1:
-            raise _Invalid(f"{where}: input {NOISE!r} must have shape [batch, n], got {noise}")
+        if len(noise) != 2 or not _is_int(noise[1]) or not 1 <= noise[1] <= MAX_NOISE:
+            raise _Invalid(f"{where}: input {NOISE!r} must have shape [batch, n] with 1 <= n <= {MAX_NOISE}, "
+                           f"got {noise}")
         missing = [s["name"] for s in e.inputs if s["name"] not in available]
         if missing:
             raise _Invalid(f"{where} ({e.name}) reads {missing[0]!r}, which no earlier step provides")
         available |= {state_name(s["name"]) for s in e.outputs if state_name(s["name"])}
     latent = steps[0].spec(F_HAT)["shape"]
-    if len(latent) < 2 or not all(_is_int(d) and d > 0 for d in latent[1:]):
-        raise _Invalid(f"engines[0]: input {F_HAT!r} must have a batch axis and fixed sizes, got {latent}")
+    if (len(latent) < 2 or not all(_is_int(d) and d > 0 for d in latent[1:])
+            or math.prod(latent[1:]) > MAX_LATENT):
+        raise _Invalid(f"engines[0]: input {F_HAT!r} must have a batch axis and fixed sizes (at most {MAX_LATENT} "
+                       f"values), got {latent}")
     if [s["name"] for s in decoder.inputs] != [F_HAT] or decoder.spec(IMAGES, "outputs") is None:
         raise _Invalid(f"the last engine ({decoder.name}) must be the decoder: {F_HAT!r} in, {IMAGES!r} out")
 

@@ -144,7 +144,7 @@ def split_pyramid(tokens: torch.Tensor, patch_nums: tuple[int, ...]) -> list[tor
 def train_var(model: VARModel, work: Path, s: TrainSettings, data_dir: str | None) -> dict[str, float]:
     images, labels = load_split("train", data_dir)
     model.vae.eval()
-    cache = work / "tokens.pt"
+    cache = work / "token_cache.pt"
     if cache.exists():
         tokens = torch.load(cache, weights_only=True)
     else:
