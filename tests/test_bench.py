@@ -56,6 +56,9 @@ def test_bench_runs_every_variant_on_the_same_noise(bench_dir):
         if name != "baseline":
             assert 0 < r["paired_ssim"] <= 1
     assert rows["skipvar-skip1"]["step_seconds"][6] < rows["baseline"]["step_seconds"][6]   # the skipped step
+    env = res["environment"]           # int8 speed depends on the CPU: every record names it
+    assert env["cpu"] and isinstance(env["int8_instructions"], list) and env["onnxruntime"].startswith("onnxruntime")
+    assert env["device"] == "cpu" and env["gpu"] is None and env["torch_threads"] >= 1
 
 
 def test_bench_report_matches_json(bench_dir):

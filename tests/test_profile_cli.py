@@ -142,3 +142,17 @@ def test_match_peer_targets_the_peer_speed(calibrated):
     peer = next(row for row in p.calibration["equal_speed_vs_peers"] if row["peer"] == "tiny-skipvar-skip1")
     assert target["match_peer"] == "skipvar-skip1" and target["speedup"] == round(0.9 * peer["peer_speedup"], 3)
     assert p.measured["predicted_speedup_transformer"] >= target["speedup"]
+
+
+def test_a_calibration_that_fails_while_writing_leaves_neither_profile_nor_report(calibrated, tmp_path, monkeypatch):
+    from fastervar.calibrate import run as calibrate_run
+
+    def half_written(stage, *args, **kwargs):
+        (stage / "report.md").write_text("half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(calibrate_run, "write_report", half_written)
+    r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
+            "--target-speedup", "1.2", "--batch-size", "6", "--out", str(tmp_path / "p.json"),
+            "--cache-dir", str(calibrated / "cache"))
+    assert r.exit_code == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == []            # no profile, no report, no temp folder

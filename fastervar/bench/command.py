@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ..evaluate.judge import JudgeFiles
 from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile
+from ..utils.machine import environment as machine_environment
 from .report import equal_speed, write_report
 from .run import make_variants, quality_judge, run_bench
 
@@ -63,6 +63,14 @@ def check_bundle_settings(pipeline, settings: SamplingSettings) -> None:
                              f"pass the same options or re-export")
 
 
+def environment(model, pipelines: dict) -> dict:
+    """Where the figures were measured: the CPU and its int8 instructions, the GPU, the versions."""
+    on_gpu = model.device.type == "cuda"
+    return {**machine_environment(torch.cuda.get_device_name(model.device) if on_gpu else None),
+            "fastervar": __version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": model.device.type, "runtime_provider": next((p.provider for p in pipelines.values()), None)}
+
+
 def bench(model: VARModel, profile: Profile, pipelines: dict, settings: SamplingSettings, images: int, seed: int,
           batch_size: int, out_dir: Path, quality: str, peers: bool = True,
           compare: Sequence[Profile] = (), reps: int = 1, judge: JudgeFiles | None = None) -> tuple[dict, Path]:
@@ -80,11 +88,7 @@ def bench(model: VARModel, profile: Profile, pipelines: dict, settings: Sampling
                                 batch_size, paired=quality != "none", judge=scorer, reps=reps)
     result.update(model=model.cfg.name, profile=profile.name, quality=quality, settings=settings.__dict__,
                   judge=judge.name if scorer else None,
-                  environment={"fastervar": __version__, "torch": torch.__version__,
-                               "torch_threads": torch.get_num_threads(),
-                               "device": "cuda" if model.var.head.weight.is_cuda else "cpu",
-                               "machine": platform.machine(),
-                               "runtime_provider": next((p.provider for p in pipelines.values()), None)})
+                  environment=environment(model, pipelines))
     if quality != "none":
         result["equal_speed"] = equal_speed(result)
     result["attribution"] = attribution(result)

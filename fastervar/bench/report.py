@@ -166,7 +166,8 @@ def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarra
     md = [f"# {title}", "",
           (f"{result['images']} images, batch {result['batch_size']}, seed {result['seed']}, portable sampler, "
            f"{result.get('timed_passes', 1)} timed pass(es) (times are medians per pass); "
-           f"variants warmed up at the timed batch size, then interleaved batch by batch in one process. " + ", ".join(f"{k} {v}" for k, v in env.items())),
+           f"variants warmed up at every timed batch size, then interleaved batch by batch in one process. "
+           + ", ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in env.items())),
           "",
           ("Speedups are the baseline's time over the variant's, both measured in this run. Paired PSNR/SSIM "
            "compare each variant's image with the baseline's for the same prompt and noise."), "",
