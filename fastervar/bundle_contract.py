@@ -47,6 +47,7 @@ F_HAT = "f_hat"            # (B, C, H, W) the accumulated latent
 NOISE = "noise"            # (B, n) one uniform per sampled token of the step
 TOKENS = "tokens"          # (B, n) int64 the step's tokens
 IMAGES = "images"          # (B, H, W, 3) uint8
+LOGITS = "logits"          # a step's raw logits: an output only graphs traced to check numerics have
 OUT = "out."               # a step graph's output `out.X` is the input `X` of the later graphs
 
 

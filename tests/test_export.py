@@ -287,12 +287,27 @@ def test_export_bad_arguments(tmp_path):
 
 
 def test_fp16_bundle_is_half_size_and_runs(tmp_path):
+    """What the README says of fp16 end to end: on `tiny`, the first two steps' tokens equal fp32's;
+    later ones drift (a flipped token changes every later step's input)."""
     model = random_model("tiny")
     a = export_bundle(model, identity(model.cfg), tmp_path / "a", SETTINGS, progress=False)
     b = export_bundle(model, identity(model.cfg), tmp_path / "b", SETTINGS, precision="fp16", progress=False)
     wa, wb = ((p / "weights.bin").stat().st_size for p in (a, b))
     assert wb < 0.6 * wa
-    out = Pipeline.from_bundle(b).generate([1, 2], seed=0)
-    ref = Pipeline.from_bundle(a).generate([1, 2], seed=0)
+    classes = [1, 2, 3, 4, 5, 6, 7, 8]
+    out = Pipeline.from_bundle(b).generate(classes, seed=0)
+    ref = Pipeline.from_bundle(a).generate(classes, seed=0)
     assert out.images.shape == ref.images.shape
-    assert np.array_equal(out.tokens[0], ref.tokens[0])       # the first step's tokens survive half precision
+    assert all(np.array_equal(out.tokens[k], ref.tokens[k]) for k in (0, 1))
+    assert np.mean(out.tokens[-1] == ref.tokens[-1]) > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fashion-16", "tiny-d16-schedule"])
+def test_fp16_steps_stay_close_to_fp32(name):
+    """Per step on the same inputs, fp16 logits are within 0.1% of fp32's (measured: at most
+    0.033% on fashion-16, 0.048% on tiny-d16-schedule; largest error under 0.007 of their std)."""
+    from fastervar.export.closeness import closeness
+    model = shipped_model(name) if name == "fashion-16" else random_model(name)
+    rows = closeness(AcceleratedModel(model, identity(model.cfg)), SETTINGS, "fp16", batch=4)
+    assert all(r.logits_rel_error <= 1e-3 and r.logits_max_error <= 0.02 for r in rows), rows

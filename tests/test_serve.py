@@ -71,6 +71,56 @@ def test_without_ray_serve_names_the_extra(bundle, monkeypatch):
     assert_bad_input(CliRunner().invoke(main, ["serve", str(bundle), "--replicas", "0"]), "--replicas must be")
 
 
+@pytest.mark.parametrize("missing", ["ray", "ray.data", "pandas"])
+def test_without_ray_data_generate_batch_names_the_extra_before_any_work(bundle, tmp_path, monkeypatch, missing):
+    """`fastervar[serve]` alone has Ray but not Ray Data's pandas: the check imports what the
+    command imports, not just `ray`."""
+    for name in [m for m in sys.modules if m == "ray.data" or m.startswith("ray.data.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("1\n2\n")
+    r = CliRunner().invoke(main, ["generate-batch", str(bundle), "--prompts", str(prompts), "--out",
+                                  str(tmp_path / "o")])
+    assert_bad_input(r, "this needs Ray Data: pip install 'fastervar[batch]'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_gpu_providers_reserve_a_gpu_per_worker():
+    from fastervar.serve import worker_resources
+    assert worker_resources("cpu") == {"num_cpus": 1}
+    assert worker_resources("cuda") == worker_resources("tensorrt") == {"num_cpus": 1, "num_gpus": 1}
+
+
+class _Request:
+    """The parts of a Starlette request `read_body` reads."""
+
+    def __init__(self, chunks: list[bytes], declared: int | None):
+        self.chunks, self.read = chunks, 0
+        self.headers = {} if declared is None else {"content-length": str(declared)}
+
+    async def stream(self):
+        for chunk in self.chunks:
+            self.read += 1
+            yield chunk
+
+
+def test_request_bodies_are_capped_before_they_are_buffered():
+    import asyncio
+
+    from fastervar.serve import BodyTooLarge, read_body
+    ok = _Request([b'{"class": 1}'], 12)
+    assert asyncio.run(read_body(ok, 64)) == b'{"class": 1}'
+    declared = _Request([b"x" * 100] * 1000, 100_000)
+    with pytest.raises(BodyTooLarge, match="100000 bytes; at most 64"):
+        asyncio.run(read_body(declared, 64))
+    assert declared.read == 0                                   # refused on its Content-Length alone
+    chunked = _Request([b"x" * 40] * 1000, None)                 # no length given: counted as it streams
+    with pytest.raises(BodyTooLarge, match="over 64 bytes"):
+        asyncio.run(read_body(chunked, 64))
+    assert chunked.read == 2
+
+
 def test_serve_config_arguments_are_checked(bundle):
     from fastervar.errors import FastervarError
     from fastervar.serve import app
@@ -102,8 +152,10 @@ def _ours(root: str) -> list[int]:
 
 
 @pytest.fixture
-def ray_root(monkeypatch):
-    pytest.importorskip("ray", reason="the Ray tests need pip install 'fastervar[serve,batch]'")
+def ray_root(monkeypatch, request):
+    needs = request.node.get_closest_marker("needs")
+    for module in needs.args if needs else ("ray",):
+        pytest.importorskip(module, reason=f"this Ray test needs {module}: pip install 'fastervar[serve,batch]'")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     root = tempfile.mkdtemp(prefix="fvray", dir="/tmp")     # Ray's socket paths must stay short
@@ -116,6 +168,7 @@ def ray_root(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.needs("ray.serve", "starlette")
 def test_serve_batches_concurrent_requests_and_answers_like_direct_generation(bundle, ray_root):
     from fastervar.serve import ServeOptions, serve_bundle, shutdown
 
@@ -145,11 +198,16 @@ def test_serve_batches_concurrent_requests_and_answers_like_direct_generation(bu
     assert status == 400 and "class index 99 is out of range" in json.loads(body)["error"]
     status, _ = _post(url + "/generate", {"class": 1})        # the replica still serves after a bad request
     assert status == 200
+    status, body = _post(url + "/generate", {"class": 1, "pad": "x" * 70_000})
+    assert status == 413 and "at most 65536" in json.loads(body)["error"]
+    status, _ = _post(url + "/generate", {"class": 2})
+    assert status == 200
     shutdown()
     assert not _ours(ray_root), "Ray processes were left running"
 
 
 @pytest.mark.slow
+@pytest.mark.needs("ray.data")
 def test_generate_batch_on_ray_data_writes_direct_images_and_resumes(bundle, ray_root, tmp_path):
     from fastervar.serve import generate_batch
 

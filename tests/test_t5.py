@@ -78,3 +78,47 @@ def test_bad_folders_are_refused_with_one_line(folder, tmp_path):
     (d / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(FastervarError, match="cannot read the T5 weights"):
         load_encoder(d)
+
+
+def _one_line(folder) -> str:
+    with pytest.raises(FastervarError) as info:
+        load_encoder(folder)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_every_load_failure_is_one_line(folder, tmp_path):
+    d = tmp_path / "t5"
+    shutil.copytree(folder[0], d)
+    weights = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").unlink()
+    torch.save({"encoder.x": torch.zeros(1)}, d / "pytorch_model.bin")
+    good = (d / "pytorch_model.bin").read_bytes()
+    (d / "pytorch_model.bin").write_bytes(good[: len(good) // 2])                # damaged
+    assert "cannot read the T5 weights" in _one_line(d)
+    import pickle
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"encoder.x": print}))    # not plain weights
+    assert "not a plain weights file" in _one_line(d)
+    (d / "pytorch_model.bin").unlink()
+    (d / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../elsewhere.safetensors"}}')
+    assert "shard names must be files of the folder" in _one_line(d)
+    (d / "model.safetensors.index.json").write_text("[1, 2]")
+    assert "not a shard index" in _one_line(d)
+    (d / "model.safetensors.index.json").unlink()
+    (d / "model.safetensors").write_bytes(weights)
+    (d / "config.json").write_text("[]")
+    assert "not a T5 config" in _one_line(d)
+    (d / "config.json").write_bytes(b"\xff\xfe")
+    assert "malformed JSON" in _one_line(d)
+
+
+def test_a_long_prompt_keeps_its_closing_token_and_warns_once(folder):
+    enc = TextEncoder.from_folder(folder[0], max_length=8)
+    long = " ".join(WORDS[:12])
+    with pytest.warns(UserWarning, match="cut to its first 7 and </s>") as caught:
+        ids = enc.token_ids([long, long, "a cat"])
+    assert len(caught) == 1
+    assert ids[0] == [WORDS.index(w) + 3 for w in WORDS[:7]] + [1] and ids[1] == ids[0]
+    assert ids[2] == [WORDS.index("a") + 3, WORDS.index("cat") + 3, 1]
+    emb, lengths = enc.encode([long])
+    assert lengths.tolist() == [8]

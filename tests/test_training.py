@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,23 @@ def test_image_layouts():
     assert x.shape == (1, 3, 32, 32) and x.min() >= -1 and x.max() <= 1 and x[0, :, 0, 0].tolist() == [-1] * 3
     rgb = grey_to_rgb(img)
     assert rgb.shape == (1, 32, 32, 3) and (rgb[0, 2:30, 2:30, 1] == img[0]).all()
+
+
+@pytest.mark.parametrize("args, where", [((), "runs/fashion-tiny/out"), (("--work-dir", "w"), "w/out"),
+                                         (("--out", "mine"), "mine"), (("--replace-shipped",), "SHIPPED")])
+def test_train_tiny_never_replaces_the_shipped_model_unless_asked(tmp_path, monkeypatch, args, where):
+    from click.testing import CliRunner
+
+    from fastervar.assets import ROOT
+    from fastervar.cli import main
+    from fastervar.train import data, tiny
+
+    seen = {}
+    monkeypatch.setattr(data, "load_split", lambda split, root=None: None)
+    monkeypatch.setattr(tiny, "train_all", lambda name, work, out, settings, data_dir: seen.update(out=out) or {})
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["train-tiny", *args])
+    assert r.exit_code == 0, r.output
+    assert seen["out"] == (ROOT if where == "SHIPPED" else Path(where))
+    r = CliRunner().invoke(main, ["train-tiny", "--out", "x", "--replace-shipped"])
+    assert r.exit_code == 2 and "contradict" in r.output

@@ -20,6 +20,7 @@ from ..bundle_contract import (
     F_HAT,
     IMAGES,
     LABELS,
+    LOGITS,
     NOISE,
     TOKENS,
     branch_names,
@@ -89,7 +90,7 @@ class StepGraph(nn.Module):
                 state.branches[j] = [(feed.get(names[2 * i]), feed.get(names[2 * i + 1])) for i in range(depth)]
         cond = self.acc.condition(feed[LABELS], guided=True)
         state, result = self.acc.step(self.io.step, state, cond, feed[NOISE], self.settings)
-        produced = {TOKENS: result.tokens, output(F_HAT): state.f_hat}
+        produced = {TOKENS: result.tokens, LOGITS: result.logits, output(F_HAT): state.f_hat}
         for name, t in zip(kv, [t for pair in state.caches for t in pair]):
             produced[output(name)] = t
         for j, h in state.hidden.items():

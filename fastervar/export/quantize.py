@@ -43,6 +43,8 @@ from .weights import WeightStore
 # logits, which sampling reads, stay fp32.
 LINEAR_WEIGHT = re.compile(r"(^|\.)var\.(blocks\.\d+\.(attn\.mat_qkv|attn\.proj|ffn\.fc1|ffn\.fc2|ada_lin\.1)"
                            r"|word_embed)\.weight$")
+# A weight is K x N (inputs x outputs): its scales reduce over the K rows, one per output channel.
+WEIGHT_SCALE_AXIS = 0
 _PASS_THROUGH = {"Transpose", "Cast", "Identity"}
 _EPS = 1e-30
 
@@ -101,7 +103,7 @@ def quantize_linears(model: onnx.ModelProto) -> int:
         nodes += [
             # weight: per output channel (columns of the K x N matrix); constant, so folded at binding
             helper.make_node("Abs", [w], [p + "w_abs"]),
-            helper.make_node("ReduceMax", [p + "w_abs"], [p + "w_max"], axes=[0], keepdims=1),
+            helper.make_node("ReduceMax", [p + "w_abs"], [p + "w_max"], axes=[WEIGHT_SCALE_AXIS], keepdims=1),
             helper.make_node("Max", [p + "w_max", c["eps"]], [p + "w_max1"]),
             helper.make_node("Div", [p + "w_max1", c["127"]], [p + "w_scale"]),
             helper.make_node("Div", [w, p + "w_scale"], [p + "w_div"]),
