@@ -15,8 +15,9 @@ from fastervar.models.loading import random_model, shipped_model
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profile import Profile, identity
 from fastervar.profiles import resolve, shipped
-from fastervar.utils.atomic import atomic_path
 from fastervar.bundle_contract import read_manifest
+from fastervar.utils.atomic import atomic_path
+from fastervar.utils.machine import environment
 
 
 def load_model(name: str) -> VARModel:
@@ -54,8 +55,14 @@ def ensure_bundle(model: VARModel, profile: Profile, path: Path, settings: Sampl
 
 
 def write_result(path: Path | None, result: dict) -> None:
+    """The result as JSON, with where it was measured: CPU model and int8 instructions, GPU,
+    onnxruntime and torch versions (int8 speed depends on the CPU)."""
     if path is None:
         return
+    import torch
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    result = {**result, "environment": {**environment(gpu), "torch": torch.__version__,
+                                        "torch_threads": torch.get_num_threads()}}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")

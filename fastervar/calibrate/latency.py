@@ -117,7 +117,8 @@ def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettin
                f"{context['device']}, {context['threads']} threads")
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+    """One line on stderr, kept clear of the progress bars."""
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
@@ -135,10 +136,10 @@ def read_cache(path: Path, context: dict) -> dict | None:
         if not isinstance(data, dict) or not isinstance(data.get("payload"), dict):
             raise ValueError("not a fastervar timing cache")
     except (OSError, ValueError) as exc:
-        _warn(f"ignoring unreadable cache {path} ({str(exc).splitlines()[0]}); measuring again")
+        warn(f"ignoring unreadable cache {path} ({str(exc).splitlines()[0]}); measuring again")
         return None
     if data.get("context") != context:
-        _warn(f"ignoring cache {path}: it was measured on another machine, device, dtype, batch or version; "
+        warn(f"ignoring cache {path}: it was measured on another machine, device, dtype, batch or version; "
               f"measuring again")
         return None
     return data["payload"]
@@ -161,7 +162,7 @@ def cached_latency(model: VARModel, labels: list[int], settings: SamplingSetting
             data.pop("features", None)
             return LatencyModel(**data), True
         except TypeError as exc:
-            _warn(f"ignoring cache {path} ({exc}); measuring again")
+            warn(f"ignoring cache {path} ({exc}); measuring again")
     lm = measure_latency(model, labels, settings)
     write_cache(path, context, lm.to_dict())
     return lm, False
@@ -177,7 +178,7 @@ def cached_clock(measure: Callable[[Profile], tuple[float, float]], cache_dir: P
     good = {plan: v for plan, v in known.items()
             if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)}
     if len(good) != len(known):
-        _warn(f"ignoring {len(known) - len(good)} malformed entries of {path}; measuring them again")
+        warn(f"ignoring {len(known) - len(good)} malformed entries of {path}; measuring them again")
     known = good
 
     def clock(profile: Profile) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from ..timing import TorchRunner, batches, clock_context, interleaved, speedup
 from ..utils.atomic import atomic_dir
-from .latency import FEATURES, cached_clock, cached_latency
+from .latency import FEATURES, cached_clock, cached_latency, warn
 from .measure import Measurements, cache_key, measure
 from .report import write_report
 from .search import (
@@ -133,7 +133,8 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
             m = Measurements.load(cache)
             tqdm.write(f"reusing baseline measurements from {cache}")
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            tqdm.write(f"ignoring unreadable measurement cache {cache} ({exc}); measuring again")
+            warn(f"ignoring unreadable measurement cache {cache} ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                 f"measuring again")
     if m is None:
         n = len(classes) * len(seeds)
         with tqdm(total=n, desc="measuring baseline", unit="img") as bar:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import FastervarError
-from ..utils.atomic import atomic_path
+from ..utils.atomic import atomic_dir
 from ..utils.hashing import arrays_sha256
 from .configs import (
     NAMED_CONFIGS,
@@ -199,20 +199,18 @@ def load_model(var_path: str | os.PathLike, vae_path: str | os.PathLike,
     return model.eval()
 
 
-def _atomic_save(tensors: StateDict, dest: Path, metadata: dict[str, str]) -> None:
-    with atomic_path(dest) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+def _save(tensors: StateDict, dest: Path, metadata: dict[str, str]) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(dest), metadata=metadata)
 
 
 def save_model_dir(model: VARModel, directory: str | os.PathLike) -> None:
-    """Write `var.safetensors`, `vae.safetensors` and `config.json`, each atomically."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    """Write `var.safetensors`, `vae.safetensors` and `config.json` as one folder, atomically: a
+    reader never sees new weights beside an old config."""
     meta = {"format": "fastervar-model/1", "config": model.cfg.name}
-    _atomic_save(model.var.state_dict(), d / "var.safetensors", meta)
-    _atomic_save(model.vae.state_dict(), d / "vae.safetensors", meta)
-    with atomic_path(d / "config.json") as tmp:
-        tmp.write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    with atomic_dir(directory) as stage:
+        _save(model.var.state_dict(), stage / "var.safetensors", meta)
+        _save(model.vae.state_dict(), stage / "vae.safetensors", meta)
+        (stage / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
 
 
 def read_folder_config(directory: str | os.PathLike) -> ModelConfig | None:
