@@ -22,12 +22,7 @@ from common import write_result
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.evaluate.features import ClassifierFeatures
 from fastervar.evaluate.judge import shipped_judge
-from fastervar.evaluate.metrics import (
-    feature_shift,
-    frechet_distance,
-    gaussian_stats,
-    ssim,
-)
+from fastervar.evaluate.metrics import feature_shift, frechet_distance, gaussian_stats, ssim
 from fastervar.evaluate.run import Reference
 from fastervar.models.loading import shipped_model
 from fastervar.models.sampling import SamplingSettings

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from fastervar.accel.presets import paper_split
 from fastervar.assets import shipped_model_dir
+from fastervar.bundle_contract import read_manifest
 from fastervar.export.bundle import export_bundle
-from fastervar.models.family import VARModel
 from fastervar.models.loading import random_model, shipped_model
 from fastervar.models.sampling import SamplingSettings
+from fastervar.models.var.family import VARModel
 from fastervar.profile import Profile, identity
 from fastervar.profiles import resolve, shipped
-from fastervar.bundle_contract import read_manifest
 from fastervar.utils.atomic import atomic_path
 from fastervar.utils.machine import environment
 

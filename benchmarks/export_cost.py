@@ -24,8 +24,8 @@ import torch
 from common import write_result
 
 from fastervar.memory import available_bytes
-from fastervar.models.configs import get_config
-from fastervar.models.family import VARModel
+from fastervar.models.var.configs import get_config
+from fastervar.models.var.family import VARModel
 
 
 def weight_bytes(name: str) -> int:

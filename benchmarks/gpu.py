@@ -27,15 +27,7 @@ from common import load_model, load_profile, write_result
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.errors import FastervarError
 from fastervar.models.sampling import SamplingSettings
-from fastervar.timing import (
-    PipelineRunner,
-    TorchRunner,
-    batches,
-    first_pass,
-    interleaved,
-    speedup,
-    summarize,
-)
+from fastervar.timing import PipelineRunner, TorchRunner, batches, first_pass, interleaved, speedup, summarize
 
 TWINS = {"graphs": "eager", "accel+graphs": "accel"}
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from common import write_result
 
-from fastervar.models.infinity_checkpoint import random_infinity
-from fastervar.models.infinity_family import BitSamplingSettings
-from fastervar.models.infinity_schedules import parse_aspect
-from fastervar.models.prompts import TextBatch
+from fastervar.models.infinity.checkpoint import random_infinity
+from fastervar.models.infinity.family import BitSamplingSettings
+from fastervar.models.infinity.schedules import parse_aspect
 from fastervar.models.sampler import batch_generator, generate_batch
+from fastervar.models.text.prompts import TextBatch
 from fastervar.utils.noise import image_keys
 
 PARTS = ("self_attention", "cross_attention", "ffn")

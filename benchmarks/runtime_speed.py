@@ -23,15 +23,7 @@ from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profile import check_against
 from fastervar.runtime.pipeline import Pipeline
-from fastervar.timing import (
-    PipelineRunner,
-    TorchRunner,
-    batches,
-    first_pass,
-    interleaved,
-    speedup,
-    summarize,
-)
+from fastervar.timing import PipelineRunner, TorchRunner, batches, first_pass, interleaved, speedup, summarize
 
 # chain: the single whole-generation graph in one session (what `fastervar run` uses);
 # shared: one session per step graph on one memory-mapped weight copy; prepacked: the same with

@@ -29,15 +29,7 @@ from fastervar.bench.upstream import UpstreamRunner, load_upstream
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profile import check_against, identity
 from fastervar.runtime.pipeline import Pipeline
-from fastervar.timing import (
-    PipelineRunner,
-    TorchRunner,
-    batches,
-    first_pass,
-    interleaved,
-    speedup,
-    summarize,
-)
+from fastervar.timing import PipelineRunner, TorchRunner, batches, first_pass, interleaved, speedup, summarize
 
 
 def main(argv: list[str] | None = None) -> dict:

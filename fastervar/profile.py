@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FastervarError
-from .models.configs import ModelConfig
+from .models.var.configs import ModelConfig
 
 FORMAT = "fastervar-profile/1"
 MODES = ("full", "reduce", "skip")

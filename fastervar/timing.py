@@ -29,7 +29,7 @@ from .memory import PeakMemory
 from .utils.noise import NoiseKey, image_keys
 
 if TYPE_CHECKING:
-    from .models.family import StepModel
+    from .models.protocol import StepModel
     from .models.sampling import SamplingSettings
 
 

@@ -5,7 +5,7 @@ profile of the embedded model comes from `fastervar calibrate` (see README)."""
 from fastervar.accel.cost import predicted_speedup
 from fastervar.accel.presets import paper_split, peers
 from fastervar.assets import PROFILES_DIR
-from fastervar.models.configs import get_config
+from fastervar.models.var.configs import get_config
 from fastervar.profile import identity
 
 

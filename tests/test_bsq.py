@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from fastervar.errors import FastervarError
-from fastervar.models.bsq import (
+from fastervar.models.infinity.bsq import (
     BSQ_CONFIGS,
     BSQVAE,
     BSQConfig,

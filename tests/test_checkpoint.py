@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from fastervar.errors import FastervarError
-from fastervar.models.checkpoint import (
-    infer_var_config,
-    load_model,
-    load_model_dir,
-    read_state_dict,
-    save_model_dir,
-)
-from fastervar.models.configs import get_config
-from fastervar.models.family import VARModel
+from fastervar.models.checkpoint import read_state_dict
+from fastervar.models.var.checkpoint import infer_var_config, load_model, load_model_dir, save_model_dir
+from fastervar.models.var.configs import get_config
+from fastervar.models.var.family import VARModel
 
 
 def _equal_weights(a, b) -> bool:

@@ -6,7 +6,7 @@ import pytest
 
 from fastervar import profile as P
 from fastervar.accel.cost import decoder_flops, predicted_speedup, step_costs
-from fastervar.models.configs import get_config
+from fastervar.models.var.configs import get_config
 
 
 def test_var_d16_matches_the_published_arithmetic():

@@ -11,10 +11,10 @@ from fastervar.evaluate.features import ClassifierFeatures
 from fastervar.evaluate.judge import shipped_judge
 from fastervar.evaluate.metrics import psnr
 from fastervar.evaluate.run import real_test_images, reconstructions
-from fastervar.models.configs import get_config
 from fastervar.models.loading import embedded_model
 from fastervar.models.sampler import generate
 from fastervar.models.sampling import SamplingSettings
+from fastervar.models.var.configs import get_config
 
 FIXTURE = 200   # the test fixture: the first 200 shipped real test images
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from fastervar.accel.presets import fastvar
 from fastervar.cli import main
-from fastervar.models.configs import get_config
+from fastervar.models.var.configs import get_config
 
 from .test_cli import assert_bad_input
 

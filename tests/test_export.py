@@ -102,14 +102,9 @@ def test_bundle_layout_and_weights_stored_once(bundles, embedded):
 
 def _official_vocabulary_model():
     """A small transformer over the official VQVAE's 4096 codes: the shapes that decide TopK sizes."""
-    from fastervar.models.configs import (
-        TINY_SCHEDULE,
-        ModelConfig,
-        VARConfig,
-        VQVAEConfig,
-    )
-    from fastervar.models.family import VARModel
     from fastervar.models.loading import randomize_
+    from fastervar.models.var.configs import TINY_SCHEDULE, ModelConfig, VARConfig, VQVAEConfig
+    from fastervar.models.var.family import VARModel
     cfg = ModelConfig("tiny-v4096", VARConfig(depth=1, embed_dim=32, num_heads=1, num_classes=10,
                                               patch_nums=TINY_SCHEDULE),
                       VQVAEConfig(vocab_size=4096, z_channels=8, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,

@@ -74,8 +74,8 @@ import json, sys
 import torch
 from fastervar.export.bundle import export_bundle
 from fastervar.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
-from fastervar.models.configs import TINY_SCHEDULE, TINY_VAE, ModelConfig, VARConfig
-from fastervar.models.family import VARModel
+from fastervar.models.var.configs import TINY_SCHEDULE, TINY_VAE, ModelConfig, VARConfig
+from fastervar.models.var.family import VARModel
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profile import identity
 

@@ -20,17 +20,17 @@ from safetensors.torch import save_file
 
 from fastervar.cli import main
 from fastervar.errors import FastervarError
-from fastervar.models.infinity import Infinity
-from fastervar.models.infinity_checkpoint import (
+from fastervar.models.infinity.checkpoint import (
     INFINITY_CONFIGS,
     infer_infinity_config,
     load_infinity_model,
     load_infinity_transformer,
     random_infinity,
 )
-from fastervar.models.infinity_family import BitSamplingSettings, sample_bits
-from fastervar.models.prompts import TextBatch, read_text_embeddings
+from fastervar.models.infinity.family import BitSamplingSettings, sample_bits
+from fastervar.models.infinity.transformer import Infinity
 from fastervar.models.sampler import batch_generator, generate_batch
+from fastervar.models.text.prompts import TextBatch, read_text_embeddings
 from fastervar.utils.noise import image_keys
 
 DATA = Path(__file__).parent / "data"
@@ -232,7 +232,7 @@ def test_text_embeddings_files_are_checked(tiny, tmp_path):
 
 @pytest.mark.parametrize("aspect, pn, message", [("1:1", "2M", "--pn '2M' is unknown"), ("1x1", "1M", "height:width")])
 def test_unknown_aspect_or_pn_is_one_line(aspect, pn, message):
-    from fastervar.models.infinity_schedules import parse_aspect, schedule
+    from fastervar.models.infinity.schedules import parse_aspect, schedule
     with pytest.raises(FastervarError, match=message):
         schedule(parse_aspect(aspect), pn)
 
@@ -276,7 +276,7 @@ def test_generate_refuses_mixed_families_in_one_line(infinity_files, tiny_files,
 
 def test_prompt_strings_through_a_t5_folder_give_the_embeddings_images(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers builds the tiny T5 folder")
-    from fastervar.models.t5 import TextEncoder
+    from fastervar.models.text.t5 import TextEncoder
     from tests.test_t5 import _tokenizer
     torch.manual_seed(0)
     cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fastervar.errors import FastervarError
-from fastervar.models import infinity_schedules as S
+from fastervar.models.infinity import schedules as S
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "infinity_schedules.json").read_text())
 

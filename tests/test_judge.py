@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 from fastervar.assets import ROOT, shipped_model_dir
 from fastervar.cli import main
 from fastervar.evaluate.judge import CLASSIFIER, NOT_SHIPPED, REAL_IMAGES, STATS
-from fastervar.models.checkpoint import save_model_dir
 from fastervar.models.loading import random_model, resolve_model
+from fastervar.models.var.checkpoint import save_model_dir
 
 from .test_cli import assert_bad_input
 

@@ -9,8 +9,8 @@ import pytest
 
 from fastervar.accel.presets import fastvar, paper_split, skipvar
 from fastervar.calibrate import latency as L
-from fastervar.models.configs import get_config
 from fastervar.models.loading import random_model
+from fastervar.models.var.configs import get_config
 from fastervar.profile import identity
 from fastervar.timing import clock_context
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastervar.models.configs import get_config
-from fastervar.models.family import VARModel
-from fastervar.models.vqvae import phi_table
+from fastervar.models.var.configs import get_config
+from fastervar.models.var.family import VARModel
+from fastervar.models.var.vqvae import phi_table
 
 # Key names and shapes of upstream VAR's modules (var_d16, var_d36, the VQVAE), recorded once from
 # the upstream classes on an empty device: the layout the released .pth files carry.

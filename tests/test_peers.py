@@ -14,9 +14,9 @@ from fastervar import profile as P
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.accel.presets import fastvar, peers, skipvar, upstream_steps
 from fastervar.export.bundle import export_bundle
-from fastervar.models.configs import get_config
 from fastervar.models.sampler import generate
 from fastervar.models.sampling import SamplingSettings
+from fastervar.models.var.configs import get_config
 from fastervar.runtime.pipeline import Pipeline
 
 S = SamplingSettings(cfg=2.0)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fastervar import profile as P
 from fastervar.errors import FastervarError
-from fastervar.models.configs import get_config
+from fastervar.models.var.configs import get_config
 
 CFG = get_config("fashion-tiny")      # 7 steps (1, 2, 3, 4, 5, 6, 8), width 96
 

@@ -11,13 +11,8 @@ import torch
 from fastervar.errors import FastervarError
 from fastervar.models.loading import random_model
 from fastervar.models.sampler import generate
-from fastervar.models.sampling import (
-    SamplingSettings,
-    candidate_count,
-    filter_logits,
-    guidance_weight,
-    portable_sample,
-)
+from fastervar.models.sampling import SamplingSettings, candidate_count, filter_logits, portable_sample
+from fastervar.models.var.sampling import guidance_weight
 
 REFS = np.load(Path(__file__).parent / "data" / "official_refs.npz")
 CASES = {

@@ -23,13 +23,7 @@ from fastervar.models.loading import shipped_model
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profiles import resolve
 from fastervar.runtime.pipeline import Pipeline
-from fastervar.serve import (
-    RequestError,
-    free_port,
-    image_name,
-    parse_request,
-    png_bytes,
-)
+from fastervar.serve import RequestError, free_port, image_name, parse_request, png_bytes
 
 from .test_cli import assert_bad_input
 

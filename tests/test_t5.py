@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastervar.errors import FastervarError
-from fastervar.models.t5 import TextEncoder, load_encoder
+from fastervar.models.text.t5 import TextEncoder, load_encoder
 
 transformers = pytest.importorskip("transformers", reason="transformers is the T5 test oracle (pip install -e '.[test]')")
 tokenizers = pytest.importorskip("tokenizers")

@@ -15,7 +15,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_package_and_runtime_import_without_torch():
     p = _run("import fastervar, fastervar.runtime, fastervar.runtime.pipeline, fastervar.bundle_contract, "
              "fastervar.utils.noise, fastervar.utils.images, fastervar.utils.atomic, fastervar.utils.machine, "
-             "fastervar.models.configs, fastervar.cli; print('ok')")
+             "fastervar.models.var.configs, fastervar.cli; print('ok')")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "ok"
 

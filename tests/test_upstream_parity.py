@@ -10,11 +10,11 @@ import secrets
 import pytest
 import torch
 
-from fastervar.models.configs import SCHEDULE_256, ModelConfig, VARConfig, VQVAEConfig
-from fastervar.models.family import VARModel
 from fastervar.models.loading import randomize_
 from fastervar.models.sampler import generate
 from fastervar.models.sampling import SamplingSettings
+from fastervar.models.var.configs import SCHEDULE_256, ModelConfig, VARConfig, VQVAEConfig
+from fastervar.models.var.family import VARModel
 
 UPSTREAM = os.environ.get("FASTERVAR_UPSTREAM_VAR")
 pytestmark = pytest.mark.skipif(not UPSTREAM, reason="set FASTERVAR_UPSTREAM_VAR to a clone of FoundationVision/VAR "

@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.family import StepOutput, StepState, VARModel
+from ..models.protocol import StepOutput, StepState
 from ..models.resample import resample
-from ..models.sampling import (
-    SamplingSettings,
-    apply_guidance,
-    guidance_weight,
-    sample_step,
-)
-from ..models.var import KV
+from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel
+from ..models.var.sampling import apply_guidance, guidance_weight, sample_step
+from ..models.var.transformer import KV
 from ..profile import Profile, StepPlan, check_against
 from .factorize import factorize
 from .selectors import pivotal, select

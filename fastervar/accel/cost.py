@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..models.configs import ModelConfig
+from ..models.var.configs import ModelConfig
 from ..profile import FACTORIZABLE, Profile, StepPlan
 
 
@@ -85,7 +85,7 @@ def decoder_flops(cfg: ModelConfig, batch: int = 1) -> float:
     import torch
     from torch import nn
 
-    from ..models.vqvae import AttnBlock, Decoder
+    from ..models.var.vqvae import AttnBlock, Decoder
 
     with torch.device("meta"):
         dec = Decoder(cfg.vae)

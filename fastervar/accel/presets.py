@@ -6,7 +6,7 @@ These exist so that every comparison runs in one harness; calibrated profiles co
 
 from __future__ import annotations
 
-from ..models.configs import ModelConfig
+from ..models.var.configs import ModelConfig
 from ..profile import Profile, StepPlan, identity
 
 

@@ -10,8 +10,8 @@ import torch
 from .. import __version__
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
-from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel
 from ..profile import Profile
 from ..utils.machine import environment as machine_environment
 from .report import equal_speed, write_report

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..accel.presets import paper_split
 from ..errors import FastervarError
-from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel
 from ..profile import Profile, identity
 from ..profiles import resolve, shipped
 

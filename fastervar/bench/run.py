@@ -18,18 +18,10 @@ from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
 from ..evaluate.metrics import mean_psnr, ssim
-from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel
 from ..profile import Profile
-from ..timing import (
-    PipelineRunner,
-    TorchRunner,
-    batches,
-    first_pass,
-    interleaved,
-    speedup,
-    summarize,
-)
+from ..timing import PipelineRunner, TorchRunner, batches, first_pass, interleaved, speedup, summarize
 
 
 @dataclass

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import FastervarError
-from ..models.family import VARModel, to_uint8
 from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel, to_uint8
 from ..timing import Batch, Run
 
 

@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import step_costs
 from ..accel.presets import fastvar, paper_split
-from ..models.configs import ModelConfig
-from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
+from ..models.var.configs import ModelConfig
+from ..models.var.family import VARModel
 from ..profile import Profile, StepPlan, identity
-from ..utils.atomic import atomic_path
 from ..timing import TorchRunner, batches, clock_context, interleaved, summarize
+from ..utils.atomic import atomic_path
 
 FEATURES = ("step", "matmul_flops", "attention_flops", "sampled_logits", "restored_values")
 

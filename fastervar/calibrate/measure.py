@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from ..evaluate.metrics import ssim
-from ..models.family import VARModel, to_uint8
 from ..models.resample import resample
 from ..models.sampler import generate_batch
-from ..models.sampling import SamplingSettings, apply_guidance, guidance_weight
+from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel, to_uint8
+from ..models.var.sampling import apply_guidance, guidance_weight
 from ..profile import FACTORIZABLE
 
 

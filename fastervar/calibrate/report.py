@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..accel.cost import step_costs
-from ..models.configs import ModelConfig
+from ..models.var.configs import ModelConfig
 from ..profile import Profile, identity
 from ..utils.atomic import atomic_path
 from .measure import Measurements

@@ -15,22 +15,15 @@ from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
 from ..models.checkpoint import weights_sha256
-from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel
 from ..profile import Profile, model_identity
 from ..timing import TorchRunner, batches, clock_context, interleaved, speedup
 from ..utils.atomic import atomic_dir
 from .latency import FEATURES, cached_clock, cached_latency, warn
 from .measure import Measurements, cache_key, measure
 from .report import write_report
-from .search import (
-    Candidate,
-    Searcher,
-    closest,
-    equal_speed_comparison,
-    search,
-    stage_split,
-)
+from .search import Candidate, Searcher, closest, equal_speed_comparison, search, stage_split
 
 
 def check_sampler(settings: SamplingSettings) -> None:

@@ -23,8 +23,8 @@ from ..accel.cost import predicted_speedup
 from ..errors import FastervarError
 from ..evaluate.features import ClassifierFeatures
 from ..evaluate.metrics import feature_shift, mean_psnr, ssim
-from ..models.family import VARModel
 from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel
 from ..profile import Profile, StepPlan, identity, model_identity
 from ..timing import Batch, TorchRunner
 from .latency import LatencyModel

@@ -32,19 +32,19 @@ def _is_text_model(model_name: str | None, checkpoint: str | None, text_given: l
         return True
     if checkpoint is None:
         return False
-    from ..models.infinity_checkpoint import is_infinity_file
+    from ..models.infinity.checkpoint import is_infinity_file
     return is_infinity_file(checkpoint)
 
 
 def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg, top_k,
                    top_p, sampler, batch_size, out_dir) -> None:
     """`generate` for a text-to-image model: prompts in, one image per prompt."""
-    from ..models.infinity_checkpoint import resolve_infinity
-    from ..models.infinity_family import BitSamplingSettings
-    from ..models.infinity_schedules import parse_aspect, schedule
+    from ..models.infinity.checkpoint import resolve_infinity
+    from ..models.infinity.family import BitSamplingSettings
+    from ..models.infinity.schedules import parse_aspect, schedule
     from ..models.loading import resolve_device
-    from ..models.prompts import read_prompts, text_batch
     from ..models.sampler import generate as run_generate
+    from ..models.text.prompts import read_prompts, text_batch
     from ..utils.images import image_folder, write_pngs
 
     prompts, prompts_file, text_encoder, embeddings, aspect, pn, tau = text_args

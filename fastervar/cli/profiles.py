@@ -18,7 +18,7 @@ def profiles_list() -> None:
     by FLOPs for all (comparable across rows), and by the latency model where calibration fitted one
     (closer to what the machine it was calibrated on measures)."""
     from ..accel.cost import steps_flops
-    from ..models.configs import get_config
+    from ..models.var.configs import get_config
     from ..profile import identity
     from ..profiles import resolve, shipped
     click.echo(f"{'profile':<32} {'model':<14} {'kind':<11} {'FLOPs':>7} {'latency':>8}  description")

@@ -18,7 +18,7 @@ from ..assets import ROOT
 from ..errors import FastervarError
 
 if TYPE_CHECKING:
-    from ..models.family import VARModel
+    from ..models.var.family import VARModel
 
 CLASSIFIER = Path("classifier") / "classifier.safetensors"
 STATS = Path("classifier") / "fashion_test_stats.npz"

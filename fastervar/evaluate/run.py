@@ -8,17 +8,10 @@ import numpy as np
 import torch
 
 from ..errors import FastervarError
-from ..models.family import VARModel, to_uint8
 from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel, to_uint8
 from ..profile import Profile
-from ..timing import (
-    TorchRunner,
-    batches,
-    first_pass,
-    interleaved,
-    speedup,
-    summarize,
-)
+from ..timing import TorchRunner, batches, first_pass, interleaved, speedup, summarize
 from .features import ClassifierFeatures, FeatureExtractor
 from .judge import JudgeFiles, check_domain, load_npz
 from .metrics import frechet_distance, gaussian_stats, kid, mean_psnr, ssim

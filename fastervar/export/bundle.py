@@ -22,10 +22,6 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..accel.accelerated import AcceleratedModel
-from ..errors import FastervarError
-from ..models.family import VARModel
-from ..models.sampling import SamplingSettings
-from ..profile import Profile, model_identity
 from ..bundle_contract import (
     F_HAT,
     FORMAT,
@@ -41,6 +37,10 @@ from ..bundle_contract import (
     step_noise,
     step_tokens,
 )
+from ..errors import FastervarError
+from ..models.sampling import SamplingSettings
+from ..models.var.family import VARModel
+from ..profile import Profile, model_identity
 from ..utils.atomic import atomic_dir
 from ..utils.hashing import file_sha256
 from .chain import join_chain

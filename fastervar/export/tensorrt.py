@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastervar.errors import FastervarError
-from fastervar.utils.atomic import atomic_path
-from fastervar.runtime.tensorrt_engine import load_tensorrt, take_trt_error, trt_logger
+from ..errors import FastervarError
+from ..runtime.tensorrt_engine import load_tensorrt, take_trt_error, trt_logger
+from ..utils.atomic import atomic_path
 
 # How far each symbolic dim of a manifest shape ranges, in multiples of --max-batch:
 # "rows" is the batch doubled when classifier-free guidance runs.

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .family import StepModel, StepOutput, StepState
+from .protocol import StepModel, StepOutput, StepState
 from .sampling import SamplingSettings
 
 MAX_BATCHES = 4                                 # batch sizes whose graphs stay captured at once

@@ -14,9 +14,9 @@ import torch
 
 from ..assets import EMBEDDED_MODEL_NAME, shipped_model_dir
 from ..errors import FastervarError
-from .checkpoint import load_model, load_model_dir
-from .configs import NAMED_CONFIGS, get_config
-from .family import VARModel
+from .var.checkpoint import load_model, load_model_dir
+from .var.configs import NAMED_CONFIGS, get_config
+from .var.family import VARModel
 
 
 def resolve_device(device: str) -> torch.device:
@@ -117,7 +117,7 @@ def resolve_model(model: str | None, var_checkpoint: str | None, vae_checkpoint:
 def _folder_config(var_path: Path, vae_path: Path):
     """The config.json beside both files of a model folder, if there is one: a schedule cannot be
     read off the weights alone, so a folder `train-tiny` wrote loads without --model."""
-    from .checkpoint import read_folder_config
+    from .var.checkpoint import read_folder_config
     if var_path.parent.resolve() != vae_path.parent.resolve():
         return None
     return read_folder_config(var_path.parent)

@@ -18,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils.noise import NoiseKey, batch_uniform, image_keys
-from .family import StepModel, StepOutput, StepState
-from .prompts import TextBatch
+from .protocol import StepModel, StepOutput, StepState
 from .sampling import SamplingSettings
+from .text.prompts import TextBatch
 
 OnStep = Callable[[int, StepState, StepOutput | None], None]
 

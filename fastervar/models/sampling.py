@@ -1,10 +1,10 @@
-"""Token sampling inside a scale step: guidance, top-k/top-p filtering and the two samplers.
+"""Sampling settings and the two samplers' building blocks, shared by every family.
 
 `portable` inverts the CDF of the filtered distribution at one supplied uniform per token: any
 backend given the same noise picks the same tokens, and the noise is (B, n), not (B, n, V). It
 filters over the top-k candidates only (TopK, then top-p on those k), at most `CANDIDATE_CAP`
 of them, so the graphs stay within TensorRT's TopK limit. `official` draws with a
-torch.Generator in the same order and with the same ops as the upstream VAR sampler, for
+torch.Generator in the same order and with the same ops as the upstream samplers, for
 comparisons with published numbers.
 """
 
@@ -17,8 +17,12 @@ import torch
 from ..errors import FastervarError
 
 SAMPLERS = ("official", "portable")
+
+
 # TensorRT builds TopK only for k <= 3840; the portable sampler never asks for more candidates.
 CANDIDATE_CAP = 3840
+
+
 # The portable sampler's probability resolution: sums of up to 2^22 units stay exact in float32.
 PROBABILITY_UNITS = float(2 ** 22)
 
@@ -50,17 +54,6 @@ class SamplingSettings:
     def guided(self) -> bool:
         """Upstream VAR always runs the unconditional half (its guidance ramps up from 0)."""
         return True
-
-
-def guidance_weight(cfg: float, step: int, steps: int) -> float:
-    """The linear guidance ramp: 0 at the first step, `cfg` at the last."""
-    return cfg * step / (steps - 1)
-
-
-def apply_guidance(logits: torch.Tensor, t: float) -> torch.Tensor:
-    """Combine a (2B, ...) conditional-then-unconditional batch into B guided logits."""
-    b = logits.shape[0] // 2
-    return (1 + t) * logits[:b] - t * logits[b:]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -113,29 +106,3 @@ def portable_sample(logits: torch.Tensor, u: torch.Tensor, top_k: int, top_p: fl
     below = ((cdf <= u.unsqueeze(-1).to(cdf.dtype) * cdf[..., -1:]) & keep).float().sum(-1)
     pos = torch.minimum(below, keep.float().sum(-1) - 1).long()
     return pos if order is None else order.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
-
-
-def smooth_tau(ratio: float) -> float:
-    """Temperature of the `more_smooth` soft code mix, annealed over the steps."""
-    return max(0.27 * (1 - ratio * 0.95), 0.005)
-
-
-def sample_step(logits: torch.Tensor, noise: torch.Tensor | torch.Generator, settings: SamplingSettings,
-                ratio: float, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick tokens (B, n) and their code vectors (B, n, Cvae) from guided logits (B, n, V).
-
-    `noise` is a uniform (B, n) tensor for the portable sampler or a torch.Generator for the
-    official one.
-    """
-    if not isinstance(noise, torch.Generator):
-        idx = portable_sample(logits, noise, settings.top_k, settings.top_p)
-        return idx, torch.nn.functional.embedding(idx, codebook)
-    b, n, vocab = logits.shape
-    filtered = filter_logits(logits, settings.top_k, settings.top_p)
-    probs = filtered.softmax(dim=-1).view(-1, vocab)
-    idx = torch.multinomial(probs, num_samples=1, replacement=True, generator=noise).view(b, n)
-    if settings.more_smooth:
-        gumbel = -torch.empty_like(filtered).exponential_(generator=noise).log()
-        soft = ((filtered.mul(1 + ratio) + gumbel) / smooth_tau(ratio)).softmax(dim=-1)
-        return idx, soft @ codebook.unsqueeze(0)
-    return idx, torch.nn.functional.embedding(idx, codebook)

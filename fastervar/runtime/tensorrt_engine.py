@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastervar.errors import FastervarError
+from ..errors import FastervarError
 
 
 def load_tensorrt() -> ModuleType:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.configs import get_config
-from ..models.family import VARModel
 from ..models.resample import resample
+from ..models.var.configs import get_config
+from ..models.var.family import VARModel
 from . import loop
 from .data import load_split, to_model_space
 
@@ -201,7 +201,7 @@ def train_all(name: str, work: Path, out: Path, s: TrainSettings, data_dir: str 
     classifier with its reference statistics. Writes out/NAME/ (safetensors + config),
     out/classifier/ and out/fashion_mnist_test_1000.npz, each file atomically. The judge is kept
     when out already has one for the same data (the default data set and an existing judge)."""
-    from ..models.checkpoint import save_model_dir
+    from ..models.var.checkpoint import save_model_dir
     from .classifier import build_eval_assets
 
     torch.manual_seed(s.seed)

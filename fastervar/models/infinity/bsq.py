@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FastervarError
-from .checkpoint import StateDict, check_strict, read_state_dict
+from ...errors import FastervarError
+from ..checkpoint import StateDict, check_strict, read_state_dict
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FastervarError
+from ...errors import FastervarError
+from ..checkpoint import StateDict, check_strict, names_infinity, read_state_dict
 from .bsq import BSQ_CONFIGS, BSQVAE, BSQConfig, load_bsq
-from .checkpoint import StateDict, check_strict, names_infinity, read_state_dict
-from .infinity import Infinity, InfinityConfig
-from .infinity_family import InfinityModel
+from .family import InfinityModel
+from .transformer import Infinity, InfinityConfig
 
 # name -> (transformer, VAE); the tiny one is the parity configuration (upstream's constructor at
 # 4 blocks x 128 wide, 2 heads, 2 chunks, 256-wide text, an 8-bit VAE).
@@ -155,7 +155,7 @@ def resolve_infinity(name: str | None, checkpoint: str | None, vae_checkpoint: s
 def random_infinity(name: str, seed: int = 0, h_div_w: float = 1.0, pn: str = "0.06M") -> InfinityModel:
     """A named configuration with seeded weights (keyed by parameter name, as the parity
     references were made), for tests and speed benchmarks."""
-    from .loading import seed_module_
+    from ..loading import seed_module_
     t_cfg, v_cfg = INFINITY_CONFIGS[name]
     model = InfinityModel(seed_module_(Infinity(t_cfg), seed + 1), seed_module_(BSQVAE(v_cfg), seed + 2), h_div_w, pn)
     model.weights_origin = "random"

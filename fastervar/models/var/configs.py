@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import FastervarError
+from ...errors import FastervarError
 
 SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FastervarError
+from ...errors import FastervarError
 
 
 @dataclass

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import FastervarError
+from ...errors import FastervarError
+from ..protocol import StepOutput, StepState
+from ..sampling import SAMPLERS, filter_logits
+from ..text.prompts import TextBatch
 from .bsq import BSQVAE, accumulate, next_scale_input, scale_codes
-from .family import StepOutput, StepState
-from .infinity import Infinity, RopeTable, TextCondition
-from .infinity_schedules import PN_STEPS, nearest_template, schedule, templates
-from .prompts import TextBatch
-from .sampling import SAMPLERS, filter_logits
+from .schedules import PN_STEPS, nearest_template, schedule, templates
+from .transformer import Infinity, RopeTable, TextCondition
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,10 @@ class InfinityModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.infinity.head.weight.dtype
+
+    def state_parts(self) -> tuple[nn.Module, ...]:
+        """The weights as the released files hold them: transformer, then BSQ VAE."""
+        return self.infinity, self.vae
 
     @property
     def num_steps(self) -> int:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..resample import resample
 from .configs import VQVAEConfig
-from .resample import resample
 
 
 def phi_table(steps: int, phi_count: int) -> list[int]:

@@ -1,71 +1,21 @@
 """The VAR family's implementation of the scale-step protocol.
 
-    state_{k+1} = step_k(state_k, cond, noise_k);   image = decode(f_hat_S)
-
-`VARModel` pairs a VAR transformer with its VQVAE and exposes exactly that unit, split into the
-pieces an accelerator replaces (input tokens, transformer, guidance, sampling, f_hat update). The
+`VARModel` pairs a VAR transformer with its VQVAE and exposes the scale step, split into the pieces
+an accelerator replaces (input tokens, transformer, guidance, sampling, f_hat update). The
 reference sampler, the accelerator and the exporter all call these same pieces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 from torch import nn
 
+from ..protocol import StepOutput, StepState
+from ..resample import resample
 from .configs import ModelConfig, validate
-from .resample import resample
 from .sampling import SamplingSettings, apply_guidance, guidance_weight, sample_step
-from .var import KV, VAR
+from .transformer import KV, VAR
 from .vqvae import VQVAE
-
-
-@dataclass
-class StepState:
-    """What flows between steps: the accumulated latent and each block's KV cache."""
-
-    f_hat: torch.Tensor
-    caches: list[KV] | None = None
-
-
-@dataclass
-class StepOutput:
-    tokens: torch.Tensor                      # (B, p*p) sampled indices
-    logits: torch.Tensor                      # (2B or B, p*p, V) raw logits before guidance
-    hidden: torch.Tensor | None = None        # (2B or B, p*p, C) the last block's output
-
-
-class StepModel(Protocol):
-    """The scale-step protocol the step loop drives: `VARModel`, the accelerator's
-    `AcceleratedModel`, the CUDA-graph `GraphedModel` and Infinity's `InfinityModel` implement it.
-    `condition` takes what the family is conditioned on (class labels, or a `TextBatch`)."""
-
-    num_steps: int
-
-    @property
-    def device(self) -> torch.device: ...
-
-    @property
-    def dtype(self) -> torch.dtype: ...
-
-    def tokens_at(self, step: int) -> int: ...
-
-    def noise_at(self, step: int) -> int: ...
-
-    def condition(self, inputs, guided: bool = True): ...
-
-    def init_state(self, batch: int) -> StepState: ...
-
-    def step(self, step: int, state: StepState, cond: torch.Tensor, noise: torch.Tensor | torch.Generator,
-             settings: SamplingSettings) -> tuple[StepState, StepOutput | None]: ...
-
-    def decode(self, f_hat: torch.Tensor) -> torch.Tensor: ...
-
-    def pixels(self, f_hat: torch.Tensor) -> torch.Tensor: ...
-
-    def to_uint8(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class VARModel(nn.Module):
@@ -99,6 +49,10 @@ class VARModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.var.head.weight.dtype
+
+    def state_parts(self) -> tuple[nn.Module, ...]:
+        """The weights as the released files hold them: transformer, then VQVAE."""
+        return self.var, self.vae
 
     def tokens_at(self, step: int) -> int:
         return self.patch_nums[step] ** 2

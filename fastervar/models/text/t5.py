@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FastervarError
+from ...errors import FastervarError
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class T5Encoder(nn.Module):
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The folder's tensors: model.safetensors (or its shards), else pytorch_model.bin, each read
     by the one checkpoint reader (safetensors, or a pickle with weights_only=True)."""
-    from .checkpoint import read_state_dict
+    from ..checkpoint import read_state_dict
 
     def read(name: str) -> dict[str, torch.Tensor]:
         try:

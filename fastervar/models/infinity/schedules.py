@@ -10,7 +10,7 @@ request snaps to the nearest template, as upstream does. Token grids are 16 px (
 
 from __future__ import annotations
 
-from ..errors import FastervarError
+from ...errors import FastervarError
 
 VAE_STRIDE = 16
 PN_STEPS = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FastervarError
+from ...errors import FastervarError
 
 KV = tuple[torch.Tensor, torch.Tensor]
 LEVELS = 15                  # rows of the level embedding: one per scale of the longest schedule
