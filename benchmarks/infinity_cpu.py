@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from common import write_result
 
 from fastervar.models.infinity.checkpoint import random_infinity
-from fastervar.models.infinity.family import BitSamplingSettings
+from fastervar.models.infinity.family import DEFAULT_SETTINGS
 from fastervar.models.infinity.schedules import parse_aspect
 from fastervar.models.sampler import batch_generator, generate_batch
 from fastervar.models.text.prompts import TextBatch
@@ -72,7 +73,7 @@ def main() -> None:
     cfg = model.infinity.cfg
     emb = np.random.default_rng(0).standard_normal((1, args.prompt_tokens, cfg.text_channels), dtype=np.float32)
     text = TextBatch(torch.from_numpy(emb), torch.tensor([args.prompt_tokens]))
-    settings = BitSamplingSettings(sampler="official")
+    settings = replace(DEFAULT_SETTINGS, sampler="official")
     clock = PartClock(model, device)
 
     def once():

@@ -3,9 +3,19 @@
 A profile names the model and schedule it was made for, splits the scale steps into semantic,
 structure and refine stages, and says per step what runs: `full`, `reduce` (r kept tokens chosen
 by a selector, the rest restored from an earlier step's cached output, upsampled bicubic or by
-area, optionally only in a range of blocks), or `skip`; whether guidance runs; and which linear
-layers are factorized to what rank. Plain dataclasses and JSON, no torch:
-the runtime and export manifests read it too.
+area, optionally only in a range of blocks), or `skip`; whether guidance runs, and if not which
+half (the conditional one, or the null prompt's); and which linear layers are factorized to what
+rank. Plain dataclasses and JSON, no torch: the runtime and export manifests read it too.
+
+Steps are identified by index. A VAR profile names its `patch_nums`; an Infinity profile names its
+pixel budget (`pn`) and step count, and serves every aspect template of that budget: the templates
+of one budget have the same number of steps, each step a coarse-to-fine grid of its own shape, so
+a plan for step k means the same stage of generation at every aspect. A kept-token share given as
+`prune` (the fraction dropped, FastVAR's form) scales with each aspect's grid; a `keep` count is
+checked against the grid the profile is applied to.
+
+A profile is checked against a `ModelSpec`: what a profile and the cost model need to know of a
+model without its weights. Families make theirs (`model.spec()`), so nothing here names one.
 
 Validation errors are FastervarErrors that name the offending field, e.g. `steps[5].keep`.
 """
@@ -14,12 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import FastervarError
-from .models.var.configs import ModelConfig
 
 FORMAT = "fastervar-profile/1"
 MODES = ("full", "reduce", "skip")
@@ -27,9 +37,51 @@ SELECTORS = ("pivotal", "pivotal_stream", "random_projection", "random", "grid",
 RESTORE_LEVELS = ("block", "layer", "latent")
 UPSAMPLINGS = ("bicubic", "area")
 STAGES = ("semantic", "structure", "refine")
-# Linear layers of a VAR block that may be factorized: name -> (in_features, out_features) as
-# multiples of the width C.
-FACTORIZABLE = {"attn.mat_qkv": (1, 3), "attn.proj": (1, 1), "ffn.fc1": (1, 4), "ffn.fc2": (4, 1)}
+UNGUIDED = ("cond-only", "null-text")        # which half runs when a step drops guidance
+PIXEL_BUDGETS = ("0.06M", "0.25M", "0.60M", "1M")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as profiles and the cost model see it: its identity (family, config, schedule),
+    one token grid per step, and the transformer's shape. `linears` are the factorizable linears
+    of a block, name -> (in, out) features; `logit_width` what the head predicts per token (V
+    codes, or a logit pair per bit); `code_width` what a token's input embedding reads; `text`
+    (tokens, width) what cross-attention reads per row, (0, 0) without one; `peer_widths`, where
+    the peers' published code runs on this family as it is, the grid width of each step that their
+    width-keyed constants read (the budget's 1:1 template), so those constants apply literally;
+    elsewhere (None) their recipes are mapped onto the schedule by token share."""
+
+    family: str
+    config: str
+    schedule: dict[str, Any]
+    grids: tuple[tuple[int, int], ...]
+    depth: int
+    width: int
+    linears: dict[str, tuple[int, int]]
+    logit_width: int
+    code_width: int
+    shared_adaln: bool = True
+    text: tuple[int, int] = (0, 0)
+    peer_widths: tuple[int, ...] | None = None
+    decoder_flops: Callable[[], float] | None = field(default=None, compare=False)   # per image, counted when asked
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.grids)
+
+    def tokens(self, step: int) -> int:
+        h, w = self.grids[step]
+        return h * w
+
+    def identity(self) -> dict[str, Any]:
+        """What a profile's `model` names (before its weights hash)."""
+        return {"family": self.family, "config": self.config, **self.schedule}
+
+
+def as_spec(model: Any) -> ModelSpec:
+    """A ModelSpec as given, or the spec of a model or configuration (anything with `spec()`)."""
+    return model if isinstance(model, ModelSpec) else model.spec()
 
 
 class ProfileError(FastervarError):
@@ -42,7 +94,9 @@ class StepPlan:
 
     mode: str = "full"
     cfg: bool = True
-    keep: int | None = None                   # reduce: tokens the transformer runs on
+    unguided: str = "cond-only"               # without guidance: which half runs (UNGUIDED)
+    keep: int | None = None                   # reduce: tokens the transformer runs on, or
+    prune: float | None = None                # reduce: the share of the step's tokens dropped
     selector: str | None = None               # reduce: how they are chosen
     restore_from: int | None = None           # reduce: step whose cached output fills the rest
     restore_level: str = "block"              # reduce: block outputs, per sublayer, or the latent
@@ -51,11 +105,18 @@ class StepPlan:
     layers: list[int] | None = None           # reduce at layer level: [first, end) blocks reduced; others run all tokens
     upsample: str = "bicubic"                 # reduce: how the cached output is brought to this step's grid
 
+    def kept(self, tokens: int) -> int:
+        """Tokens a reduce step runs on out of `tokens`: its count, or what pruning leaves
+        (FastVAR's rounding: tokens - int(tokens * prune)), at least one."""
+        if self.keep is not None:
+            return min(self.keep, tokens)
+        return max(1, tokens - int(tokens * self.prune))
+
 
 @dataclass
 class Profile:
     name: str
-    model: dict[str, Any]                     # family, config name, patch_nums, weights_sha256
+    model: dict[str, Any]                     # family, config name, schedule (patch_nums or pn), weights_sha256
     stages: dict[str, list[int]]
     steps: list[StepPlan]
     calibrated: bool = False
@@ -76,8 +137,8 @@ class Profile:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @property
-    def patch_nums(self) -> tuple[int, ...]:
-        return tuple(self.model["patch_nums"])
+    def num_steps(self) -> int:
+        return len(self.model["patch_nums"]) if "patch_nums" in self.model else int(self.model["steps"])
 
     def is_identity(self) -> bool:
         return all(s.mode == "full" and s.cfg and not s.ranks for s in self.steps)
@@ -85,8 +146,11 @@ class Profile:
 
 def _step_dict(s: StepPlan) -> dict[str, Any]:
     d: dict[str, Any] = {"mode": s.mode, "cfg": s.cfg}
+    if not s.cfg and s.unguided != "cond-only":
+        d["guidance"] = s.unguided
     if s.mode == "reduce":
-        d.update(keep=s.keep, selector=s.selector, restore_level=s.restore_level)
+        d.update({"keep": s.keep} if s.keep is not None else {"prune": s.prune})
+        d.update(selector=s.selector, restore_level=s.restore_level)
         if s.restore_from is not None:
             d["restore_from"] = s.restore_from
         if s.relevance is not None:
@@ -123,8 +187,21 @@ def _parse_step(raw: Any, i: int) -> StepPlan:
     if mode not in MODES:
         raise ProfileError(f"profile field {where}mode: unknown mode {mode!r}; use one of {', '.join(MODES)}")
     step = StepPlan(mode=mode, cfg=_need(raw, "cfg", bool, where) if "cfg" in raw else True)
+    if "guidance" in raw:
+        step.unguided = _need(raw, "guidance", str, where)
+        if step.unguided not in UNGUIDED or step.cfg:
+            raise ProfileError(f"profile field {where}guidance: without guidance (cfg false) a step runs one of "
+                               f"{', '.join(UNGUIDED)}; got {step.unguided!r} with cfg {step.cfg}")
     if mode == "reduce":
-        step.keep = _need(raw, "keep", int, where)
+        if ("keep" in raw) == ("prune" in raw):
+            raise ProfileError(f"profile field {where}keep: a reduce step gives either keep (a token count) or "
+                               f"prune (the share of tokens dropped)")
+        if "keep" in raw:
+            step.keep = _need(raw, "keep", int, where)
+        else:
+            step.prune = float(_need(raw, "prune", (int, float), where))
+            if not 0 <= step.prune < 1:
+                raise ProfileError(f"profile field {where}prune must be in [0, 1), got {step.prune}")
         step.selector = _need(raw, "selector", str, where)
         if step.selector not in SELECTORS:
             raise ProfileError(f"profile field {where}selector: unknown selector {step.selector!r}; "
@@ -153,9 +230,6 @@ def _parse_step(raw: Any, i: int) -> StepPlan:
     if not isinstance(ranks, dict):
         raise ProfileError(f"profile field {where}ranks must be an object of layer -> rank")
     for layer, r in ranks.items():
-        if layer not in FACTORIZABLE:
-            raise ProfileError(f"profile field {where}ranks.{layer}: unknown layer; "
-                               f"factorizable layers are {', '.join(FACTORIZABLE)}")
         if not isinstance(r, int) or isinstance(r, bool) or r < 1:
             raise ProfileError(f"profile field {where}ranks.{layer} must be a positive integer, got {r!r}")
     step.ranks = dict(ranks)
@@ -170,10 +244,17 @@ def from_dict(data: Any) -> Profile:
     if fmt != FORMAT:
         raise ProfileError(f"profile field format: expected {FORMAT!r}, got {fmt!r}")
     model = _need(data, "model", dict, "")
-    pn = _need(model, "patch_nums", list, "model.")
-    if not pn or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pn):
-        raise ProfileError("profile field model.patch_nums must be a list of positive integers")
     _need(model, "config", str, "model.")
+    if "pn" in model:                            # a pixel budget and its step count (Infinity)
+        if _need(model, "pn", str, "model.") not in PIXEL_BUDGETS:
+            raise ProfileError(f"profile field model.pn must be one of {', '.join(PIXEL_BUDGETS)}, got {model['pn']!r}")
+        if _need(model, "steps", int, "model.") < 2:
+            raise ProfileError("profile field model.steps must be at least 2")
+    else:                                        # a fixed schedule (VAR); profiles before families had only this
+        pn = _need(model, "patch_nums", list, "model.")
+        if not pn or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pn):
+            raise ProfileError("profile field model.patch_nums must be a list of positive integers")
+        model.setdefault("family", "var")
     raw_steps = _need(data, "steps", list, "")
     steps = [_parse_step(s, i) for i, s in enumerate(raw_steps)]
     stages = _need(data, "stages", dict, "")
@@ -191,65 +272,74 @@ def from_dict(data: Any) -> Profile:
 
 
 def _check_self_consistent(p: Profile) -> None:
-    pn = p.patch_nums
-    if len(p.steps) != len(pn):
-        raise ProfileError(f"profile field steps has {len(p.steps)} entries but the schedule has {len(pn)} steps")
+    n_steps = p.num_steps
+    if len(p.steps) != n_steps:
+        raise ProfileError(f"profile field steps has {len(p.steps)} entries but the schedule has {n_steps} steps")
     seen = sorted(k for idx in p.stages.values() for k in idx)
-    if seen != list(range(len(pn))):
+    if seen != list(range(n_steps)):
         raise ProfileError("profile field stages must assign every step to exactly one stage")
     for i, s in enumerate(p.steps):
         where = f"steps[{i}]"
         if i == 0 and s.mode != "full":
             raise ProfileError(f"profile field {where}.mode: the first step must run in full")
-        if s.mode == "skip" and i == len(pn) - 1 and all(t.mode == "skip" for t in p.steps[1:]):
+        if s.mode == "skip" and i == n_steps - 1 and all(t.mode == "skip" for t in p.steps[1:]):
             raise ProfileError(f"profile field {where}.mode: at most all but the first step may be skipped")
         if not s.cfg and any(t.cfg for t in p.steps[i + 1:] if t.mode != "skip"):
             raise ProfileError(f"profile field {where}.cfg: once guidance is dropped it cannot resume at a later step")
+        later = {t.unguided for t in p.steps[i:] if not t.cfg and t.mode != "skip"}
+        if len(later) > 1:
+            raise ProfileError(f"profile field {where}.guidance: the unguided steps must all run the same half, "
+                               f"got {', '.join(sorted(later))}")
         if s.mode != "reduce":
             continue
-        n = pn[i] ** 2
-        if not 1 <= s.keep <= n:
-            raise ProfileError(f"profile field {where}.keep = {s.keep} must be between 1 and the step's "
-                               f"{n} tokens ({pn[i]}x{pn[i]})")
+        if s.keep is not None and s.keep < 1:
+            raise ProfileError(f"profile field {where}.keep = {s.keep} must be at least 1")
         if s.restore_level != "latent":
             if not 0 <= s.restore_from < i:
                 raise ProfileError(f"profile field {where}.restore_from = {s.restore_from} must be an earlier step")
             if p.steps[s.restore_from].mode != "full":
                 raise ProfileError(f"profile field {where}.restore_from: step {s.restore_from} must run in full "
                                    f"to provide the cached output")
-        if s.relevance is not None and len(s.relevance) != n:
-            raise ProfileError(f"profile field {where}.relevance has {len(s.relevance)} values for {n} tokens")
         if s.restore_level != "layer" and (s.layers is not None or s.selector == "pivotal_stream"):
             what = "layers" if s.layers is not None else "selector"
             raise ProfileError(f"profile field {where}.{what}: needs restore_level 'layer' (a block range and "
                                f"per-sublayer selection act inside the blocks)")
 
 
-def check_against(p: Profile, cfg: ModelConfig, weights_sha256: str | None = None) -> None:
-    """Refuse a profile made for another model or schedule, or whose sizes exceed the model's."""
-    pn = tuple(cfg.var.patch_nums)
-    if p.patch_nums != pn:
-        raise ProfileError(f"profile field model.patch_nums {list(p.patch_nums)} does not match the model's "
-                           f"schedule {list(pn)}: this profile was made for another model")
-    if p.model.get("config") != cfg.name:
-        raise ProfileError(f"profile field model.config is {p.model.get('config')!r}, "
-                           f"but the model is {cfg.name!r}")
+def check_against(p: Profile, model: Any, weights_sha256: str | None = None) -> None:
+    """Refuse a profile made for another model or schedule, or whose sizes exceed the model's
+    (`model`: a ModelSpec, or anything with `spec()`)."""
+    spec = as_spec(model)
+    for key, value in spec.schedule.items():
+        have = p.model.get(key)
+        if have != value:
+            raise ProfileError(f"profile field model.{key} {have!r} does not match the model's schedule {value!r}: "
+                               f"this profile was made for another model")
+    for key in ("family", "config"):
+        have, value = p.model.get(key, "var" if key == "family" else None), getattr(spec, key)
+        if have != value:
+            raise ProfileError(f"profile field model.{key} is {have!r}, but the model is {value!r}")
     want = p.model.get("weights_sha256")
     if want and weights_sha256 and want != weights_sha256:
         raise ProfileError(f"profile field model.weights_sha256 {want[:12]}... does not match these weights "
                            f"({weights_sha256[:12]}...): it was calibrated on other weights")
-    c = cfg.var.embed_dim
-    hidden = round(c * cfg.var.mlp_ratio)
     for i, s in enumerate(p.steps):
-        if s.layers is not None and s.layers[1] > cfg.var.depth:
-            raise ProfileError(f"profile field steps[{i}].layers = {s.layers} reaches past the model's "
-                               f"{cfg.var.depth} blocks")
+        where = f"profile field steps[{i}]"
+        n, (h, w) = spec.tokens(i), spec.grids[i]
+        if s.mode == "reduce" and s.keep is not None and s.keep > n:
+            raise ProfileError(f"{where}.keep = {s.keep} must be between 1 and the step's {n} tokens ({h}x{w})")
+        if s.relevance is not None and len(s.relevance) != n:
+            raise ProfileError(f"{where}.relevance has {len(s.relevance)} values for the step's {n} tokens ({h}x{w})")
+        if s.layers is not None and s.layers[1] > spec.depth:
+            raise ProfileError(f"{where}.layers = {s.layers} reaches past the model's {spec.depth} blocks")
         for layer, r in s.ranks.items():
-            fin, fout = FACTORIZABLE[layer]
-            dims = (c if fin == 1 else hidden, 3 * c if fout == 3 else (c if fout == 1 else hidden))
+            if layer not in spec.linears:
+                raise ProfileError(f"{where}.ranks.{layer}: unknown layer; factorizable layers are "
+                                   f"{', '.join(spec.linears)}")
+            dims = spec.linears[layer]
             if r >= min(dims):
-                raise ProfileError(f"profile field steps[{i}].ranks.{layer} = {r} must be below the layer's "
-                                   f"smaller dimension {min(dims)} ({dims[0]}x{dims[1]})")
+                raise ProfileError(f"{where}.ranks.{layer} = {r} must be below the layer's smaller dimension "
+                                   f"{min(dims)} ({dims[0]}x{dims[1]})")
 
 
 def load(path: str | os.PathLike) -> Profile:
@@ -271,13 +361,12 @@ def load(path: str | os.PathLike) -> Profile:
         raise ProfileError(f"{p}: {exc}") from None
 
 
-def identity(cfg: ModelConfig, name: str = "identity") -> Profile:
+def identity(model: Any, name: str = "identity") -> Profile:
     """Every step full with guidance: reproduces the baseline token for token."""
-    n = len(cfg.var.patch_nums)
-    return Profile(name=name, model=model_identity(cfg), stages={"semantic": list(range(n))},
+    n = as_spec(model).num_steps
+    return Profile(name=name, model=model_identity(model), stages={"semantic": list(range(n))},
                    steps=[StepPlan() for _ in range(n)], description="the baseline, unchanged")
 
 
-def model_identity(cfg: ModelConfig, weights_sha256: str | None = None) -> dict[str, Any]:
-    return {"family": "var", "config": cfg.name, "patch_nums": list(cfg.var.patch_nums),
-            "weights_sha256": weights_sha256}
+def model_identity(model: Any, weights_sha256: str | None = None) -> dict[str, Any]:
+    return {**as_spec(model).identity(), "weights_sha256": weights_sha256}

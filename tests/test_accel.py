@@ -80,7 +80,7 @@ def test_block_restoration_takes_unselected_positions_from_the_cache(tiny_model)
         u = torch.rand(3, acc.tokens_at(k), generator=torch.Generator().manual_seed(k))
         state, out = acc.step(k, state, cond, u, S)
     assert 4 in state.hidden
-    up = acc._upsample_tokens(state.hidden[4][:3], 5, 6, "bicubic")
+    up = acc._upsample_tokens(state.hidden[4][:3], 4, 5, "bicubic")       # steps 4 (5x5) to 5 (6x6)
     expected = tiny_model.var.logits(up, cond[:3])
     assert torch.allclose(out.logits[:, 1:], expected[:, 1:], atol=1e-5)
     assert not torch.allclose(out.logits[:, 0], expected[:, 0], atol=1e-5)

@@ -13,9 +13,7 @@ from safetensors.torch import save_file
 
 from fastervar.errors import FastervarError
 from fastervar.models.infinity.bsq import (
-    BSQ_CONFIGS,
     BSQVAE,
-    BSQConfig,
     accumulate,
     bits_to_codes,
     infer_bsq_config,
@@ -23,6 +21,7 @@ from fastervar.models.infinity.bsq import (
     next_scale_input,
     scale_codes,
 )
+from fastervar.models.infinity.configs import BSQ_CONFIGS, BSQConfig
 
 # Key names, shapes and dtypes of upstream's AutoEncoder for the two released VAEs, dumped from
 # its own classes on meta tensors, with their parameter counts.

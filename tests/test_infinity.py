@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ from fastervar.models.infinity.checkpoint import (
     load_infinity_transformer,
     random_infinity,
 )
-from fastervar.models.infinity.family import BitSamplingSettings, sample_bits
+from fastervar.models.infinity.family import DEFAULT_SETTINGS, sample_bits
 from fastervar.models.infinity.transformer import Infinity
 from fastervar.models.sampler import batch_generator, generate_batch
+from fastervar.models.sampling import SamplingSettings
 from fastervar.models.text.prompts import TextBatch, read_text_embeddings
 from fastervar.utils.noise import image_keys
 
@@ -63,13 +65,13 @@ def reference_text() -> TextBatch:
     return TextBatch(torch.from_numpy(emb), torch.tensor(lens))
 
 
-def official() -> BitSamplingSettings:
+def official() -> SamplingSettings:
     kw = TINY_META["sampling_kwargs"]
-    return BitSamplingSettings(cfg=kw["cfg_list"][0], tau=kw["tau_list"][0], top_k=kw["top_k"], top_p=kw["top_p"],
-                               sampler="official")
+    return SamplingSettings(cfg=kw["cfg_list"][0], tau=kw["tau_list"][0], top_k=kw["top_k"], top_p=kw["top_p"],
+                            sampler="official")
 
 
-def run(model, text: TextBatch, settings: BitSamplingSettings, seed: int = 0, indices=None, on_step=None):
+def run(model, text: TextBatch, settings: SamplingSettings, seed: int = 0, indices=None, on_step=None):
     indices = list(range(len(text))) if indices is None else indices
     with torch.no_grad():
         return generate_batch(model, text, settings, image_keys(seed, indices),
@@ -120,7 +122,7 @@ def test_vae_decoder_equals_upstream(tiny, one_thread):
 def test_kv_cached_steps_equal_one_teacher_forced_pass(tiny):
     tiny.use_schedule(0.5, "0.06M")
     logits = []
-    g = run(tiny, reference_text(), BitSamplingSettings(), on_step=lambda k, state, out: logits.append(out.logits))
+    g = run(tiny, reference_text(), DEFAULT_SETTINGS, on_step=lambda k, state, out: logits.append(out.logits))
     with torch.no_grad():
         forced = tiny.teacher_forced_logits(tiny.condition(reference_text(), guided=True), g.tokens)
     assert (forced - torch.cat(logits, dim=1)).abs().max() < 1e-4
@@ -130,17 +132,17 @@ def test_kv_cached_steps_equal_one_teacher_forced_pass(tiny):
 def test_portable_bits_are_u_below_p1_after_top_p():
     # logit pairs (bit 0, bit 1): p(1) = 0.5, 0.73, and 0.018 (<= 1 - top_p: forced to 0)
     pairs = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [2.0, -2.0]]])
-    s = BitSamplingSettings(top_p=0.97)
+    s = replace(DEFAULT_SETTINGS, top_p=0.97)
     assert sample_bits(pairs, torch.tensor([[0.49, 0.72, 0.001]]), s).tolist() == [[1, 1, 0]]
     assert sample_bits(pairs, torch.tensor([[0.51, 0.74, 0.0]]), s).tolist() == [[0, 0, 0]]
-    assert sample_bits(pairs, torch.tensor([[0.0, 0.0, 0.01]]), BitSamplingSettings(top_p=0.0)).tolist() == [[1, 1, 1]]
+    assert sample_bits(pairs, torch.tensor([[0.0, 0.0, 0.01]]), replace(DEFAULT_SETTINGS, top_p=0.0)).tolist() == [[1, 1, 1]]
 
 
 def test_portable_images_do_not_depend_on_their_batch(tiny):
     tiny.use_schedule(1.0, "0.06M")
     text = reference_text()
-    both = run(tiny, text, BitSamplingSettings())
-    alone = run(tiny, text.rows([1]), BitSamplingSettings(), indices=[1])
+    both = run(tiny, text, DEFAULT_SETTINGS)
+    alone = run(tiny, text.rows([1]), DEFAULT_SETTINGS, indices=[1])
     for k in range(tiny.num_steps):
         assert torch.equal(both.tokens[k][1], alone.tokens[k][0])
 

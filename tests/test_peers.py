@@ -113,7 +113,7 @@ def test_fastvar_step_matches_a_direct_reading_of_its_block_loop(tiny_model):
     state, out = acc.step(k, state, cond, torch.rand(3, acc.tokens_at(k)), S)
     x = tiny_model.step_input(k, before.f_hat, cond)
     want, kv_lens, differed = _reference_fastvar_step(
-        tiny_model, plan, acc.patch_nums[k], acc.patch_nums[plan.restore_from], x, cond, before.caches,
+        tiny_model, plan, tiny_model.patch_nums[k], tiny_model.patch_nums[plan.restore_from], x, cond, before.caches,
         before.branches[plan.restore_from])
     assert torch.allclose(out.logits, want, atol=1e-5)
     assert differed                                # the rows (images, guidance halves) chose their own tokens

@@ -91,7 +91,7 @@ step_fields = st.fixed_dictionaries({}, optional={
     "mode": st.sampled_from(["full", "reduce", "skip", "other"]), "cfg": st.booleans() | st.integers(0, 1),
     "keep": st.integers(-2, 80), "selector": st.sampled_from(list(P.SELECTORS) + ["x"]),
     "restore_from": st.integers(-1, 7), "restore_level": st.sampled_from(["block", "layer", "bad"]),
-    "ranks": st.dictionaries(st.sampled_from(list(P.FACTORIZABLE) + ["head"]), st.integers(-1, 400), max_size=2),
+    "ranks": st.dictionaries(st.sampled_from(list(CFG.spec().linears) + ["head"]), st.integers(-1, 400), max_size=2),
     "relevance": st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=40)})
 
 

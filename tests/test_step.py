@@ -16,8 +16,8 @@ def _stepwise_logits(model, labels, tokens):
     out = []
     for k in range(model.num_steps):
         x = model.step_input(k, state.f_hat, cond)
-        hidden, state.caches = model.transformer(x, cond, state.caches)
-        out.append(model.var.logits(hidden, cond))
+        hidden, state.caches = model.blocks_forward(k, x, model.block_context(k, cond), state.caches)
+        out.append(model.logits(hidden, cond))
         state.f_hat = model.update_f_hat(k, state.f_hat, model.vae.quantize.embedding(tokens[k]))
     return torch.cat(out, dim=1)
 

@@ -1,4 +1,4 @@
-"""Which r tokens of a p x p map the transformer runs on at a reduced step.
+"""Which r tokens of an h x w map the transformer runs on at a reduced step.
 
 Every selector returns sorted (B, r) int64 position indices. Data-dependent ones read the step's
 content features (the area-downsampled f_hat, before position embeddings), so the choice follows
@@ -19,9 +19,24 @@ from ..errors import FastervarError
 
 
 def pivotal(feats: torch.Tensor, keep: int) -> torch.Tensor:
-    """FastVAR: the tokens farthest from the map's mean (its DC component)."""
+    """FastVAR's score on the step's content: the tokens farthest from the map's mean (its DC
+    component), in position order."""
     score = (feats - feats.mean(dim=1, keepdim=True)).square().sum(-1)
     return score.topk(keep, dim=1).indices.sort(dim=1).values
+
+
+def pivotal_stream(x: torch.Tensor, keep: int, grid: tuple[int, int]) -> torch.Tensor:
+    """FastVAR's selection on the residual stream (rows, h*w, C), computed as its code computes it
+    (`masked_previous_scale_cache`): the mean by adaptive average pooling over the grid, the
+    squared distance from it summed over channels, then the `keep` highest by `argsort`, in score
+    order. Scores can tie to the last bit at the keep/drop boundary, so the same reduction and the
+    same sort are what keep the same tokens."""
+    rows, n, c = x.shape
+    h, w = grid
+    mean = torch.nn.functional.adaptive_avg_pool2d(x.view(rows, h, w, c).permute(0, 3, 1, 2), (1, 1))
+    mean = mean.permute(0, 2, 3, 1).view(rows, 1, c)
+    score = torch.sum((x - mean) ** 2, dim=-1, keepdim=True)
+    return torch.argsort(score, dim=1, descending=True)[:, :keep, 0]
 
 
 @cache
@@ -58,15 +73,17 @@ def random(n: int, keep: int, step: int, device: torch.device) -> torch.Tensor:
 
 
 @cache
-def grid(pn: int, keep: int, device: torch.device) -> torch.Tensor:
-    """Uniform anchors: a near-square lattice over the p x p map, completed in raster order: (1, r)."""
-    rows = max(1, min(pn, round(math.sqrt(keep))))
-    cols = max(1, min(pn, math.ceil(keep / rows)))
-    ys = torch.linspace(0, pn - 1, rows).round().long()
-    xs = torch.linspace(0, pn - 1, cols).round().long()
-    lattice = (ys.view(-1, 1) * pn + xs.view(1, -1)).flatten().unique()
+def grid(size: int | tuple[int, int], keep: int, device: torch.device) -> torch.Tensor:
+    """Uniform anchors: a lattice over the h x w map (an int: square) shaped like it, completed in
+    raster order: (1, r)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    rows = max(1, min(h, round(math.sqrt(keep * h / w))))
+    cols = max(1, min(w, math.ceil(keep / rows)))
+    ys = torch.linspace(0, h - 1, rows).round().long()
+    xs = torch.linspace(0, w - 1, cols).round().long()
+    lattice = (ys.view(-1, 1) * w + xs.view(1, -1)).flatten().unique()
     if len(lattice) < keep:
-        rest = torch.tensor([i for i in range(pn * pn) if i not in set(lattice.tolist())])
+        rest = torch.tensor([i for i in range(h * w) if i not in set(lattice.tolist())])
         lattice = torch.cat((lattice, rest[: keep - len(lattice)]))
     return lattice[:keep].sort().values.unsqueeze(0).to(device)
 
@@ -77,18 +94,20 @@ def relevance(scores: tuple[float, ...], keep: int, device: torch.device) -> tor
     return torch.tensor(scores).topk(keep).indices.sort().values.unsqueeze(0).to(device)
 
 
-def select(name: str, feats: torch.Tensor, keep: int, pn: int, step: int,
+def select(name: str, feats: torch.Tensor, keep: int, size: int | tuple[int, int], step: int,
            scores: list[float] | None = None) -> torch.Tensor:
-    """Dispatch by selector name; `feats` is (B, p*p, Cvae) content of this step."""
+    """Dispatch by selector name; `feats` is the step's (B, h*w, C) content on its (h, w) grid
+    (an int for a square one)."""
     b = feats.shape[0]
+    size = (size, size) if isinstance(size, int) else tuple(size)
     if name == "pivotal":
         return pivotal(feats, keep)
     if name == "random_projection":
         return random_projection(feats, keep, seed=step)
     if name == "random":
-        return random(pn * pn, keep, step, feats.device).expand(b, -1)
+        return random(size[0] * size[1], keep, step, feats.device).expand(b, -1)
     if name == "grid":
-        return grid(pn, keep, feats.device).expand(b, -1)
+        return grid(size, keep, feats.device).expand(b, -1)
     if name == "relevance":
         if scores is None:
             raise FastervarError("selector 'relevance' needs calibrated scores")

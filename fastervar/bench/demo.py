@@ -42,7 +42,7 @@ def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int,
     tqdm.write("[2/4] export: ONNX graphs with the profile baked in (and the identity profile, for attribution)")
     sha = weights_sha256(model)
     bundle = export_bundle(model, profile, out / "bundle", settings, max_batch=16, weights_sha256=sha)
-    identity_bundle = export_bundle(model, identity(model.cfg), out / "bundle-identity", settings, max_batch=16,
+    identity_bundle = export_bundle(model, identity(model), out / "bundle-identity", settings, max_batch=16,
                                     weights_sha256=sha)
     tqdm.write("[3/4] run: one image per class on the torch-free runtime")
     pipes = runtime_variants(bundle, "cpu", identity_bundle)

@@ -18,9 +18,10 @@ from ..profiles import resolve, shipped
 def default_profile(model: VARModel) -> Profile:
     """A shipped model's calibrated profile; else the shipped paper-split template, or one made on
     the spot for configurations without a shipped template."""
-    names = [f"{model.cfg.name}-calibrated", f"{model.cfg.name}-paper-split"]
+    config = model.spec().config
+    names = [f"{config}-calibrated", f"{config}-paper-split"]
     name = next((n for n in names if n in shipped()), None)
-    return resolve(name) if name else paper_split(model.cfg)
+    return resolve(name) if name else paper_split(model)
 
 
 def bench_pipelines(model: VARModel, profile: Profile, settings: SamplingSettings, bundle_path: str | None,
@@ -35,7 +36,7 @@ def bench_pipelines(model: VARModel, profile: Profile, settings: SamplingSetting
     from .command import runtime_variants
 
     sha = None
-    for path, made in ((bundle_path, profile), (identity_path, identity(model.cfg))):
+    for path, made in ((bundle_path, profile), (identity_path, identity(model))):
         if path is None:
             dest = Path(out_dir) / ("bundle" if made is profile else "bundle-identity")
             check_target(dest)
@@ -52,7 +53,7 @@ def bench_pipelines(model: VARModel, profile: Profile, settings: SamplingSetting
         if data["model"].get("architecture") != json.loads(json.dumps(model.cfg.to_dict())):
             raise FastervarError(f"--compare-bundle {path} was exported from another model ({data['model']['config']})")
         steps = data["profile"].get("json", {}).get("steps")
-        if steps not in (profile.to_dict()["steps"], identity(model.cfg).to_dict()["steps"]):
+        if steps not in (profile.to_dict()["steps"], identity(model).to_dict()["steps"]):
             raise FastervarError(f"--compare-bundle {path} holds profile {data['profile']['name']!r}, neither "
                                  f"{profile.name!r} nor identity")
         name = f"bundle-{data['precision']}-{'identity' if steps != profile.to_dict()['steps'] else 'profile'}"

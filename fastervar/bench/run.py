@@ -41,13 +41,14 @@ def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = No
     for name, pipe in (pipelines or {}).items():
         out.append(Variant(name, pipe, pipe.manifest.data["profile"]["name"], precision=pipe.manifest.data["precision"]))
     for p in compare:
-        name = p.name.removeprefix(f"{model.cfg.name}-")
+        name = p.name.removeprefix(f"{model.spec().config}-")
         if p.name == profile.name or any(v.name == name for v in out):
             raise FastervarError(f"profile {p.name!r} is already in the bench; give each profile once")
         out.append(Variant(name, AcceleratedModel(model, p), p.name))
     if peers:
-        for p in peer_profiles(model.cfg):
-            out.append(Variant(p.name.removeprefix(f"{model.cfg.name}-"), AcceleratedModel(model, p), p.name, peer=True))
+        for p in peer_profiles(model):
+            out.append(Variant(p.name.removeprefix(f"{model.spec().config}-"), AcceleratedModel(model, p), p.name,
+                               peer=True))
     return out
 
 

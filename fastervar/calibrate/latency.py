@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
@@ -28,30 +29,31 @@ from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import step_costs
 from ..accel.presets import fastvar, paper_split
 from ..models.sampling import SamplingSettings
-from ..models.var.configs import ModelConfig
 from ..models.var.family import VARModel
-from ..profile import Profile, StepPlan, identity
+from ..profile import Profile, StepPlan, as_spec, identity
 from ..timing import TorchRunner, batches, clock_context, interleaved, summarize
 from ..utils.atomic import atomic_path
 
 FEATURES = ("step", "matmul_flops", "attention_flops", "sampled_logits", "restored_values")
 
 
-def step_features(cfg: ModelConfig, profile: Profile, batch: int) -> np.ndarray:
-    """(steps, len(FEATURES)) counts for `profile` at `batch` images; a skipped step is all zeros."""
+def step_features(model: Any, profile: Profile, batch: int) -> np.ndarray:
+    """(steps, len(FEATURES)) counts for `profile` at `batch` images (`model`: a model, its
+    configuration or its spec); a skipped step is all zeros."""
+    spec = as_spec(model)
     rows = []
-    for cost, plan in zip(step_costs(cfg, profile, batch), profile.steps):
+    for cost, plan in zip(step_costs(spec, profile, batch), profile.steps):
         if plan.mode == "skip":
             rows.append([0.0] * len(FEATURES))
             continue
-        n = cfg.var.patch_nums[cost.step] ** 2
+        n = spec.tokens(cost.step)
         restored = 0.0
         if plan.mode == "reduce":
-            lo, hi = plan.layers or (0, cfg.var.depth)
+            lo, hi = plan.layers or (0, spec.depth)
             per_layer = hi - lo if plan.restore_level == "layer" else 1
-            restored = float(cost.batch * n * cfg.var.embed_dim * per_layer)
+            restored = float(cost.batch * n * spec.width * per_layer)
         rows.append([1.0, cost.flops_linear + cost.flops_head, cost.flops_attention,
-                     float(batch * n * cfg.vae.vocab_size), restored])
+                     float(batch * n * spec.logit_width), restored])
     return np.array(rows, dtype=np.float64)
 
 
@@ -65,13 +67,14 @@ class LatencyModel:
     fit_error: float                   # median relative error over the probes' per-profile totals
     machine: str
 
-    def step_seconds(self, cfg: ModelConfig, profile: Profile) -> np.ndarray:
-        return step_features(cfg, profile, self.batch) @ np.asarray(self.coefficients)
+    def step_seconds(self, model: Any, profile: Profile) -> np.ndarray:
+        return step_features(model, profile, self.batch) @ np.asarray(self.coefficients)
 
-    def speedup(self, cfg: ModelConfig, baseline: Profile, profile: Profile) -> dict[str, float]:
+    def speedup(self, model: Any, baseline: Profile, profile: Profile) -> dict[str, float]:
         """Predicted baseline/profile time on this machine: scale steps only, and with the decoder."""
-        base = float(self.step_seconds(cfg, baseline).sum())
-        acc = max(float(self.step_seconds(cfg, profile).sum()), 1e-12)
+        spec = as_spec(model)
+        base = float(self.step_seconds(spec, baseline).sum())
+        acc = max(float(self.step_seconds(spec, profile).sum()), 1e-12)
         return {"transformer": base / acc,
                 "total": (base + self.decode_seconds) / (acc + self.decode_seconds)}
 
@@ -91,12 +94,12 @@ def fit(observations: list[tuple[np.ndarray, np.ndarray]], batch: int, decode_se
     return LatencyModel(batch, coef.tolist(), decode_seconds, float(np.median(errors)), machine)
 
 
-def probes(cfg: ModelConfig) -> list[Profile]:
+def probes(model: Any) -> list[Profile]:
     """Profiles that move the features apart: guidance on and off, block- and layer-level reduction."""
-    base = identity(cfg, "probe-baseline")
-    unguided = identity(cfg, "probe-unguided")
+    base = identity(model, "probe-baseline")
+    unguided = identity(model, "probe-unguided")
     unguided.steps = [StepPlan(mode="full", cfg=False) for _ in unguided.steps]
-    return [base, unguided, paper_split(cfg), fastvar(cfg)]
+    return [base, unguided, paper_split(model), fastvar(model)]
 
 
 def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, min_reps: int = 2,
@@ -104,14 +107,14 @@ def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettin
     """Time each probe on one batch of the calibration prompts through the timing harness and fit
     the model. Fast models get more rounds (until `min_seconds` of timing or `max_reps`): their
     per-step times are short and noisy, and the per-step medians steady with more samples."""
-    cfg = model.cfg
-    base, *others = probes(cfg)
+    spec = model.spec()
+    base, *others = probes(spec)
     probe_models = [(base, model)] + [(p, AcceleratedModel(model, p)) for p in others]
     runners = {p.name: TorchRunner(m, settings) for p, m in probe_models}
     runs = interleaved(runners, batches(labels, 0, len(labels)), reps=min_reps,
                        min_seconds=min_seconds, max_reps=max_reps, desc="timing probe profiles")
     timings = {name: summarize(passes) for name, passes in runs.items()}
-    obs = [(step_features(cfg, p, len(labels)), np.asarray(timings[p.name].step_seconds)) for p, _ in probe_models]
+    obs = [(step_features(spec, p, len(labels)), np.asarray(timings[p.name].step_seconds)) for p, _ in probe_models]
     context = clock_context(model, len(labels))
     return fit(obs, len(labels), statistics.median(t.decode_seconds for t in timings.values()),
                f"{context['device']}, {context['threads']} threads")

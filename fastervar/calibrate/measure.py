@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from ..evaluate.metrics import ssim
+from ..models.factors import observing
 from ..models.resample import resample
 from ..models.sampler import generate_batch
 from ..models.sampling import SamplingSettings
 from ..models.var.family import VARModel, to_uint8
 from ..models.var.sampling import apply_guidance, guidance_weight
-from ..profile import FACTORIZABLE
 
 
 @dataclass
@@ -82,38 +82,32 @@ def effective_rank(cov: np.ndarray, energy: float = 0.99) -> float:
 
 
 class _InputRecorder:
-    """Forward pre-hooks on the factorizable linears, accumulating E[x x^T] for the current step."""
+    """Accumulates E[x x^T] of every factorizable linear's input, per step, while it is open: the
+    statistics the whitened factorization truncates by."""
 
-    def __init__(self, model: VARModel):
-        self.model = model
+    def __init__(self, model):
         self.step_of = {model.tokens_at(k): k for k in range(model.num_steps)}   # token count -> step
+        self.names = {id(getattr(owner, short)): f"{i}/{name}" for i in range(model.depth)
+                      for name, (owner, short) in model.factor_slots(i).items()}
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
-        self.handles = []
-        # The input of mat_qkv is the attention module's input, and that of fc1 the FFN's; proj and
-        # fc2 run as modules themselves.
-        where = {"attn.mat_qkv": "attn", "attn.proj": "attn.proj", "ffn.fc1": "ffn", "ffn.fc2": "ffn.fc2"}
-        assert set(where) == set(FACTORIZABLE)
-        for i, blk in enumerate(model.var.blocks):
-            for name, owner in where.items():
-                mod = blk.get_submodule(owner)
-                self.handles.append(mod.register_forward_pre_hook(self._hook(f"{i}/{name}")))
+        self._watch = observing(self._observe)
+        self._watch.__enter__()
 
-    def _hook(self, key: str) -> Callable:
-        def hook(_mod, args):
-            x = args[0].detach()
-            k = f"{self.step_of[x.shape[1]]}/{key}"
-            x = x.reshape(-1, x.shape[-1]).double()
-            self.sums[k] = self.sums.get(k, 0) + x.T @ x
-            self.counts[k] = self.counts.get(k, 0) + x.shape[0]
-        return hook
+    def _observe(self, layer: torch.nn.Linear, x: torch.Tensor) -> None:
+        name = self.names.get(id(layer))
+        if name is None or x.shape[1] not in self.step_of:
+            return
+        k = f"{self.step_of[x.shape[1]]}/{name}"
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        self.sums[k] = self.sums.get(k, 0) + x.T @ x
+        self.counts[k] = self.counts.get(k, 0) + x.shape[0]
 
     def covariances(self) -> dict[str, np.ndarray]:
         return {k: (v / self.counts[k]).float().cpu().numpy() for k, v in self.sums.items()}
 
     def close(self) -> None:
-        for h in self.handles:
-            h.remove()
+        self._watch.__exit__(None, None, None)
 
 
 def _semantic_vector(model: VARModel, f_hat: torch.Tensor, images: np.ndarray,
@@ -138,7 +132,7 @@ def measure(model: VARModel, classes: Sequence[int], seeds: Sequence[int], setti
     the prompt list draws its noise as (its seed, i), which the search reuses."""
     prompts = [(c, s) for s in seeds for c in classes]
     steps = model.num_steps
-    device = model.var.head.weight.device
+    device = model.device
     recorder = _InputRecorder(model)
     partial_imgs: list[list[np.ndarray]] = [[] for _ in range(steps)]
     partial_fhat: list[list[torch.Tensor]] = [[] for _ in range(steps)]

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..accel.cost import step_costs
-from ..models.var.configs import ModelConfig
-from ..profile import Profile, identity
+from ..profile import ModelSpec, Profile, identity
 from ..utils.atomic import atomic_path
 from .measure import Measurements
 from .search import Candidate
@@ -41,12 +40,12 @@ def plot_convergence(m: Measurements, stages: dict[str, list[int]], dest: Path) 
     _save(fig, dest)
 
 
-def plot_costs(cfg: ModelConfig, profile: Profile, batch: int, dest: Path) -> None:
+def plot_costs(spec: ModelSpec, profile: Profile, batch: int, dest: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    base = [c.flops / 1e9 for c in step_costs(cfg, identity(cfg), batch)]
-    acc = [c.flops / 1e9 for c in step_costs(cfg, profile, batch)]
+    base = [c.flops / 1e9 for c in step_costs(spec, identity(spec), batch)]
+    acc = [c.flops / 1e9 for c in step_costs(spec, profile, batch)]
     x = np.arange(len(base))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(x - 0.2, base, 0.4, label="baseline")
@@ -79,11 +78,11 @@ def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
 
 
 def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: list[Candidate], m: Measurements,
-                 stages: dict[str, list[int]], cfg: ModelConfig, batch: int, header: dict,
+                 stages: dict[str, list[int]], spec: ModelSpec, batch: int, header: dict,
                  peers: list[dict]) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     plot_convergence(m, stages, dest_dir / "convergence.png")
-    plot_costs(cfg, profile, batch, dest_dir / "cost_per_step.png")
+    plot_costs(spec, profile, batch, dest_dir / "cost_per_step.png")
     plot_front(tried, chosen, dest_dir / "front.png")
     rows = sorted((c.row() for c in tried), key=lambda r: -r["predicted_speedup"])
     cols = list(rows[0])

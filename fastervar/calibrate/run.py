@@ -113,6 +113,7 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
     max_accuracy_drop, cost_model, name = r.max_accuracy_drop, r.cost_model, r.name
     check_sampler(settings)
     torch.manual_seed(0)
+    spec = model.spec()
     sha = weights_sha256(model)
     judge_files, judge = r.judge, None
     if judge_files is not None:
@@ -146,7 +147,7 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
     searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge,
                         on_candidate=lambda c: bar.update(), latency=latency)
     try:
-        peers = {p.name.removeprefix(f"{model.cfg.name}-"): searcher.score(p) for p in peer_profiles(model.cfg)}
+        peers = {p.name.removeprefix(f"{spec.config}-"): searcher.score(p) for p in peer_profiles(spec)}
         if match_peer is not None:
             target_speedup, max_accuracy_drop = peer_target(peers[match_peer], searcher.base_accuracy,
                                                             max_accuracy_drop)
@@ -162,8 +163,8 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
     else:
         chosen, steps_speed, speed = verify_speed(clock, chosen, tried, target_speedup)
     profile = chosen.profile
-    profile.name = name or f"{model.cfg.name}-calibrated"
-    profile.model = model_identity(model.cfg, sha)
+    profile.name = name or f"{spec.config}-calibrated"
+    profile.model = model_identity(spec, sha)
     profile.calibrated = True
     profile.description = "chosen by fastervar calibrate from measurements on the calibration prompts"
     profile.calibration = {
@@ -187,7 +188,7 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
                         "measured_speedup_transformer": steps_speed, "measured_speedup_total": speed,
                         "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
                         "class_accuracy": chosen.class_accuracy, "feature_shift": chosen.shift}
-    header = {"model": model.cfg.name, "weights": sha[:16], "prompts": f"{len(classes)} classes x {len(seeds)} seeds",
+    header = {"model": spec.config, "weights": sha[:16], "prompts": f"{len(classes)} classes x {len(seeds)} seeds",
               "target": (f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}")
               + (f" (matching {match_peer})" if match_peer else ""),
               "cost model": ("FLOPs" if latency is None else
@@ -197,6 +198,6 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
               "baseline class accuracy": searcher.base_accuracy,
               "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None}
     with atomic_dir(r.report_dir) as stage:
-        write_report(stage, profile, chosen, tried, m, stages, model.cfg, batch, header, comparison)
+        write_report(stage, profile, chosen, tried, m, stages, spec, batch, header, comparison)
         profile.save(r.out)
     return profile, r.report_dir / "report.md"

@@ -25,7 +25,7 @@ from ..evaluate.features import ClassifierFeatures
 from ..evaluate.metrics import feature_shift, mean_psnr, ssim
 from ..models.sampling import SamplingSettings
 from ..models.var.family import VARModel
-from ..profile import Profile, StepPlan, identity, model_identity
+from ..profile import Profile, StepPlan, identity
 from ..timing import Batch, TorchRunner
 from .latency import LatencyModel
 from .measure import Measurements
@@ -93,10 +93,9 @@ def _useful_rank(effective: float, width: int) -> int | None:
 
 def build_profile(model: VARModel, m: Measurements, stages: dict[str, list[int]], k: Knobs, name: str) -> Profile:
     """The profile the knobs describe: refine steps boundary..S-1, the measured split before it."""
-    cfg = model.cfg
+    spec = model.spec()
     steps = model.num_steps
-    p = identity(cfg, name)
-    p.model = model_identity(cfg)
+    p = identity(spec, name)
     semantic = [s for s in stages.get("semantic", []) if s < k.boundary] or [0]
     p.stages = {"semantic": semantic, "structure": list(range(semantic[-1] + 1, k.boundary)),
                 "refine": list(range(k.boundary, steps))}
@@ -105,9 +104,9 @@ def build_profile(model: VARModel, m: Measurements, stages: dict[str, list[int]]
         n = model.tokens_at(s)
         ranks = {}
         if k.factorize:
-            for layer in ("ffn.fc1", "ffn.fc2"):
-                er = max(m.effective_rank.get(f"{s}/{i}/{layer}", cfg.var.embed_dim) for i in range(cfg.var.depth))
-                r = _useful_rank(er, cfg.var.embed_dim)
+            for layer in (name for name in spec.linears if name.startswith("ffn.")):
+                er = max(m.effective_rank.get(f"{s}/{i}/{layer}", spec.width) for i in range(spec.depth))
+                r = _useful_rank(er, spec.width)
                 if r:
                     ranks[layer] = r
         if k.skip_last and s == steps - 1:
@@ -141,7 +140,7 @@ class Searcher:
         self.on_candidate = on_candidate
         self.seen: dict[Knobs, Candidate] = {}
         self.by_plan: dict[str, Candidate] = {}     # knobs that build the same steps share one run
-        self.base_profile = identity(model.cfg)
+        self.base_profile = identity(model)
         self.labels = np.array([c for c, _ in self.prompts])
         self.base_accuracy = self.base_features = None
         if judge is not None:
@@ -158,10 +157,10 @@ class Searcher:
         covs = {}
         for s, plan in enumerate(profile.steps):
             for layer in plan.ranks:
-                for i in range(self.model.cfg.var.depth):
+                for i in range(self.model.depth):
                     c = self.m.input_cov.get(f"{s}/{i}/{layer}")
                     if c is not None:
-                        covs[(i, layer)] = torch.from_numpy(c).float().to(self.model.var.head.weight.device)
+                        covs[(i, layer)] = torch.from_numpy(c).float().to(self.model.device)
         return covs
 
     def evaluate(self, k: Knobs) -> Candidate:
@@ -180,9 +179,9 @@ class Searcher:
 
     def predict(self, profile: Profile) -> tuple[dict, dict]:
         """(price, FLOPs prediction) of a profile, without running it: cheap enough to plan with."""
-        cfg = self.model.cfg
-        flops = predicted_speedup(cfg, self.base_profile, profile, self.batch)
-        return (flops if self.latency is None else self.latency.speedup(cfg, self.base_profile, profile)), flops
+        spec = self.model.spec()
+        flops = predicted_speedup(spec, self.base_profile, profile, self.batch)
+        return (flops if self.latency is None else self.latency.speedup(spec, self.base_profile, profile)), flops
 
     def score(self, profile: Profile, knobs: Knobs | None = None) -> Candidate:
         """Price and judge any profile (a candidate, or a peer's recipe) on the calibration prompts.

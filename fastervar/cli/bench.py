@@ -66,7 +66,7 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     sampling = settings(cfg, top_k, top_p, False, "portable")
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     if profile_spec == "identity":
-        profile = identity(model.cfg)
+        profile = identity(model)
     else:
         profile = load_profile(profile_spec) if profile_spec else default_profile(model)
     accelerated(model, profile)

@@ -45,13 +45,13 @@ def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, p
     if "int8" in (precision, decoder_precision) and (note := int8_note()):
         click.echo(f"note: {note}", err=True)
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
-    profile = profile or identity(model.cfg)
+    profile = profile or identity(model)
     sha = weights_sha256(model)
-    check_against(profile, model.cfg, sha if profile.model.get("weights_sha256") else None)
+    check_against(profile, model, sha if profile.model.get("weights_sha256") else None)
     path = export_bundle(model, profile, out_dir, sampling, precision, max_batch, sha, tensorrt,
                          decoder_precision=decoder_precision, calib_images=calib_images)
     size = sum(f.stat().st_size for f in path.iterdir())
-    weights = sum(t.numel() * t.element_size() for part in (model.var, model.vae) for t in part.state_dict().values())
+    weights = sum(t.numel() * t.element_size() for part in model.state_parts() for t in part.state_dict().values())
     peak = peak_resident_bytes()
     peak_txt = f", peak memory {peak / 2**30:.2f} GiB ({peak / weights:.1f}x the weights)" if peak else ""
     click.echo(f"wrote bundle {path} ({size / 2**20:.1f} MiB; profile {profile.name}, {precision}) in "

@@ -40,18 +40,19 @@ def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, devic
                    top_p, sampler, batch_size, out_dir) -> None:
     """`generate` for a text-to-image model: prompts in, one image per prompt."""
     from ..models.infinity.checkpoint import resolve_infinity
-    from ..models.infinity.family import BitSamplingSettings
+    from ..models.infinity.family import DEFAULT_SETTINGS
     from ..models.infinity.schedules import parse_aspect, schedule
     from ..models.loading import resolve_device
     from ..models.sampler import generate as run_generate
+    from ..models.sampling import SamplingSettings
     from ..models.text.prompts import read_prompts, text_batch
     from ..utils.images import image_folder, write_pngs
 
     prompts, prompts_file, text_encoder, embeddings, aspect, pn, tau = text_args
     h_div_w = parse_aspect(aspect)
     schedule(h_div_w, pn)
-    bits = BitSamplingSettings(cfg=BitSamplingSettings.cfg if cfg is None else cfg, tau=tau, top_k=top_k,
-                               top_p=BitSamplingSettings.top_p if top_p is None else top_p, sampler=sampler)
+    bits = SamplingSettings(cfg=DEFAULT_SETTINGS.cfg if cfg is None else cfg, tau=tau, top_k=top_k,
+                            top_p=DEFAULT_SETTINGS.top_p if top_p is None else top_p, sampler=sampler)
     text = text_batch(read_prompts(prompts, prompts_file), text_encoder, embeddings)
     with image_folder(out_dir) as stage:
         model = resolve_infinity(model_name, checkpoint, vae_checkpoint, random_weights, resolve_device(device),

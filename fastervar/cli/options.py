@@ -177,7 +177,7 @@ def accelerated(model, profile):
     from ..accel.accelerated import AcceleratedModel
     from ..models.checkpoint import weights_sha256
     from ..profile import check_against
-    check_against(profile, model.cfg, weights_sha256(model) if profile.model.get("weights_sha256") else None)
+    check_against(profile, model, weights_sha256(model) if profile.model.get("weights_sha256") else None)
     return AcceleratedModel(model, profile)
 
 

@@ -18,17 +18,17 @@ def profiles_list() -> None:
     by FLOPs for all (comparable across rows), and by the latency model where calibration fitted one
     (closer to what the machine it was calibrated on measures)."""
     from ..accel.cost import steps_flops
-    from ..models.var.configs import get_config
+    from ..models.catalog import spec_for
     from ..profile import identity
     from ..profiles import resolve, shipped
     click.echo(f"{'profile':<32} {'model':<14} {'kind':<11} {'FLOPs':>7} {'latency':>8}  description")
     for name in shipped():
         p = resolve(name)
-        cfg = get_config(p.model["config"])
-        flops = steps_flops(cfg, identity(cfg), 1) / steps_flops(cfg, p, 1)      # no decoder: scale steps only
+        spec = spec_for(p.model)
+        flops = steps_flops(spec, identity(spec), 1) / steps_flops(spec, p, 1)      # no decoder: scale steps only
         lat = p.measured.get("predicted_speedup_transformer")
         lat_txt = f"{lat:.2f}x" if lat and str(p.measured.get("predicted_by", "")).startswith("latency") else ""
-        click.echo(f"{name:<32} {cfg.name:<14} {'calibrated' if p.calibrated else 'template':<11}"
+        click.echo(f"{name:<32} {spec.config:<14} {'calibrated' if p.calibrated else 'template':<11}"
                    f" {f'{flops:.2f}x':>7} {lat_txt:>8}  {p.description[:60]}")
 
 

@@ -44,7 +44,7 @@ class StepIO:
 
 def plan_io(acc: AcceleratedModel) -> list[StepIO]:
     """Inputs and outputs of every executed step; state nobody reads later is not output."""
-    depth = acc.cfg.var.depth
+    depth = acc.depth
     steps = acc.profile.steps
     executed = [k for k, p in enumerate(steps) if p.mode != "skip"]
     reads: dict[int, list[str]] = {}
@@ -76,7 +76,7 @@ class StepGraph(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feed = dict(zip(self.io.inputs, tensors))
-        depth = self.acc.cfg.var.depth
+        depth = self.acc.depth
         caches = None
         kv = cache_names(depth)
         if kv[0] in feed:
@@ -121,7 +121,7 @@ def example_steps(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSe
     steps gives every output's shape. Only the state a later step reads is kept, so the memory is
     that of one step's state, not of the whole generation's.
     """
-    labels = torch.arange(batch) % acc.cfg.var.num_classes
+    labels = torch.arange(batch) % acc.model.cfg.var.num_classes
     noise_gen = torch.Generator().manual_seed(0)
     state: dict[str, torch.Tensor] = {LABELS: labels, F_HAT: acc.init_state(batch).f_hat}
     for io in ios:

@@ -219,7 +219,7 @@ def calibration_latents(acc, settings, calib_images: int | None, seed: int = 0) 
                "seeds": list(cal["seeds"])}
     else:
         n = 16 if calib_images is None else calib_images
-        classes = [(7 * i) % acc.cfg.var.num_classes for i in range(n)]
+        classes = [(7 * i) % acc.model.cfg.var.num_classes for i in range(n)]
         parts = [generate(acc, classes, settings, seed=seed).f_hat] if n else []
         how = {"source": "--calib-images", "classes": classes, "seeds": [seed]}
     latents = np.concatenate([p.float().cpu().numpy() for p in parts]) if parts else np.zeros((0,), np.float32)

@@ -122,6 +122,12 @@ class GraphedModel:
     def tokens_at(self, step: int) -> int:
         return self.model.tokens_at(step)
 
+    def runs_guidance(self, settings: SamplingSettings) -> bool:
+        return self.model.runs_guidance(settings)
+
+    def spec(self) -> Any:
+        return self.model.spec()
+
     def noise_at(self, step: int) -> int:
         return self.model.noise_at(step)
 

@@ -43,7 +43,8 @@ def _matrix64(src: int, dst: int, mode: str) -> np.ndarray:
 
 
 def resample_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
-    """(dst, src) float32 matrix M with resample(x) = M @ x @ M.T for a (src, src) map."""
+    """(dst, src) float32 matrix M that resamples one axis of a map: M @ x along rows, x @ M.T
+    along columns."""
     if mode not in ("area", "bicubic"):
         raise ValueError(f"unknown resampling mode {mode!r}")
     return torch.from_numpy(_matrix64(src, dst, mode)).float()
@@ -56,10 +57,13 @@ def _resident(src: int, dst: int, mode: str, device: torch.device, dtype: torch.
     return resample_matrix(src, dst, mode).to(device=device, dtype=dtype)
 
 
-def resample(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Resample a (B, C, h, h) map to (B, C, size, size) with the constant matrix."""
-    src = x.shape[-1]
-    if src == size:
+def resample(x: torch.Tensor, size: int | tuple[int, int], mode: str) -> torch.Tensor:
+    """Resample a (B, C, h, w) map to (B, C, *size) (a square `size` x `size` for an int) with the
+    constant matrices, rows and columns separately."""
+    h, w = (size, size) if isinstance(size, int) else size
+    src_h, src_w = x.shape[-2:]
+    if (src_h, src_w) == (h, w):
         return x
-    m = _resident(src, size, mode, x.device, x.dtype)
-    return torch.matmul(torch.matmul(m, x), m.T)
+    rows = _resident(src_h, h, mode, x.device, x.dtype)
+    cols = rows if (src_w, w) == (src_h, h) else _resident(src_w, w, mode, x.device, x.dtype)
+    return torch.matmul(torch.matmul(rows, x), cols.T)

@@ -91,7 +91,7 @@ def generate_batch(model: StepModel, inputs, settings: SamplingSettings, keys: S
     """
     clock = StepClock(model.device)
     clock.mark()
-    cond = model.condition(inputs, guided=settings.guided)
+    cond = model.condition(inputs, guided=model.runs_guidance(settings))
     state: StepState = model.init_state(len(keys))
     tokens = []
     for k in tqdm(range(model.num_steps), desc="scale steps", leave=False, disable=not progress):

@@ -17,25 +17,23 @@ import torch
 from ..errors import FastervarError
 
 SAMPLERS = ("official", "portable")
-
-
 # TensorRT builds TopK only for k <= 3840; the portable sampler never asks for more candidates.
 CANDIDATE_CAP = 3840
-
-
 # The portable sampler's probability resolution: sums of up to 2^22 units stay exact in float32.
 PROBABILITY_UNITS = float(2 ** 22)
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Guidance and filtering; the defaults are the upstream FID recipe."""
+    """Guidance, temperature and filtering, for every family; the defaults are VAR's upstream FID
+    recipe, and each family names its own published defaults (`default_settings`)."""
 
     cfg: float = 1.5
     top_k: int = 900
     top_p: float = 0.96
     more_smooth: bool = False
     sampler: str = "portable"
+    tau: float = 1.0                      # logits are divided by it (Infinity's temperature)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -46,14 +44,11 @@ class SamplingSettings:
             raise FastervarError(f"top_p must be in [0, 1], got {self.top_p}")
         if self.cfg < 0:
             raise FastervarError(f"cfg must be >= 0, got {self.cfg}")
+        if not self.tau > 0:
+            raise FastervarError(f"tau must be > 0, got {self.tau}")
         if self.more_smooth and self.sampler == "portable":
             raise FastervarError("--more-smooth (upstream's soft code mix) draws noise for every codebook entry; "
                                  "it needs --sampler official")
-
-    @property
-    def guided(self) -> bool:
-        """Upstream VAR always runs the unconditional half (its guidance ramps up from 0)."""
-        return True
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

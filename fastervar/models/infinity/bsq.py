@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,36 +25,7 @@ from torch import nn
 
 from ...errors import FastervarError
 from ..checkpoint import StateDict, check_strict, read_state_dict
-
-
-@dataclass(frozen=True)
-class BSQConfig:
-    """The shape of a BSQ VAE. The image-to-latent stride is 2**(len(ch_mult) - 1).
-
-    `patch_size` is how many latent pixels per side one transformer token covers: 2 for the 8B
-    model, whose tokens carry a 2x2 pixel-unshuffle of the latent (4 * codebook_dim bits). It is
-    not upstream's `patch_size` argument, which is the stride.
-    """
-
-    codebook_dim: int                       # z channels = bits per latent pixel
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 4, 4, 4)
-    num_res_blocks: int = 2
-    patch_size: int = 1
-
-    @property
-    def stride(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def token_bits(self) -> int:
-        return self.codebook_dim * self.patch_size ** 2
-
-
-BSQ_CONFIGS = {
-    "d32": BSQConfig(codebook_dim=32),                                               # Infinity-2B
-    "d14-f8-patchify": BSQConfig(codebook_dim=14, ch_mult=(1, 2, 4, 4), patch_size=2),  # Infinity-8B
-}
+from .configs import BSQConfig
 
 
 def _groups(channels: int) -> int:

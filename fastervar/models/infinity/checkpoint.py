@@ -17,21 +17,18 @@ import torch
 
 from ...errors import FastervarError
 from ..checkpoint import StateDict, check_strict, names_infinity, read_state_dict
-from .bsq import BSQ_CONFIGS, BSQVAE, BSQConfig, load_bsq
+from .bsq import BSQVAE, load_bsq
+from .configs import INFINITY_CONFIGS, BSQConfig, InfinityConfig
 from .family import InfinityModel
-from .transformer import Infinity, InfinityConfig
+from .transformer import Infinity
 
-# name -> (transformer, VAE); the tiny one is the parity configuration (upstream's constructor at
-# 4 blocks x 128 wide, 2 heads, 2 chunks, 256-wide text, an 8-bit VAE).
-INFINITY_CONFIGS: dict[str, tuple[InfinityConfig, BSQConfig]] = {
-    "infinity-2b": (InfinityConfig(depth=32, width=2048, heads=16, chunks=8, text_channels=2048, bits=32),
-                    BSQ_CONFIGS["d32"]),
-    "infinity-8b": (InfinityConfig(depth=40, width=3584, heads=28, chunks=8, text_channels=2048, bits=56),
-                    BSQ_CONFIGS["d14-f8-patchify"]),
-    "infinity-tiny": (InfinityConfig(depth=4, width=128, heads=2, chunks=2, text_channels=256, bits=8),
-                      BSQConfig(codebook_dim=8, ch=32, num_res_blocks=1)),
-}
 _SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def config_name(t_cfg: InfinityConfig, v_cfg: BSQConfig) -> str:
+    """The named configuration a loaded pair equals, else a name that says it is custom."""
+    return next((name for name, pair in INFINITY_CONFIGS.items() if pair == (t_cfg, v_cfg)),
+                f"infinity-custom-d{t_cfg.depth}w{t_cfg.width}")
 
 
 def is_infinity_file(path: str | os.PathLike) -> bool:
@@ -128,7 +125,7 @@ def load_infinity_model(checkpoint: str | os.PathLike, vae_checkpoint: str | os.
         patch = 2 if transformer.cfg.bits == 4 * probe.codebook_dim else 1
         v_cfg = BSQConfig(probe.codebook_dim, probe.ch, probe.ch_mult, probe.num_res_blocks, patch)
     vae = load_bsq(vae_checkpoint, v_cfg)
-    model = InfinityModel(transformer, vae, h_div_w, pn)
+    model = InfinityModel(transformer, vae, h_div_w, pn, config_name(transformer.cfg, vae.cfg))
     model.weights_origin = "checkpoint"
     return model.eval()
 
@@ -157,6 +154,7 @@ def random_infinity(name: str, seed: int = 0, h_div_w: float = 1.0, pn: str = "0
     references were made), for tests and speed benchmarks."""
     from ..loading import seed_module_
     t_cfg, v_cfg = INFINITY_CONFIGS[name]
-    model = InfinityModel(seed_module_(Infinity(t_cfg), seed + 1), seed_module_(BSQVAE(v_cfg), seed + 2), h_div_w, pn)
+    model = InfinityModel(seed_module_(Infinity(t_cfg), seed + 1), seed_module_(BSQVAE(v_cfg), seed + 2), h_div_w, pn,
+                          name)
     model.weights_origin = "random"
     return model.eval()

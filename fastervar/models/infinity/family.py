@@ -6,62 +6,44 @@
 ratio x pixel budget). A step embeds the accumulated bit codes (interpolated down to the step's
 grid), runs the blocks with their K/V caches, guides and samples one bit per logit pair, and adds
 the bits' codes, interpolated up, to the latent. The step loop in `sampler.py` drives it exactly
-as it drives the VAR family.
+as it drives the VAR family, and the accelerator recombines the same pieces.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ...errors import FastervarError
-from ..protocol import StepOutput, StepState
-from ..sampling import SAMPLERS, filter_logits
+from ...profile import ModelSpec
+from ..flops import count_flops
+from ..protocol import KV, StepOutput, StepState, Sublayer, slice_rows
+from ..sampling import SamplingSettings, filter_logits
 from ..text.prompts import TextBatch
-from .bsq import BSQVAE, accumulate, next_scale_input, scale_codes
+from .bsq import BSQVAE, Decoder, accumulate, next_scale_input, scale_codes
+from .configs import spec_of
 from .schedules import PN_STEPS, nearest_template, schedule, templates
-from .transformer import Infinity, RopeTable, TextCondition
+from .transformer import Infinity, RopeTable, TextCondition, ada_layer_norm
+
+# Infinity-2B's published sampling: constant guidance 3 on the logits, temperature 0.5, per-bit top-p.
+DEFAULT_SETTINGS = SamplingSettings(cfg=3.0, top_k=900, top_p=0.97, tau=0.5)
 
 
-@dataclass(frozen=True)
-class BitSamplingSettings:
-    """Infinity's sampling: temperature, constant guidance on the logits and per-bit filtering;
-    the defaults are Infinity-2B's published ones."""
-
-    cfg: float = 3.0
-    tau: float = 0.5
-    top_k: int = 900
-    top_p: float = 0.97
-    sampler: str = "portable"
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise FastervarError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not self.tau > 0:
-            raise FastervarError(f"tau must be > 0, got {self.tau}")
-        if self.cfg < 0 or self.top_k < 0 or not 0.0 <= self.top_p <= 1.0:
-            raise FastervarError(f"need cfg >= 0, top_k >= 0 and 0 <= top_p <= 1; got {self.cfg}, "
-                                 f"{self.top_k}, {self.top_p}")
-
-    @property
-    def guided(self) -> bool:
-        """Upstream runs the null-prompt half only when guidance changes something."""
-        return self.cfg != 1
-
-
-def guide_bits(logits: torch.Tensor, settings: BitSamplingSettings, guided: bool) -> torch.Tensor:
-    """(B', n, 2*bits) raw logits to (B, n*bits, 2) tempered, guided logit pairs."""
+def guide_bits(logits: torch.Tensor, settings: SamplingSettings, guidance: str) -> torch.Tensor:
+    """(rows, n, 2*bits) raw logits to (B, n*bits, 2) tempered logit pairs: guided as upstream
+    (`cfg*c + (1-cfg)*u`), or one half as it ran. The conditional half alone is combined with
+    itself, `cfg*c + (1-cfg)*c`, which is what SkipVAR's code computes (c, up to rounding)."""
     logits = logits.mul(1 / settings.tau)
-    if guided:
+    if guidance == "cfg":
         b = logits.shape[0] // 2
         logits = settings.cfg * logits[:b] + (1 - settings.cfg) * logits[b:]
+    elif guidance == "cond-only":
+        logits = settings.cfg * logits + (1 - settings.cfg) * logits
     return logits.reshape(logits.shape[0], -1, 2)
 
 
 def sample_bits(pairs: torch.Tensor, noise: torch.Tensor | torch.Generator,
-                settings: BitSamplingSettings) -> torch.Tensor:
+                settings: SamplingSettings) -> torch.Tensor:
     """Bits (B, n) from (B, n, 2) logit pairs after upstream's top-k/top-p filter: one draw from a
     torch.Generator for the whole batch (official), or bit = u < p(1) per bit (portable)."""
     filtered = filter_logits(pairs, settings.top_k, settings.top_p)
@@ -74,13 +56,18 @@ def sample_bits(pairs: torch.Tensor, noise: torch.Tensor | torch.Generator,
 class InfinityModel(nn.Module):
     """An Infinity transformer and its BSQ VAE, run one scale step at a time on one schedule."""
 
-    def __init__(self, transformer: Infinity, vae: BSQVAE, h_div_w: float = 1.0, pn: str = "1M"):
+    family = "infinity"
+    FACTORIZABLE = ("sa.mat_qkv", "sa.proj", "ca.mat_q", "ca.proj", "ffn.fc1", "ffn.fc2")
+
+    def __init__(self, transformer: Infinity, vae: BSQVAE, h_div_w: float = 1.0, pn: str = "1M",
+                 name: str = "infinity"):
         super().__init__()
         if transformer.cfg.bits != vae.cfg.token_bits:
             raise FastervarError(f"the transformer predicts {transformer.cfg.bits} bits per token but the VAE "
                                  f"codes {vae.cfg.token_bits}: they are not a pair")
         self.infinity = transformer
         self.vae = vae
+        self.name = name
         self.weights_origin = "unset"
         self.use_schedule(h_div_w, pn)
 
@@ -108,6 +95,21 @@ class InfinityModel(nn.Module):
     def num_steps(self) -> int:
         return len(self.schedule)
 
+    @property
+    def depth(self) -> int:
+        return self.infinity.cfg.depth
+
+    def spec(self) -> ModelSpec:
+        """What profiles see: the pixel budget and its step count (steps are identified by index,
+        so one profile serves every aspect template of the budget), on this aspect's grids."""
+        h, w = self.latent_grid(self.num_steps - 1)
+        d = self.vae.cfg.codebook_dim
+        return spec_of(self.name, self.infinity.cfg, self.vae.cfg, self.pn, self.h_div_w,
+                       decoder_flops=lambda: count_flops(lambda: Decoder(self.vae.cfg), (1, d, h, w)))
+
+    def grid(self, step: int) -> tuple[int, int]:
+        return tuple(self.schedule[step])
+
     def tokens_at(self, step: int) -> int:
         h, w = self.schedule[step]
         return h * w
@@ -121,47 +123,136 @@ class InfinityModel(nn.Module):
         h, w = self.schedule[step]
         return h * self.vae.cfg.patch_size, w * self.vae.cfg.patch_size
 
+    @staticmethod
+    def default_settings() -> SamplingSettings:
+        return DEFAULT_SETTINGS
+
+    def runs_guidance(self, settings: SamplingSettings) -> bool:
+        """Upstream runs the null-prompt half only when guidance changes something."""
+        return settings.cfg != 1
+
     # -- the unit -------------------------------------------------------------------------------
     def condition(self, text: TextBatch, guided: bool = True) -> TextCondition:
         return self.infinity.condition(text.embeddings.to(self.device), text.lengths.to(self.device), guided)
+
+    def is_guided(self, cond: TextCondition, batch: int) -> bool:
+        return cond.guided
+
+    def drop_guidance(self, cond: TextCondition, batch: int, guidance: str) -> TextCondition:
+        """The null-prompt half alone (null-text), or the prompts alone (cond-only) as SkipVAR's
+        code prepares them: text and AdaLN gains from the prompts encoded by themselves, the head's
+        condition from the guided batch's first half."""
+        if guidance == "null-text":
+            return TextCondition(*(slice_rows(t, batch, guidance) for t in (cond.text, cond.mask, cond.pooled,
+                                                                             cond.gss)), guided=False,
+                                 prompts=cond.prompts)
+        alone = self.infinity.condition(*cond.prompts, guided=False)
+        return TextCondition(alone.text, alone.mask, cond.pooled[:batch], alone.gss, guided=False,
+                             prompts=cond.prompts)
 
     def init_state(self, batch: int) -> StepState:
         h, w = self.latent_grid(self.num_steps - 1)
         return StepState(f_hat=self.infinity.pos_start.new_zeros(batch, self.vae.cfg.codebook_dim, h, w))
 
-    def step_input(self, step: int, f_hat: torch.Tensor, cond: TextCondition) -> torch.Tensor:
-        """Scale-k tokens: the pooled prompt at k=0, else the latent interpolated to the step's grid."""
-        if step == 0:
-            return self.infinity.first_tokens(cond)
-        x = self.infinity.word_embed(next_scale_input(f_hat, self.schedule[step], self.vae.cfg.patch_size))
-        return x.repeat(2 if cond.guided else 1, 1, 1)
+    def content(self, step: int, f_hat: torch.Tensor) -> torch.Tensor:
+        """The step's content: the latent interpolated to its grid, (B, h*w, bits)."""
+        return next_scale_input(f_hat, self.schedule[step], self.vae.cfg.patch_size)
 
-    def update_f_hat(self, step: int, f_hat: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-        """Add a step's (B, h*w*bits) bits to the latent as codes, interpolated up to full size."""
-        codes = scale_codes(bits.view(bits.shape[0], self.tokens_at(step), -1), self.schedule[step],
-                            self.vae.cfg.patch_size)
+    def step_input(self, step: int, f_hat: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        """Scale-k tokens with their level embedding: the pooled prompt at k=0, else the latent
+        interpolated to the step's grid."""
+        if step == 0:
+            x = self.infinity.first_tokens(cond)
+        else:
+            x = self.infinity.word_embed(self.content(step, f_hat)).repeat(cond.text.shape[0] // f_hat.shape[0], 1, 1)
+        return x + self.infinity.lvl_embed.weight[step]
+
+    def block_context(self, step: int, cond: TextCondition) -> tuple[TextCondition, torch.Tensor]:
+        return cond, self.rope.at(step, self.device)
+
+    def blocks_forward(self, step: int, x: torch.Tensor, ctx: tuple[TextCondition, torch.Tensor],
+                       caches: list[KV] | None, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, list[KV]]:
+        """All blocks on this step's tokens, or on the rows at `positions` (rows, r), whose rope
+        is gathered there."""
+        cond, rope = ctx
+        if positions is not None:
+            rope = rope[:, positions].unsqueeze(2)
+        return self.infinity.blocks_forward(x, cond, rope, caches)
+
+    def sublayers(self, block: int, ctx: tuple[TextCondition, torch.Tensor], cache: KV | None) -> list[Sublayer]:
+        """Block `block` as its three residual branches: self-attention (rope gathered at the
+        computed positions), cross-attention to the text, FFN."""
+        cond, rope = ctx
+        blk = self.infinity.blocks[block]
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (blk.ada_gss + cond.gss).unbind(2)
+
+        def attn(h: torch.Tensor, positions: torch.Tensor | None) -> tuple[torch.Tensor, KV]:
+            r = rope if positions is None else rope[:, positions].unsqueeze(2)
+            a, kv = blk.sa(h, r, cache)
+            return a.mul_(gamma1), kv
+
+        def cross(h: torch.Tensor, positions: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+            return blk.ca(h, cond.text, cond.mask).float(), None
+
+        def ffn(h: torch.Tensor, positions: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+            return blk.ffn(h).mul(gamma2), None
+
+        return [Sublayer("attn", lambda x: ada_layer_norm(x, scale1, shift1), attn),
+                Sublayer("cross", blk.ca_norm, cross),
+                Sublayer("ffn", lambda x: ada_layer_norm(x, scale2, shift2), ffn)]
+
+    def logits(self, hidden: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        return self.infinity.logits(hidden, cond)
+
+    def sample(self, step: int, logits: torch.Tensor, noise: torch.Tensor | torch.Generator,
+               settings: SamplingSettings, guidance: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bits (B, n, bits), which are also what the latent update adds (as their codes)."""
+        pairs = guide_bits(logits, settings, guidance)
+        bits = sample_bits(pairs, noise, settings).view(pairs.shape[0], logits.shape[1], -1)
+        return bits, bits
+
+    def update_f_hat(self, step: int, f_hat: torch.Tensor, bits: torch.Tensor,
+                     kept: torch.Tensor | None = None) -> torch.Tensor:
+        """Add a step's (B, h*w, bits) bits to the latent as codes, interpolated up to full size;
+        with `kept` (B, h*w) only those positions add theirs, the others nothing."""
+        bits = bits.view(bits.shape[0], self.tokens_at(step), -1)
+        codes = scale_codes(bits, self.schedule[step], self.vae.cfg.patch_size)
+        if kept is not None:
+            mask = kept.to(codes.dtype)[..., None].expand(bits.shape)
+            codes = codes * scale_codes(mask, self.schedule[step], self.vae.cfg.patch_size).ne(0)
         return accumulate(f_hat, codes, tuple(f_hat.shape[-2:]))
 
     def step(self, step: int, state: StepState, cond: TextCondition, noise: torch.Tensor | torch.Generator,
-             settings: BitSamplingSettings) -> tuple[StepState, StepOutput]:
+             settings: SamplingSettings) -> tuple[StepState, StepOutput]:
         x = self.step_input(step, state.f_hat, cond)
-        hidden, caches = self.infinity.blocks_forward(x, step, cond, self.rope.at(step, x.device), state.caches)
-        logits = self.infinity.logits(hidden, cond)
-        bits = sample_bits(guide_bits(logits, settings, cond.guided), noise, settings)
-        f_hat = self.update_f_hat(step, state.f_hat, bits)
-        return StepState(f_hat, caches), StepOutput(bits, logits, hidden)
+        hidden, caches = self.blocks_forward(step, x, self.block_context(step, cond), state.caches)
+        logits = self.logits(hidden, cond)
+        bits, codes = self.sample(step, logits, noise, settings, "cfg" if cond.guided else "none")
+        f_hat = self.update_f_hat(step, state.f_hat, codes)
+        return StepState(f_hat, caches), StepOutput(bits.flatten(1), logits, hidden)
 
     def teacher_forced_logits(self, cond: TextCondition, bits: list[torch.Tensor]) -> torch.Tensor:
         """(B', L, 2*bits) logits of every step from given bits (B, h*w*bits) per step, in one
         block-causal pass."""
         f_hat = self.init_state(cond.batch).f_hat
-        xs = [self.infinity.first_tokens(cond)]
+        xs = [self.step_input(0, f_hat, cond)]
         for k in range(self.num_steps - 1):
             f_hat = self.update_f_hat(k, f_hat, bits[k])
             xs.append(self.step_input(k + 1, f_hat, cond))
         ropes = [self.rope.at(k, f_hat.device) for k in range(self.num_steps)]
         return self.infinity.logits(self.infinity.teacher_forward(xs, cond, ropes), cond)
 
+    # -- low-rank factors -----------------------------------------------------------------------
+    def factor_slots(self, block: int) -> dict[str, tuple[nn.Module, str]]:
+        """Each factorizable linear of a block: the module whose `factors` dict takes it, and its key."""
+        blk = self.infinity.blocks[block]
+        return {name: (blk.get_submodule(name.split(".")[0]), name.split(".")[1]) for name in self.FACTORIZABLE}
+
+    def linear_shape(self, name: str) -> tuple[int, int]:
+        weight = self.infinity.blocks[0].get_submodule(name).weight
+        return weight.shape[1], weight.shape[0]
+
+    # -- images ---------------------------------------------------------------------------------
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Latent to image in [0, 1]."""
         return self.vae.decode(f_hat).add(1).div(2)

@@ -21,47 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import FastervarError
+from ..factors import Factors, linear
+from ..protocol import KV
+from .configs import InfinityConfig, validate_config
 
-KV = tuple[torch.Tensor, torch.Tensor]
 LEVELS = 15                  # rows of the level embedding: one per scale of the longest schedule
 TEXT_MAXLEN = 512            # rows of the learned null prompt
 ROPE_POSITIONS = 128         # the rope grid spans 2048 px at 16 px per token
 NORM_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class InfinityConfig:
-    """A transformer's shape. `bits` is what one token carries (4x the VAE's bits when the VAE
-    output is 2x2-patchified, as for Infinity-8B)."""
-
-    depth: int
-    width: int
-    heads: int
-    chunks: int
-    text_channels: int
-    bits: int
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
-
-    @property
-    def ffn_hidden(self) -> int:
-        return round(self.width * 4 / 256) * 256
-
-    @property
-    def pool_heads(self) -> int:
-        """Heads of the text pool: upstream splits the text width into 128-wide heads (64 above 4096)."""
-        return self.text_channels // (64 if self.width > 4096 else 128)
-
-
-def validate_config(cfg: InfinityConfig) -> None:
-    if cfg.width % cfg.heads or cfg.head_dim % 4:
-        raise FastervarError(f"Infinity width {cfg.width} must split into {cfg.heads} heads of a multiple of 4")
-    if cfg.depth % cfg.chunks:
-        raise FastervarError(f"Infinity depth {cfg.depth} does not split into {cfg.chunks} block chunks")
-    if cfg.pool_heads < 1 or cfg.width % cfg.pool_heads:
-        raise FastervarError(f"text width {cfg.text_channels} gives no valid text-pool heads for width {cfg.width}")
 
 
 def ada_layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -98,7 +65,8 @@ class RopeTable:
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of (B, H, L, hd) by the (2, L, hd/2) cos/sin table."""
+    """Rotate consecutive pairs of (B, H, L, hd) by the (2, L, hd/2) cos/sin table, or by a
+    (2, B, 1, L, hd/2) one gathered per row (the positions a reduced step computes)."""
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     cos, sin = rope[0], rope[1]
     out = torch.stack([cos * pairs[..., 0] - sin * pairs[..., 1],
@@ -118,14 +86,15 @@ class SelfAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width))
         self.proj = nn.Linear(width, width)
+        self.factors: Factors = {}        # set per step by the accelerator: "mat_qkv"/"proj" -> (A, B)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KV | None,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KV]:
         """`mask` (L, L), True where attending is allowed, only for a whole-schedule pass."""
         b, n, c = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(b, n, 3, self.heads, self.head_dim) \
-            .permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = linear(x, self.mat_qkv, self.factors.get("mat_qkv"), bias) \
+            .view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         temperature = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp()
         q = F.normalize(q, dim=-1, eps=1e-12).mul(temperature).contiguous()
         k = F.normalize(k, dim=-1, eps=1e-12).contiguous()
@@ -134,7 +103,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c)), (k, v)
+        return linear(out.transpose(1, 2).reshape(b, n, c), self.proj, self.factors.get("proj")), (k, v)
 
 
 class CrossAttention(nn.Module):
@@ -151,6 +120,7 @@ class CrossAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.register_buffer("zero_k_bias", torch.zeros(width))
         self.proj = nn.Linear(width, width)
+        self.factors: Factors = {}        # set per step by the accelerator: "mat_q"/"proj" -> (A, B)
 
     def forward(self, x: torch.Tensor | None, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, C), or None to pool; text (B, T, Ct) padded; mask (B, T) True on valid rows."""
@@ -160,10 +130,11 @@ class CrossAttention(nn.Module):
         if x is None:
             q = self.mat_q.unsqueeze(2).expand(b, -1, -1, -1)
         else:
-            q = self.mat_q(x).view(b, x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+            q = linear(x, self.mat_q, self.factors.get("mat_q")).view(b, x.shape[1], self.heads, self.head_dim) \
+                .transpose(1, 2)
         out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(),
                                              attn_mask=mask[:, None, None, :])
-        return self.proj(out.transpose(1, 2).reshape(b, q.shape[2], -1))
+        return linear(out.transpose(1, 2).reshape(b, q.shape[2], -1), self.proj, self.factors.get("proj"))
 
 
 class FFN(nn.Module):
@@ -171,9 +142,11 @@ class FFN(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
+        self.factors: Factors = {}        # set per step by the accelerator: "fc1"/"fc2" -> (A, B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        h = F.gelu(linear(x, self.fc1, self.factors.get("fc1")), approximate="tanh")
+        return linear(h, self.fc2, self.factors.get("fc2"))
 
 
 class CrossAttnBlock(nn.Module):
@@ -240,6 +213,7 @@ class TextCondition:
     pooled: torch.Tensor      # (B', C) the start token and the head's condition
     gss: torch.Tensor         # (B', 1, 6, C) shared AdaLN gains
     guided: bool
+    prompts: tuple[torch.Tensor, torch.Tensor] | None = None   # the (B, T, Ct5) embeddings and lengths
 
     @property
     def batch(self) -> int:
@@ -280,6 +254,7 @@ class Infinity(nn.Module):
             raise FastervarError(f"text embeddings are {ct} wide; this model takes {self.cfg.text_channels}")
         if t > TEXT_MAXLEN:
             raise FastervarError(f"prompts of {t} tokens exceed the model's {TEXT_MAXLEN}")
+        prompts = (embeddings, lengths)
         mask = torch.arange(t, device=embeddings.device)[None, :] < lengths.to(embeddings.device)[:, None]
         if guided:
             null = self.cfg_uncond[:t].unsqueeze(0).expand(b, -1, -1) * mask[..., None]
@@ -287,15 +262,15 @@ class Infinity(nn.Module):
         text = self.text_norm(embeddings)
         pooled = self.text_proj_for_sos(text, mask)
         gss = self.shared_ada_lin(pooled.float()).float()
-        return TextCondition(self.text_proj_for_ca(text), mask, pooled, gss, guided)
+        return TextCondition(self.text_proj_for_ca(text), mask, pooled, gss, guided, prompts)
 
     def first_tokens(self, cond: TextCondition) -> torch.Tensor:
         return cond.pooled.unsqueeze(1) + self.pos_start
 
-    def blocks_forward(self, x: torch.Tensor, step: int, cond: TextCondition, rope: torch.Tensor,
+    def blocks_forward(self, x: torch.Tensor, cond: TextCondition, rope: torch.Tensor,
                        caches: list[KV] | None) -> tuple[torch.Tensor, list[KV]]:
-        """Every block on one scale's tokens, attending to the cached coarser scales."""
-        x = x + self.lvl_embed.weight[step]
+        """Every block on one scale's tokens (level embedding added), attending to the cached
+        coarser scales."""
         new: list[KV] = []
         for i, blk in enumerate(self.blocks):
             x, kv = blk(x, cond.gss, cond.text, cond.mask, rope, None if caches is None else caches[i])
@@ -303,11 +278,12 @@ class Infinity(nn.Module):
         return x, new
 
     def teacher_forward(self, xs: list[torch.Tensor], cond: TextCondition, ropes: list[torch.Tensor]) -> torch.Tensor:
-        """All scales' inputs in one pass, each scale seeing itself and the coarser ones: training's
-        view of the model, and the check that the KV-cached steps compute the same thing."""
+        """All scales' inputs (level embeddings added) in one pass, each scale seeing itself and the
+        coarser ones: training's view of the model, and the check that the KV-cached steps compute
+        the same thing."""
         steps = torch.repeat_interleave(torch.arange(len(xs)), torch.tensor([x.shape[1] for x in xs]))
         causal = (steps[:, None] >= steps[None, :]).to(xs[0].device)
-        x = torch.cat([x + self.lvl_embed.weight[k] for k, x in enumerate(xs)], dim=1)
+        x = torch.cat(xs, dim=1)
         rope = torch.cat(ropes, dim=1)
         for blk in self.blocks:
             x, _ = blk(x, cond.gss, cond.text, cond.mask, rope, None, causal)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ...errors import FastervarError
+from ...profile import ModelSpec
 
 SCHEDULE_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SCHEDULE_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
@@ -76,6 +77,21 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "var": asdict(self.var), "vae": asdict(self.vae),
                 "description": self.description}
+
+    def spec(self) -> ModelSpec:
+        """The model as profiles and the cost model see it: no weights, and no torch until the
+        decoder's FLOPs are asked for (counted on an empty copy)."""
+        c, hidden = self.var.embed_dim, round(self.var.embed_dim * self.var.mlp_ratio)
+        return ModelSpec(family="var", config=self.name, schedule={"patch_nums": list(self.var.patch_nums)},
+                         grids=tuple((p, p) for p in self.var.patch_nums), depth=self.var.depth, width=c,
+                         linears={"attn.mat_qkv": (c, 3 * c), "attn.proj": (c, c), "ffn.fc1": (c, hidden),
+                                  "ffn.fc2": (hidden, c)},
+                         logit_width=self.vae.vocab_size, code_width=self.vae.z_channels,
+                         shared_adaln=self.var.shared_aln, decoder_flops=self._decoder_flops)
+
+    def _decoder_flops(self) -> float:
+        from .vqvae import decoder_flops
+        return decoder_flops(self.vae, self.var.patch_nums[-1])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

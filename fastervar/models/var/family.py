@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..protocol import StepOutput, StepState
+from ...profile import ModelSpec
+from ..protocol import KV, StepOutput, StepState, Sublayer, slice_rows
 from ..resample import resample
 from .configs import ModelConfig, validate
 from .sampling import SamplingSettings, apply_guidance, guidance_weight, sample_step
-from .transformer import KV, VAR
+from .transformer import VAR
 from .vqvae import VQVAE
 
 
@@ -61,6 +62,32 @@ class VARModel(nn.Module):
         """Uniforms a step consumes per image (portable sampler): one per token."""
         return self.tokens_at(step)
 
+    # -- what a profile is made for --------------------------------------------------------------
+    family = "var"
+
+    @property
+    def depth(self) -> int:
+        return self.cfg.var.depth
+
+    def spec(self) -> ModelSpec:
+        return self.cfg.spec()
+
+    def schedule_identity(self) -> dict:
+        """The model and schedule a profile for it names."""
+        return {"family": self.family, "config": self.cfg.name, "patch_nums": list(self.patch_nums)}
+
+    def grid(self, step: int) -> tuple[int, int]:
+        return self.patch_nums[step], self.patch_nums[step]
+
+    @staticmethod
+    def default_settings() -> SamplingSettings:
+        """Upstream VAR's FID recipe."""
+        return SamplingSettings()
+
+    def runs_guidance(self, settings: SamplingSettings) -> bool:
+        """Upstream VAR always runs the null-class half (its guidance ramps up from 0)."""
+        return True
+
     # -- the unit -------------------------------------------------------------------------------
     def condition(self, labels: torch.Tensor, guided: bool = True) -> torch.Tensor:
         """Class embeddings for the batch, followed by the null class when guidance runs."""
@@ -68,32 +95,77 @@ class VARModel(nn.Module):
             labels = torch.cat((labels, torch.full_like(labels, self.var.num_classes)))
         return self.var.condition(labels)
 
+    def is_guided(self, cond: torch.Tensor, batch: int) -> bool:
+        return cond.shape[0] != batch
+
+    def drop_guidance(self, cond: torch.Tensor, batch: int, guidance: str) -> torch.Tensor:
+        """The class half (cond-only) or the null-class half (null-text) of a guided condition."""
+        return slice_rows(cond, batch, guidance)
+
     def init_state(self, batch: int) -> StepState:
         full = self.patch_nums[-1]
         w = self.var.pos_start
         return StepState(f_hat=w.new_zeros(batch, self.cfg.vae.z_channels, full, full))
 
+    def content(self, step: int, f_hat: torch.Tensor) -> torch.Tensor:
+        """The step's content: f_hat area-downsampled to its grid, (B, p*p, Cvae)."""
+        return resample(f_hat, self.patch_nums[step], "area").flatten(2).transpose(1, 2)
+
     def step_input(self, step: int, f_hat: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Scale-k tokens: SOS from the condition at k=0, else the embedded downsampled f_hat."""
         if step == 0:
             return self.var.first_tokens(cond)
-        pn = self.patch_nums[step]
-        feats = resample(f_hat, pn, "area").flatten(2).transpose(1, 2)
-        x = self.var.scale_tokens(step, feats)
+        x = self.var.scale_tokens(step, self.content(step, f_hat))
         return x.repeat(cond.shape[0] // f_hat.shape[0], 1, 1)
 
-    def transformer(self, x: torch.Tensor, cond: torch.Tensor,
-                    caches: list[KV] | None) -> tuple[torch.Tensor, list[KV]]:
-        """All blocks on this step's tokens, attending to the cached coarser scales."""
-        block_cond = self.var.block_condition(cond)
+    def block_context(self, step: int, cond: torch.Tensor) -> torch.Tensor:
+        """What the blocks are modulated by: the condition, or its shared projection (d36)."""
+        return self.var.block_condition(cond)
+
+    def blocks_forward(self, step: int, x: torch.Tensor, ctx: torch.Tensor, caches: list[KV] | None,
+                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, list[KV]]:
+        """All blocks on this step's tokens (or the rows at `positions`: VAR's positions are in the
+        tokens already), attending to the cached coarser scales."""
         new: list[KV] = []
         for i, blk in enumerate(self.var.blocks):
-            x, kv = blk(x, block_cond, None, None if caches is None else caches[i])
+            x, kv = blk(x, ctx, None, None if caches is None else caches[i])
             new.append(kv)
         return x, new
 
-    def update_f_hat(self, step: int, f_hat: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Add a step's (B, p*p, Cvae) codes to the latent: upsample, Phi, accumulate."""
+    def sublayers(self, block: int, ctx: torch.Tensor, cache: KV | None) -> list[Sublayer]:
+        """Block `block` as its two residual branches, self-attention and FFN (no position input:
+        VAR's positions are in the tokens)."""
+        blk = self.var.blocks[block]
+        mod = blk.modulation(ctx)
+
+        def attn(h: torch.Tensor, positions: torch.Tensor | None) -> tuple[torch.Tensor, KV]:
+            a, kv = blk.attn(h, None, cache)
+            return a.mul(mod[0]), kv
+
+        def ffn(h: torch.Tensor, positions: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+            return blk.ffn(h).mul(mod[1]), None
+
+        return [Sublayer("attn", lambda x: blk.attn_input(x, mod), attn),
+                Sublayer("ffn", lambda x: blk.ffn_input(x, mod), ffn)]
+
+    def logits(self, hidden: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.var.logits(hidden, cond)
+
+    def sample(self, step: int, logits: torch.Tensor, noise: torch.Tensor | torch.Generator,
+               settings: SamplingSettings, guidance: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, n, 1) and their codes (B, n, Cvae): guided logits on VAR's linear ramp, or the
+        one half the step ran."""
+        if guidance == "cfg":
+            logits = apply_guidance(logits, guidance_weight(settings.cfg, step, self.num_steps))
+        idx, h = sample_step(logits, noise, settings, step / (self.num_steps - 1), self.vae.quantize.embedding.weight)
+        return idx.unsqueeze(-1), h
+
+    def update_f_hat(self, step: int, f_hat: torch.Tensor, h: torch.Tensor,
+                     kept: torch.Tensor | None = None) -> torch.Tensor:
+        """Add a step's (B, p*p, Cvae) codes to the latent: upsample, Phi, accumulate; with `kept`
+        (B, p*p), only those positions add theirs."""
+        if kept is not None:
+            h = h * kept.to(h.dtype).unsqueeze(-1)
         b, pn = f_hat.shape[0], self.patch_nums[step]
         h = h.transpose(1, 2).reshape(b, -1, pn, pn)
         return f_hat + self._per_image(lambda x: self.vae.quantize.upsampled_residual(step, x), h)
@@ -103,14 +175,24 @@ class VARModel(nn.Module):
         """One full scale step of the baseline: tokens in, f_hat and caches out."""
         guided = cond.shape[0] != state.f_hat.shape[0]
         x = self.step_input(step, state.f_hat, cond)
-        hidden, caches = self.transformer(x, cond, state.caches)
-        logits = self.var.logits(hidden, cond)
-        ratio = step / (self.num_steps - 1)
-        guided_logits = apply_guidance(logits, guidance_weight(settings.cfg, step, self.num_steps)) \
-            if guided else logits
-        idx, h = sample_step(guided_logits, noise, settings, ratio, self.vae.quantize.embedding.weight)
+        hidden, caches = self.blocks_forward(step, x, self.block_context(step, cond), state.caches)
+        logits = self.logits(hidden, cond)
+        idx, h = self.sample(step, logits, noise, settings, "cfg" if guided else "none")
         f_hat = self.update_f_hat(step, state.f_hat, h)
-        return StepState(f_hat, caches), StepOutput(idx, logits, hidden)
+        return StepState(f_hat, caches), StepOutput(idx.flatten(1), logits, hidden)
+
+    # -- low-rank factors -----------------------------------------------------------------------
+    FACTORIZABLE = ("attn.mat_qkv", "attn.proj", "ffn.fc1", "ffn.fc2")
+
+    def factor_slots(self, block: int) -> dict[str, tuple[nn.Module, str]]:
+        """Each factorizable linear of a block: the module whose `factors` dict takes it, and its key."""
+        blk = self.var.blocks[block]
+        return {name: (blk.get_submodule(name.split(".")[0]), name.split(".")[1]) for name in self.FACTORIZABLE}
+
+    def linear_shape(self, name: str) -> tuple[int, int]:
+        """(in, out) features of a factorizable linear."""
+        weight = self.var.blocks[0].get_submodule(name).weight
+        return weight.shape[1], weight.shape[0]
 
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Latent to image in [0, 1]."""

@@ -13,21 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..factors import Factors, linear
+from ..protocol import KV
 from .configs import VARConfig
-
-KV = tuple[torch.Tensor, torch.Tensor]
-Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def linear(x: torch.Tensor, layer: nn.Linear, factors: tuple[torch.Tensor, torch.Tensor] | None,
-           bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`layer(x)` (with `bias` in place of the layer's own if given), or its rank-r factorization
-    (A, B) when the accelerator installed one. Unfactorized layers run as modules, so forward
-    hooks (calibration's input statistics) see them."""
-    b = layer.bias if bias is None else bias
-    if factors is not None:
-        return F.linear(F.linear(x, factors[0]), factors[1], b)
-    return layer(x) if bias is None else F.linear(x, layer.weight, b)
 
 
 class SelfAttention(nn.Module):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..flops import count_flops
 from ..resample import resample
 from .configs import VQVAEConfig
 
@@ -268,3 +269,14 @@ class VQVAE(nn.Module):
 
     def reconstruct(self, img: torch.Tensor) -> torch.Tensor:
         return self.decode(self.quantize.encode_scales(self.encode(img))[1])
+
+
+def decoder_flops(cfg: VQVAEConfig, side: int) -> float:
+    """Conv and attention FLOPs of one image through the decoder from a (side x side) latent,
+    counted on an empty (meta) copy."""
+    return count_flops(lambda: Decoder(cfg), (1, cfg.z_channels, side, side), {AttnBlock: _attention_flops})
+
+
+def _attention_flops(inputs: tuple) -> float:
+    b, ch, h, w = inputs[0].shape
+    return 2 * 2 * b * ch * (h * w) ** 2
