@@ -123,11 +123,14 @@ class Profile:
     calibration: dict[str, Any] | None = None
     measured: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    decision: dict[str, Any] | None = None   # a per-image rule between steps (SkipVAR's kind), as numbers
 
     # -- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["steps"] = [_step_dict(s) for s in self.steps]
+        if d["decision"] is None:
+            del d["decision"]
         return {"format": FORMAT, **d}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -266,8 +269,10 @@ def from_dict(data: Any) -> Profile:
     prof = Profile(name=str(data.get("name", "unnamed")), model=model, stages={k: list(v) for k, v in stages.items()},
                    steps=steps, calibrated=bool(data.get("calibrated", False)),
                    calibration=data.get("calibration"), measured=dict(data.get("measured") or {}),
-                   description=str(data.get("description", "")))
+                   description=str(data.get("description", "")), decision=data.get("decision"))
     _check_self_consistent(prof)
+    if prof.decision is not None:
+        _check_decision(prof.decision, prof.num_steps)
     return prof
 
 
@@ -304,6 +309,48 @@ def _check_self_consistent(p: Profile) -> None:
             what = "layers" if s.layers is not None else "selector"
             raise ProfileError(f"profile field {where}.{what}: needs restore_level 'layer' (a block range and "
                                f"per-sublayer selection act inside the blocks)")
+
+
+def _numbers(v: Any, depth: int) -> bool:
+    """A list (of lists, `depth` deep) of finite numbers."""
+    if depth == 0:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    return isinstance(v, list) and bool(v) and all(_numbers(x, depth - 1) for x in v)
+
+
+def _check_decision(d: Any, steps: int) -> None:
+    """A per-image decision: when it runs and what it previews, and two rules (standardization, then
+    a multinomial logistic regression), each class mapped to the first step its move applies to."""
+    where = "profile field decision"
+    if not isinstance(d, dict):
+        raise ProfileError(f"{where} must be an object")
+    after, compare, preview = (d.get(k) for k in ("after_step", "compare_step", "preview_step"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (after, compare, preview)) \
+            or not 0 <= compare < after < steps - 1 or not 0 <= preview < steps:
+        raise ProfileError(f"{where}: needs integers 0 <= compare_step < after_step < {steps - 1} and a preview_step "
+                           f"in 0..{steps - 1}")
+    if not _numbers(d.get("freq_ratio"), 0) or not 0 < d["freq_ratio"] < 1:
+        raise ProfileError(f"{where}.freq_ratio must be a number in (0, 1)")
+    for rule in ("skip", "uncond"):
+        r = d.get(rule)
+        ok = isinstance(r, dict) and isinstance(r.get("scaler"), dict) and isinstance(r.get("model"), dict)
+        scaler, model = (r.get("scaler", {}), r.get("model", {})) if ok else ({}, {})
+        mean, scale = scaler.get("mean"), scaler.get("scale")
+        classes, coef, intercept = model.get("classes"), model.get("coef"), model.get("intercept")
+        first = r.get("first_step") if ok else None
+        ok = ok and _numbers(mean, 1) and _numbers(scale, 1) and _numbers(coef, 2) and _numbers(intercept, 1) \
+            and isinstance(classes, list) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                  for c in classes) and isinstance(first, dict)
+        if ok:
+            n = len(mean)
+            ok = (n <= 2 and len(scale) == n and all(s > 0 for s in scale) and len(coef) == len(classes)
+                  and all(len(row) == n for row in coef) and len(intercept) == len(classes)
+                  and sorted(first) == sorted(str(c) for c in classes)
+                  and all(isinstance(v, int) and (v == 0 or after < v < steps) for v in first.values()))
+        if not ok:
+            raise ProfileError(f"{where}.{rule} must hold scaler {{mean, scale}}, model {{classes, coef, intercept}} "
+                               f"of matching sizes (at most 2 features) and first_step for every class: 0 (no move) "
+                               f"or a step after {after}")
 
 
 def check_against(p: Profile, model: Any, weights_sha256: str | None = None) -> None:

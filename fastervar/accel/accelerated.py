@@ -16,25 +16,49 @@ whole or one sublayer at a time, and the token grid; it never reaches into a fam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.protocol import KV, FamilyModel, StepOutput, StepState, slice_rows
 from ..models.resample import resample
 from ..models.sampling import SamplingSettings
 from ..profile import ModelSpec, Profile, StepPlan, check_against
+from .decision import Decision, features
 from .factorize import factorize
 from .selectors import pivotal_stream, select
 
 
 @dataclass
 class AccelState(StepState):
-    """The baseline state plus the outputs cached for later restoration, keyed by step."""
+    """The baseline state plus the outputs cached for later restoration, keyed by step, and, with a
+    per-image decision, the latent it compares against and the groups of images it formed."""
 
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)             # block level
     branches: dict[int, list[list[torch.Tensor]]] = field(default_factory=dict)  # layer level: per block, per sublayer
+    snapshot: torch.Tensor | None = None
+    decided: tuple[np.ndarray, list[tuple[str, int]]] | None = None           # features, and each image's move
+    groups: list[_Group] | None = None
+
+
+@dataclass
+class _Group:
+    """Images that took the same move at the decision, run as a batch of their own from then on."""
+
+    rows: list[int]
+    move: tuple[str, int]
+    state: AccelState
+    cond: Any
+
+    def plan(self, plan: StepPlan, step: int) -> StepPlan:
+        kind, first = self.move
+        if kind == "skip" and step >= first:
+            return StepPlan(mode="skip")
+        if kind == "uncond" and step >= first:
+            return replace(plan, cfg=False, unguided="cond-only")
+        return plan
 
 
 class AcceleratedModel:
@@ -48,6 +72,13 @@ class AcceleratedModel:
         self._factors = self._build_factors(input_cov or {})
         self._keep_hidden = {p.restore_from for p in profile.steps if p.mode == "reduce" and p.restore_level == "block"}
         self._keep_branches = {p.restore_from for p in profile.steps if p.mode == "reduce" and p.restore_level == "layer"}
+        self.decision = None if profile.decision is None else Decision.from_profile(profile.decision)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the work of a step depends on the images (a per-image decision): such steps
+        cannot be captured as fixed graphs."""
+        return self.decision is not None
 
     @torch.no_grad()
     def _build_factors(self, input_cov: dict) -> dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]]:
@@ -137,7 +168,55 @@ class AcceleratedModel:
     @torch.no_grad()
     def step(self, k: int, state: AccelState, cond: Any, noise: torch.Tensor | torch.Generator,
              settings: SamplingSettings) -> tuple[AccelState, StepOutput | None]:
-        plan = self.profile.steps[k]
+        d = self.decision
+        if d is not None and state.groups is not None:
+            return self._grouped_step(k, state, noise, settings)
+        state, out = self._run_step(k, self.profile.steps[k], state, cond, noise, settings)
+        if d is not None and k == d.compare:
+            state.snapshot = state.f_hat.clone()
+        if d is not None and k == d.after:
+            self._decide(state, cond)
+        return state, out
+
+    def _decide(self, state: AccelState, cond: Any) -> None:
+        """Each image's move from its two previews; images with the same move form a group."""
+        d, m = self.decision, self.model
+        b = state.f_hat.shape[0]
+        x = features(m.preview(state.f_hat, d.preview_step), m.preview(state.snapshot, d.preview_step), d.freq_ratio)
+        moves = d.moves(x)
+        state.decided = x, moves
+        state.groups = []
+        for move in dict.fromkeys(moves):
+            rows = [i for i, mv in enumerate(moves) if mv == move]
+            sub = AccelState(f_hat=state.f_hat[rows])
+            if state.caches is not None:
+                sub.caches = [(_take(kk, rows, b), _take(vv, rows, b)) for kk, vv in state.caches]
+            sub.hidden = {j: _take(t, rows, b) for j, t in state.hidden.items()}
+            sub.branches = {j: [[_take(t, rows, b) for t in blk] for blk in per] for j, per in state.branches.items()}
+            state.groups.append(_Group(rows, move, sub, m.select_rows(cond, rows, b)))
+
+    def _grouped_step(self, k: int, state: AccelState, noise: torch.Tensor | torch.Generator,
+                      settings: SamplingSettings) -> tuple[AccelState, StepOutput | None]:
+        """Step k for each group under its own plan; tokens of images that skip it are -1."""
+        b = state.f_hat.shape[0]
+        f_hat = state.f_hat.clone()
+        outs = []
+        for g in state.groups:
+            sub_noise = noise[g.rows] if isinstance(noise, torch.Tensor) else noise
+            g.state, out = self._run_step(k, g.plan(self.profile.steps[k], k), g.state, g.cond, sub_noise, settings)
+            f_hat[g.rows] = g.state.f_hat
+            outs.append(out)
+        state.f_hat = f_hat
+        ran = [(g, o) for g, o in zip(state.groups, outs) if o is not None]
+        if not ran:
+            return state, None
+        tokens = ran[0][1].tokens.new_full((b, ran[0][1].tokens.shape[1]), -1)
+        for g, o in ran:
+            tokens[g.rows] = o.tokens
+        return state, StepOutput(tokens, None)
+
+    def _run_step(self, k: int, plan: StepPlan, state: AccelState, cond: Any, noise: torch.Tensor | torch.Generator,
+                  settings: SamplingSettings) -> tuple[AccelState, StepOutput | None]:
         m = self.model
         b = state.f_hat.shape[0]
         if plan.mode == "skip":
@@ -258,3 +337,9 @@ class AcceleratedModel:
             new.append(kv)
             branches.append(outputs)
         return x, new, (branches if plan is None else None)
+
+
+def _take(t: torch.Tensor, rows: list[int], batch: int) -> torch.Tensor:
+    """Rows of images `rows` of a batch tensor: both halves of a guided one."""
+    index = rows + ([r + batch for r in rows] if t.shape[0] == 2 * batch else [])
+    return t[torch.tensor(index, device=t.device)]

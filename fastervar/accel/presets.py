@@ -10,8 +10,11 @@ as their code applies them; on any other schedule (VAR) a recipe is mapped by to
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from ..assets import ROOT
+from ..errors import FastervarError
 from ..profile import ModelSpec, Profile, StepPlan, as_spec, identity
 
 # FastVAR's and SkipVAR's published settings are keyed on Infinity-2B's 1024x1024 schedule.
@@ -142,6 +145,48 @@ def skipvar(model: Any, point: str) -> Profile:
     how = "as its code indexes them" if spec.peer_widths else "mapped from Infinity by token share"
     p.description = f"SkipVAR static operating point {point} ({what}, {how}); not calibrated"
     return p
+
+
+def skipvar_decision(model: Any) -> Profile:
+    """SkipVAR's per-image rule as its code applies it: after step 9 each image skips its last
+    steps, or runs them on the conditional half alone, or neither, by the released
+    decision_model_ssim_84 constants (shipped as numbers, `assets/decisions/skipvar.json`)."""
+    spec = as_spec(model)
+    if spec.peer_widths is None:
+        raise FastervarError("SkipVAR's decision rule was fitted on Infinity's images at its 13-step schedule; for "
+                             f"{spec.config} fit one on your prompts with `fastervar calibrate --fit-decision`")
+    rule = json.loads((ROOT / "decisions" / "skipvar.json").read_text())
+    if spec.num_steps <= rule["after_step"] + 1:
+        raise FastervarError(f"SkipVAR decides after step {rule['after_step']}; this schedule ({spec.schedule}) has "
+                             f"{spec.num_steps} steps")
+    p = identity(spec, f"{spec.config}-skipvar")
+    p.decision = {k: v for k, v in rule.items() if k != "source"}
+    late = list(range(min(rule["skip"]["first_step"][c] or spec.num_steps for c in rule["skip"]["first_step"]),
+                      spec.num_steps))
+    p.stages = _stages(spec.num_steps, late)
+    p.description = ("SkipVAR's per-image decision (released decision_model_ssim_84 constants): after step 9, skip "
+                     "the last 1-3 steps or run them on the conditional half alone, per image; not calibrated")
+    return p
+
+
+# Templates a user names with --profile; they are built for the model at hand (a recipe depends on
+# its schedule and depth). A family prefix, as in `infinity-fastvar`, checks the family too.
+TEMPLATES = {"paper-split": paper_split, "fastvar": fastvar, "skipvar": skipvar_decision,
+             **{f"skipvar-{point}": (lambda m, point=point: skipvar(m, point)) for point in SKIPVAR_POINTS}}
+
+
+def template(name: str, model: Any) -> Profile | None:
+    """The template `name` built for `model`, or None when `name` is not a template's."""
+    spec = as_spec(model)
+    family, _, rest = name.partition("-")
+    if name in TEMPLATES:
+        return TEMPLATES[name](spec)
+    if rest in TEMPLATES and family in ("var", "infinity"):
+        if family != spec.family:
+            raise FastervarError(f"profile {name!r} is a template for {family} models; this model is {spec.family} "
+                                 f"({spec.config}): use {rest!r}")
+        return TEMPLATES[rest](spec)
+    return None
 
 
 def peers(model: Any) -> list[Profile]:

@@ -68,9 +68,9 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     if profile_spec == "identity":
         profile = identity(model)
     else:
-        profile = load_profile(profile_spec) if profile_spec else default_profile(model)
+        profile = load_profile(profile_spec, model) if profile_spec else default_profile(model)
     accelerated(model, profile)
-    compare = [load_profile(spec) for spec in compare_specs]
+    compare = [load_profile(spec, model) for spec in compare_specs]
     for other in compare:
         accelerated(model, other)
     pipelines = {} if no_bundle else bench_pipelines(model, profile, sampling, bundle_path, identity_path, out_dir,

@@ -38,8 +38,8 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     sampling = settings(cfg, top_k, top_p, more_smooth, sampler)
     if json_path:
         check_writable_parent(json_path)
-    profile = load_profile(profile_spec)
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    profile = load_profile(profile_spec, model)
     found = judge(model, judge_dir, fall_back=True)
     ext = load_extractor(features, found)
     if profile is not None:

@@ -40,12 +40,11 @@ def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, p
 
     t0 = time.perf_counter()
     sampling = settings(cfg, top_k, top_p, False, "portable")
-    profile = None if profile_spec == "identity" else load_profile(profile_spec)
     check_target(out_dir)
     if "int8" in (precision, decoder_precision) and (note := int8_note()):
         click.echo(f"note: {note}", err=True)
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
-    profile = profile or identity(model)
+    profile = identity(model) if profile_spec == "identity" else load_profile(profile_spec, model)
     sha = weights_sha256(model)
     check_against(profile, model, sha if profile.model.get("weights_sha256") else None)
     path = export_bundle(model, profile, out_dir, sampling, precision, max_batch, sha, tensorrt,

@@ -37,8 +37,10 @@ def _is_text_model(model_name: str | None, checkpoint: str | None, text_given: l
 
 
 def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg, top_k,
-                   top_p, sampler, batch_size, out_dir) -> None:
-    """`generate` for a text-to-image model: prompts in, one image per prompt."""
+                   top_p, sampler, batch_size, profile_spec, max_graph_batches, out_dir) -> None:
+    """`generate` for a text-to-image model: prompts in, one image per prompt, the reference
+    sampler or a profile."""
+    from ..models.cuda_graphs import fast_path
     from ..models.infinity.checkpoint import resolve_infinity
     from ..models.infinity.family import DEFAULT_SETTINGS
     from ..models.infinity.schedules import parse_aspect, schedule
@@ -57,7 +59,8 @@ def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, devic
     with image_folder(out_dir) as stage:
         model = resolve_infinity(model_name, checkpoint, vae_checkpoint, random_weights, resolve_device(device),
                                  h_div_w, pn)
-        result = run_generate(model, text, bits, seed=seed, batch_size=batch_size, progress=True)
+        runner = fast_path(accelerated(model, load_profile(profile_spec, model)), bits, max_graph_batches)
+        result = run_generate(runner, text, bits, seed=seed, batch_size=batch_size, progress=True)
         paths = write_pngs(result.images.cpu().numpy(), stage)
     click.echo(f"wrote {len(paths)} images to {out_dir}")
 
@@ -75,7 +78,8 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
              prompts_file, text_encoder, text_embeddings, aspect, pn, tau, seed, cfg, top_k, top_p, more_smooth,
              sampler, batch_size, profile_spec, max_graph_batches, out_dir) -> None:
     """Generate one image per class (VAR) or per prompt (Infinity): the reference sampler, or
-    accelerated by --profile (VAR)."""
+    accelerated by --profile (a file, a shipped name, or a template: paper-split, fastvar,
+    skipvar-skip1..3, skipvar-uncond1..3, skipvar)."""
     from ..models.cuda_graphs import fast_path
     from ..models.loading import resolve_model
     from ..models.sampler import generate as run_generate
@@ -86,11 +90,11 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     given = click.get_current_context().get_parameter_source
     text_given = [flag for name, flag in TEXT_FLAGS.items() if given(name) is not click.core.ParameterSource.DEFAULT]
     if _is_text_model(model_name, var_checkpoint, text_given):
-        if class_ids or classes_file or profile_spec or more_smooth:
-            raise FastervarError("--class/--classes/--profile/--more-smooth are for class-conditional VAR models; "
-                                 "a text-to-image model takes --prompt/--prompts (profiles for Infinity come later)")
+        if class_ids or classes_file or more_smooth:
+            raise FastervarError("--class/--classes/--more-smooth are for class-conditional VAR models; "
+                                 "a text-to-image model takes --prompt/--prompts")
         _generate_text(model_name, var_checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg,
-                       top_k, top_p, sampler, batch_size, out_dir)
+                       top_k, top_p, sampler, batch_size, profile_spec, max_graph_batches, out_dir)
         return
     if text_given:
         raise FastervarError(f"{text_given[0]} is for text-to-image models (--model infinity-*); "
@@ -98,11 +102,10 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     classes = parse_classes(class_ids, classes_file)
     sampling = settings(SamplingSettings.cfg if cfg is None else cfg, top_k,
                         SamplingSettings.top_p if top_p is None else top_p, more_smooth, sampler)
-    profile = load_profile(profile_spec)
     with image_folder(out_dir) as stage:
         model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
         check_classes(classes, model.cfg.var.num_classes)
-        runner = fast_path(accelerated(model, profile), sampling, max_graph_batches)
+        runner = fast_path(accelerated(model, load_profile(profile_spec, model)), sampling, max_graph_batches)
         result = run_generate(runner, classes, sampling, seed=seed, batch_size=batch_size, progress=True)
         paths = write_pngs(result.images.cpu().numpy(), stage)
     click.echo(f"wrote {len(paths)} images to {out_dir}")

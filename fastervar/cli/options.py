@@ -163,9 +163,15 @@ def settings(cfg, top_k, top_p, more_smooth, sampler):
     return SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, sampler=sampler)
 
 
-def load_profile(spec: str | None):
+def load_profile(spec: str | None, model=None):
+    """A profile file, a shipped profile, or (given the model) a template built for it."""
     if spec is None:
         return None
+    if model is not None:
+        from ..accel.presets import template
+        made = template(spec, model)
+        if made is not None:
+            return made
     from ..profiles import resolve
     return resolve(spec)
 

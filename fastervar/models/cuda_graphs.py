@@ -213,6 +213,8 @@ class GraphedModel:
 def fast_path(model: StepModel, settings: SamplingSettings, max_batches: int = MAX_BATCHES) -> StepModel:
     """What the timed and user-facing paths run: CUDA graphs on a GPU with the portable sampler
     (holding at most `max_batches` batch sizes' graphs), the model itself otherwise."""
-    if model.device.type == "cuda" and settings.sampler == "portable" and not isinstance(model, GraphedModel):
+    dynamic = getattr(model, "dynamic", False)          # per-image decisions change a step's work
+    if model.device.type == "cuda" and settings.sampler == "portable" and not dynamic \
+            and not isinstance(model, GraphedModel):
         return GraphedModel(model, max_batches)
     return model

@@ -35,7 +35,7 @@ class StepState:
 @dataclass
 class StepOutput:
     tokens: torch.Tensor                      # (B, tokens) indices, or (B, tokens * bits) bits
-    logits: torch.Tensor                      # (rows, tokens, V) raw logits before guidance
+    logits: torch.Tensor | None               # (rows, tokens, V) raw logits before guidance
     hidden: torch.Tensor | None = None        # (rows, tokens, C) the last block's output
 
 

@@ -219,7 +219,7 @@ def scale_codes(bits: torch.Tensor, hw: tuple[int, int], patch_size: int = 1) ->
     return bits_to_codes(x).permute(0, 3, 1, 2)
 
 
-def _trilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def trilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, *size) as upstream resamples: 5-D trilinear with depth 1, from a
     channels-last input (the kernel rounds differently on NCHW, e.g. a caller's zeros + codes)."""
     x = x.contiguous(memory_format=torch.channels_last)
@@ -229,7 +229,7 @@ def _trilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def accumulate(summed: torch.Tensor | None, codes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Add one scale's (B, d, h, w) codes into the (B, d, *size) summed latent (None before the
     first scale), trilinearly upsampled; the final scale, already full size, is added as is."""
-    up = codes if tuple(codes.shape[-2:]) == tuple(size) else _trilinear(codes, size)
+    up = codes if tuple(codes.shape[-2:]) == tuple(size) else trilinear(codes, size)
     return up if summed is None else summed + up
 
 
@@ -240,7 +240,7 @@ def next_scale_input(summed: torch.Tensor, hw: tuple[int, int], patch_size: int 
     then pixel-unshuffles p x p latent pixels into one token.
     """
     p = patch_size
-    x = _trilinear(summed, (hw[0] * p, hw[1] * p))
+    x = trilinear(summed, (hw[0] * p, hw[1] * p))
     if p > 1:
         x = F.pixel_unshuffle(x, p)
     return x.reshape(*x.shape[:2], -1).permute(0, 2, 1)

@@ -20,7 +20,7 @@ from ..flops import count_flops
 from ..protocol import KV, StepOutput, StepState, Sublayer, slice_rows
 from ..sampling import SamplingSettings, filter_logits
 from ..text.prompts import TextBatch
-from .bsq import BSQVAE, Decoder, accumulate, next_scale_input, scale_codes
+from .bsq import BSQVAE, Decoder, accumulate, next_scale_input, scale_codes, trilinear
 from .configs import spec_of
 from .schedules import PN_STEPS, nearest_template, schedule, templates
 from .transformer import Infinity, RopeTable, TextCondition, ada_layer_norm
@@ -256,6 +256,18 @@ class InfinityModel(nn.Module):
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Latent to image in [0, 1]."""
         return self.vae.decode(f_hat).add(1).div(2)
+
+    def preview(self, f_hat: torch.Tensor, step: int) -> torch.Tensor:
+        """A small image of the latent so far, in [-1, 1]: resampled to step `step`'s latent grid
+        (trilinearly, as upstream resamples) and decoded, as SkipVAR's decision previews it."""
+        return self.vae.decode(trilinear(f_hat, self.latent_grid(step)))
+
+    def select_rows(self, cond: TextCondition, rows: list[int], batch: int) -> TextCondition:
+        """The condition of images `rows` of a batch of `batch` (both halves when guided)."""
+        index = torch.tensor(rows + ([r + batch for r in rows] if cond.guided else []), device=cond.text.device)
+        prompts = None if cond.prompts is None else tuple(t[torch.tensor(rows)] for t in cond.prompts)
+        return TextCondition(cond.text[index], cond.mask[index], cond.pooled[index], cond.gss[index], cond.guided,
+                             prompts)
 
     def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
         return self.to_uint8(self.decode(f_hat))

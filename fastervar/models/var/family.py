@@ -198,6 +198,16 @@ class VARModel(nn.Module):
         """Latent to image in [0, 1]."""
         return self._per_image(self.vae.decode, f_hat).add(1).mul(0.5)
 
+    def preview(self, f_hat: torch.Tensor, step: int) -> torch.Tensor:
+        """A small image of the latent so far, in [-1, 1]: area-resampled to step `step`'s grid
+        and decoded."""
+        return self._per_image(self.vae.decode, resample(f_hat, self.patch_nums[step], "area"))
+
+    def select_rows(self, cond: torch.Tensor, rows: list[int], batch: int) -> torch.Tensor:
+        """The condition of images `rows` of a batch of `batch` (both halves when guided)."""
+        index = rows + ([r + batch for r in rows] if cond.shape[0] != batch else [])
+        return cond[torch.tensor(index, device=cond.device)]
+
     def pixels(self, f_hat: torch.Tensor) -> torch.Tensor:
         return self.to_uint8(self.decode(f_hat))
 

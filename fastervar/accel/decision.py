@@ -1,0 +1,111 @@
+"""A per-image decision between steps, SkipVAR's kind: after step `after`, decode small previews of
+the latent after that step and after the step before, measure how much high-frequency detail is
+still arriving, and let a fitted rule pick each image's move for the remaining steps: skip the
+last steps, or run them on the conditional half alone, or neither.
+
+The two features are computed as SkipVAR's code computes them (`extract_high_freq_sobel`,
+`extract_high_freq_ratio_fft_circle`): the mean absolute difference of the Sobel gradient
+magnitude of the two previews (grey = channel mean), and the share of the newer preview's FFT
+amplitude outside a central circle of radius int(freq_ratio * min(H, W) / 2). The rule is a
+standardization followed by a multinomial logistic regression's argmax, stored as plain numbers
+in the profile (`Profile.decision`), SkipVAR's released constants or ones `calibrate
+--fit-decision` fitted; nothing is unpickled and scikit-learn is not needed to apply it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+MOVES = ("skip", "uncond")
+
+
+def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) gradient magnitude of the channel-mean image."""
+    sobel_x = torch.tensor([[[[1, 0, -1], [2, 0, -2], [1, 0, -1]]]], dtype=torch.float32, device=images.device)
+    sobel_y = sobel_x.permute(0, 1, 3, 2)
+    gray = images.mean(dim=1, keepdim=True)
+    grad_x = F.conv2d(gray, sobel_x, padding=1)
+    grad_y = F.conv2d(gray, sobel_y, padding=1)
+    return torch.sqrt(grad_x ** 2 + grad_y ** 2)
+
+
+def high_frequency_ratio(images: torch.Tensor, freq_ratio: float) -> torch.Tensor:
+    """(B, 3, H, W) -> (B,) share of the FFT amplitude outside the central low-frequency circle
+    (shifted per image over its own two axes)."""
+    gray = images.mean(dim=1, keepdim=True).float()
+    amplitude = torch.abs(torch.fft.fftshift(torch.fft.fft2(gray), dim=(-2, -1)))
+    _, _, h, w = amplitude.shape
+    cy, cx = h // 2, w // 2
+    radius = int(freq_ratio * min(h, w) / 2)
+    y = torch.arange(h, device=images.device).view(1, -1, 1).expand(1, h, w)
+    x = torch.arange(w, device=images.device).view(1, 1, -1).expand(1, h, w)
+    mask = (((y - cy) ** 2 + (x - cx) ** 2).sqrt() > radius).float().unsqueeze(0)
+    high = (amplitude * mask).sum(dim=[2, 3])
+    return (high / (amplitude.sum(dim=[2, 3]) + 1e-6))[:, 0]
+
+
+def features(new: torch.Tensor, old: torch.Tensor, freq_ratio: float) -> np.ndarray:
+    """(B, 2) [diff_hf, high-frequency ratio] of each image's two previews."""
+    diff = (sobel_magnitude(new) - sobel_magnitude(old)).abs().flatten(1).mean(1)
+    return torch.stack([diff, high_frequency_ratio(new, freq_ratio)], 1).double().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """StandardScaler then a multinomial logistic regression, as numbers."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    classes: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    first_step: dict[int, int]          # class -> the first step the move applies to (0: no move)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rule:
+        return cls(np.asarray(d["scaler"]["mean"], float), np.asarray(d["scaler"]["scale"], float),
+                   np.asarray(d["model"]["classes"], int), np.asarray(d["model"]["coef"], float),
+                   np.asarray(d["model"]["intercept"], float), {int(k): int(v) for k, v in d["first_step"].items()})
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class per row of (B, features)."""
+        z = (x[:, : len(self.mean)] - self.mean) / self.scale
+        return self.classes[np.argmax(z @ self.coef.T + self.intercept, axis=1)]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A profile's per-image decision: when it runs, what it previews, and its two rules (the skip
+    rule, then, for images it leaves alone, the uncond rule)."""
+
+    after: int
+    compare: int
+    preview_step: int
+    freq_ratio: float
+    skip: Rule
+    uncond: Rule
+
+    @classmethod
+    def from_profile(cls, d: dict[str, Any]) -> Decision:
+        return cls(int(d["after_step"]), int(d["compare_step"]), int(d["preview_step"]), float(d["freq_ratio"]),
+                   Rule.from_dict(d["skip"]), Rule.from_dict(d["uncond"]))
+
+    def moves(self, x: np.ndarray) -> list[tuple[str, int]]:
+        """Per image: ("skip", first skipped step), ("uncond", first cond-only step), or ("none", 0)."""
+        out = []
+        skip = self.skip.predict(x)
+        uncond = self.uncond.predict(x)
+        for s, u in zip(skip, uncond):
+            if s != 0:
+                out.append(("skip", self.skip.first_step[int(s)]))
+            elif self.uncond.first_step.get(int(u), 0):
+                out.append(("uncond", self.uncond.first_step[int(u)]))
+            else:
+                out.append(("none", 0))
+        return out
