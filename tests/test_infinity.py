@@ -119,16 +119,7 @@ def test_vae_decoder_equals_upstream(tiny, one_thread):
     np.testing.assert_array_equal(out.numpy(), REF["vae_decoded"])
 
 
-def test_kv_cached_steps_equal_one_teacher_forced_pass(tiny):
-    tiny.use_schedule(0.5, "0.06M")
-    logits = []
-    g = run(tiny, reference_text(), DEFAULT_SETTINGS, on_step=lambda k, state, out: logits.append(out.logits))
-    with torch.no_grad():
-        forced = tiny.teacher_forced_logits(tiny.condition(reference_text(), guided=True), g.tokens)
-    assert (forced - torch.cat(logits, dim=1)).abs().max() < 1e-4
 
-
-# -- sampling ---------------------------------------------------------------------------------------
 def test_portable_bits_are_u_below_p1_after_top_p():
     # logit pairs (bit 0, bit 1): p(1) = 0.5, 0.73, and 0.018 (<= 1 - top_p: forced to 0)
     pairs = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [2.0, -2.0]]])

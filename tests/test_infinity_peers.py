@@ -22,7 +22,6 @@ from fastervar.errors import FastervarError
 from fastervar.models.infinity.checkpoint import random_infinity
 from fastervar.models.sampler import batch_generator, generate, generate_batch
 from fastervar.models.sampling import SamplingSettings
-from fastervar.profile import identity
 from fastervar.utils.noise import image_keys
 
 from .test_infinity import TINY_META, reference_text
@@ -142,14 +141,6 @@ def test_templates_are_named_for_the_family(tiny_1m):
     from fastervar.models.loading import random_model
     with pytest.raises(FastervarError, match="fitted on Infinity's images"):
         skipvar_decision(random_model("tiny"))
-
-
-def test_identity_profile_reproduces_infinity_bit_for_bit(tiny_1m):
-    small = random_infinity("infinity-tiny", pn="0.06M")
-    base = generate(small, reference_text(), OFFICIAL, seed=0)
-    acc = generate(AcceleratedModel(small, identity(small)), reference_text(), OFFICIAL, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(base.tokens, acc.tokens))
-    assert torch.equal(base.images, acc.images)
 
 
 def test_recording_meta_names_the_code_and_the_patches():
