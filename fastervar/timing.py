@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch of a workload: class labels, each image's noise key, and the official sampler's
+    """One batch of a workload: its prompts (class labels, or rows of a prompt set), each image's
+    noise key, and the official sampler's
     generator seed for the batch (seed + batch index, as one upstream call per batch)."""
 
     labels: tuple[int, ...]
@@ -74,19 +75,21 @@ class TorchRunner:
     fast path (CUDA graphs on a GPU with the portable sampler); `fast=False` times the eager loop,
     for the GPU benchmark's eager-against-graphs columns."""
 
-    def __init__(self, model: StepModel, settings: SamplingSettings, fast: bool = True):
+    def __init__(self, model: StepModel, settings: SamplingSettings, fast: bool = True, prompts=None):
         from .models.cuda_graphs import fast_path
         self.model = fast_path(model, settings) if fast else model
         self.settings = settings
         self.device = model.device
+        self.prompts = prompts            # a text model's prompt set (TextBatch): a batch's labels index it
 
     def __call__(self, batch: Batch) -> Run:
         import torch
 
         from .models.sampler import batch_generator, generate_batch
-        labels = torch.tensor(batch.labels, device=self.device)
+        inputs = torch.tensor(batch.labels, device=self.device) if self.prompts is None \
+            else self.prompts.rows(list(batch.labels))
         gen = batch_generator(self.settings, self.device, batch.generator_seed)
-        g = generate_batch(self.model, labels, self.settings, batch.keys, gen)
+        g = generate_batch(self.model, inputs, self.settings, batch.keys, gen)
         return Run(g.images.cpu().numpy(), [t.cpu().numpy() for t in g.tokens], g.step_seconds, g.decode_seconds)
 
 

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from ..accel.accelerated import AcceleratedModel
 from ..accel.cost import step_costs
 from ..accel.presets import fastvar, paper_split
+from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
-from ..models.var.family import VARModel
 from ..profile import Profile, StepPlan, as_spec, identity
 from ..timing import TorchRunner, batches, clock_context, interleaved, summarize
 from ..utils.atomic import atomic_path
@@ -102,15 +102,15 @@ def probes(model: Any) -> list[Profile]:
     return [base, unguided, paper_split(model), fastvar(model)]
 
 
-def measure_latency(model: VARModel, labels: list[int], settings: SamplingSettings, min_reps: int = 2,
-                    max_reps: int = 15, min_seconds: float = 6.0) -> LatencyModel:
+def measure_latency(model: FamilyModel, labels: list[int], settings: SamplingSettings, min_reps: int = 2,
+                    max_reps: int = 15, min_seconds: float = 6.0, bank=None) -> LatencyModel:
     """Time each probe on one batch of the calibration prompts through the timing harness and fit
     the model. Fast models get more rounds (until `min_seconds` of timing or `max_reps`): their
     per-step times are short and noisy, and the per-step medians steady with more samples."""
     spec = model.spec()
     base, *others = probes(spec)
     probe_models = [(base, model)] + [(p, AcceleratedModel(model, p)) for p in others]
-    runners = {p.name: TorchRunner(m, settings) for p, m in probe_models}
+    runners = {p.name: TorchRunner(m, settings, prompts=bank) for p, m in probe_models}
     runs = interleaved(runners, batches(labels, 0, len(labels)), reps=min_reps,
                        min_seconds=min_seconds, max_reps=max_reps, desc="timing probe profiles")
     timings = {name: summarize(passes) for name, passes in runs.items()}
@@ -153,8 +153,8 @@ def write_cache(path: Path, context: dict, payload: dict) -> None:
         tmp.write_text(json.dumps({"context": context, "payload": payload}, indent=2))
 
 
-def cached_latency(model: VARModel, labels: list[int], settings: SamplingSettings, cache_dir: Path,
-                   key: str) -> tuple[LatencyModel, bool]:
+def cached_latency(model: FamilyModel, labels: list[int], settings: SamplingSettings, cache_dir: Path,
+                   key: str, bank=None) -> tuple[LatencyModel, bool]:
     """The fitted model from the cache when it was made for this key in this clock context (see
     `timing.clock_context`), else measured and cached. Returns (model, reused)."""
     context = clock_context(model, len(labels))
@@ -166,7 +166,7 @@ def cached_latency(model: VARModel, labels: list[int], settings: SamplingSetting
             return LatencyModel(**data), True
         except TypeError as exc:
             warn(f"ignoring cache {path} ({exc}); measuring again")
-    lm = measure_latency(model, labels, settings)
+    lm = measure_latency(model, labels, settings, bank=bank)
     write_cache(path, context, lm.to_dict())
     return lm, False
 

@@ -27,8 +27,6 @@ from ..models.factors import observing
 from ..models.resample import resample
 from ..models.sampler import generate_batch
 from ..models.sampling import SamplingSettings
-from ..models.var.family import VARModel, to_uint8
-from ..models.var.sampling import apply_guidance, guidance_weight
 
 
 @dataclass
@@ -65,10 +63,12 @@ class Measurements:
                    final_images=z["final_images"], tokens=[z[f"tokens/{k}"] for k in range(steps)])
 
 
-def cache_key(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
-              weights_sha256: str, judge: str | None = None) -> str:
-    blob = json.dumps({"model": model.cfg.to_dict(), "weights": weights_sha256, "classes": list(classes),
-                       "seeds": list(seeds), "settings": settings.__dict__, "judge": judge, "version": 3,
+def cache_key(model, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
+              weights_sha256: str, judge: str | None = None, prompts: str | None = None) -> str:
+    spec = model.spec()
+    blob = json.dumps({"model": spec.identity(), "grids": spec.grids, "weights": weights_sha256,
+                       "classes": list(classes), "prompts": prompts, "seeds": list(seeds),
+                       "settings": settings.__dict__, "judge": judge, "version": 4,
                        "device": model.device.type, "dtype": str(model.dtype)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -110,12 +110,11 @@ class _InputRecorder:
         self._watch.__exit__(None, None, None)
 
 
-def _semantic_vector(model: VARModel, f_hat: torch.Tensor, images: np.ndarray,
+def _semantic_vector(model, f_hat: torch.Tensor, images: np.ndarray,
                      judge: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
     if judge is not None:
         return judge(images)
-    low = model.patch_nums[len(model.patch_nums) // 2]
-    return resample(f_hat, low, "area").flatten(1).cpu().numpy()
+    return model.content(model.num_steps // 2, f_hat).flatten(1).cpu().numpy()
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -123,13 +122,14 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def measure(model: VARModel, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
+def measure(model, classes: Sequence[int], seeds: Sequence[int], settings: SamplingSettings,
             judge: Callable[[np.ndarray], np.ndarray] | None = None, batch_size: int = 16,
-            progress: Callable[[int], None] | None = None) -> Measurements:
+            progress: Callable[[int], None] | None = None, bank=None) -> Measurements:
     """Run the baseline over every (class, seed) pair with instrumentation; see the module docstring.
 
     It is the model's own step loop (`generate_batch`), eager, watched step by step; image i of
-    the prompt list draws its noise as (its seed, i), which the search reuses."""
+    the prompt list draws its noise as (its seed, i), which the search reuses. `classes` are class
+    labels, or with `bank` (a text model's prompt set) rows of it."""
     prompts = [(c, s) for s in seeds for c in classes]
     steps = model.num_steps
     device = model.device
@@ -143,24 +143,24 @@ def measure(model: VARModel, classes: Sequence[int], seeds: Sequence[int], setti
 
     def watch(k: int, state, out) -> None:
         b = state.f_hat.shape[0]
-        guided = apply_guidance(out.logits, guidance_weight(settings.cfg, k, steps))
-        tv[k] += 0.5 * (guided.softmax(-1) - out.logits[:b].softmax(-1)).abs().sum(-1).mean(-1).sum().item()
+        tv[k] += model.guidance_gap(k, out.logits, settings).sum().item()
         if k > 0:
-            pn, src, c = model.patch_nums[k], model.patch_nums[k - 1], out.hidden.shape[-1]
-            up = resample(previous[k - 1].transpose(1, 2).reshape(-1, c, src, src), pn, "bicubic")
+            (h, w), (hs, ws), c = model.grid(k), model.grid(k - 1), out.hidden.shape[-1]
+            up = resample(previous[k - 1].transpose(1, 2).reshape(-1, c, hs, ws), (h, w), "bicubic")
             err = (out.hidden - up.flatten(2).transpose(1, 2)).norm(dim=-1) / out.hidden.norm(dim=-1).clamp_min(1e-6)
             rel[k] += err[:b].sum(0).cpu().numpy()
         previous[k] = out.hidden
         tokens[k].append(out.tokens.cpu().numpy())
         partial_fhat[k].append(state.f_hat.clone())
-        partial_imgs[k].append(to_uint8(model.decode(state.f_hat)).cpu().numpy())
+        partial_imgs[k].append(model.pixels(state.f_hat).cpu().numpy())
 
     try:
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo:lo + batch_size]
-            labels = torch.tensor([c for c, _ in chunk], device=device)
+            ids = [c for c, _ in chunk]
+            inputs = torch.tensor(ids, device=device) if bank is None else bank.rows(ids)
             keys = [(s, lo + j) for j, (_, s) in enumerate(chunk)]
-            generate_batch(model, labels, settings, keys, on_step=watch)
+            generate_batch(model, inputs, settings, keys, on_step=watch)
             if progress is not None:
                 progress(len(chunk))
     finally:

@@ -7,6 +7,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -15,8 +16,8 @@ from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
 from ..models.checkpoint import weights_sha256
+from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
-from ..models.var.family import VARModel
 from ..profile import Profile, model_identity
 from ..timing import TorchRunner, batches, clock_context, interleaved, speedup
 from ..utils.atomic import atomic_dir
@@ -24,6 +25,12 @@ from .latency import FEATURES, cached_clock, cached_latency, warn
 from .measure import Measurements, cache_key, measure
 from .report import write_report
 from .search import Candidate, Searcher, closest, equal_speed_comparison, search, stage_split
+
+
+def _digest(bank) -> str:
+    """What identifies a prompt set: its embeddings and lengths."""
+    from ..utils.hashing import arrays_sha256
+    return arrays_sha256([("embeddings", bank.embeddings.numpy()), ("lengths", bank.lengths.numpy())])
 
 
 def check_sampler(settings: SamplingSettings) -> None:
@@ -34,12 +41,13 @@ def check_sampler(settings: SamplingSettings) -> None:
                              "to either sampler)")
 
 
-def measured_speedups(model: VARModel, profile: Profile, classes: Sequence[int], settings: SamplingSettings,
-                      batch: int, reps: int = 3) -> tuple[float, float]:
+def measured_speedups(model: FamilyModel, profile: Profile, classes: Sequence[int], settings: SamplingSettings,
+                      batch: int, reps: int = 3, bank=None) -> tuple[float, float]:
     """Baseline/accelerated on the calibration prompts through the timing harness: (scale steps,
     end to end)."""
     from ..accel.accelerated import AcceleratedModel
-    runners = {"baseline": TorchRunner(model, settings), "accelerated": TorchRunner(AcceleratedModel(model, profile), settings)}
+    runners = {"baseline": TorchRunner(model, settings, prompts=bank),
+               "accelerated": TorchRunner(AcceleratedModel(model, profile), settings, prompts=bank)}
     runs = interleaved(runners, batches(list(classes), 0, batch), reps=reps, desc="measuring speed")
     return speedup(runs["baseline"], runs["accelerated"], "steps"), speedup(runs["baseline"], runs["accelerated"])
 
@@ -83,7 +91,8 @@ def peer_target(peer: Candidate, base_accuracy: float | None, max_accuracy_drop:
 
 @dataclass
 class CalibrationRequest:
-    """What a calibration is asked for: the prompts (classes x seeds) and sampling settings, one
+    """What a calibration is asked for: the prompts (class labels, or rows of `prompts`, a text
+    model's prompt set, each with every seed) and sampling settings, one
     target (`target_speedup`, `max_quality_drop` or `match_peer`, a name in `presets.PEER_NAMES`),
     the limits a candidate must keep, and where the profile, its report and the caches go.
     `judge` (see `evaluate.judge.pick_judge`) adds class accuracy to what a candidate must keep."""
@@ -102,9 +111,11 @@ class CalibrationRequest:
     name: str | None = None
     cost_model: str = "latency"
     judge: JudgeFiles | None = None
+    prompts: Any = None                 # a text model's TextBatch; `classes` index its rows
+    prompt_texts: list[str] | None = None
 
 
-def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Path]:
+def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile, Path]:
     """Measure (cached), fit the latency model (cached), search, then write the profile and its
     report atomically (both or neither)."""
     r = request
@@ -119,7 +130,9 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
     if judge_files is not None:
         from ..evaluate.features import ClassifierFeatures
         judge = ClassifierFeatures.load(judge_files)
-    key = cache_key(model, classes, seeds, settings, sha, judge_files and str(judge_files.root.resolve()))
+    bank = r.prompts
+    prompt_id = None if bank is None else _digest(bank)
+    key = cache_key(model, classes, seeds, settings, sha, judge_files and str(judge_files.root.resolve()), prompt_id)
     cache = cache_dir / f"measure-{key}.npz"
     m = None
     if cache.exists():
@@ -133,19 +146,19 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
         n = len(classes) * len(seeds)
         with tqdm(total=n, desc="measuring baseline", unit="img") as bar:
             m = measure(model, classes, seeds, settings, judge=judge and judge.features, batch_size=batch,
-                        progress=bar.update)
+                        progress=bar.update, bank=bank)
         cache_dir.mkdir(parents=True, exist_ok=True)
         m.save(cache)
     stages = stage_split(m)
     timing_labels = [c for _ in seeds for c in classes][:batch]
     latency = None
     if cost_model == "latency":
-        latency, reused = cached_latency(model, timing_labels, settings, cache_dir, cache.stem)
+        latency, reused = cached_latency(model, timing_labels, settings, cache_dir, cache.stem, bank)
         tqdm.write(("reusing the latency model" if reused else "fitted a latency model")
                    + f" for this machine (probe totals within {latency.fit_error:.0%} of measured)")
     bar = tqdm(desc="searching profiles", unit="cand")
     searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge,
-                        on_candidate=lambda c: bar.update(), latency=latency)
+                        on_candidate=lambda c: bar.update(), latency=latency, bank=bank)
     try:
         peers = {p.name.removeprefix(f"{spec.config}-"): searcher.score(p) for p in peer_profiles(spec)}
         if match_peer is not None:
@@ -156,7 +169,8 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
     finally:
         bar.close()
     comparison = equal_speed_comparison(list(peers.values()), tried)
-    clock = cached_clock(lambda p: measured_speedups(model, p, list(classes), settings, batch), cache_dir, cache.stem,
+    clock = cached_clock(lambda p: measured_speedups(model, p, list(classes), settings, batch, bank=bank), cache_dir,
+                         cache.stem,
                          clock_context(model, batch))
     if target_speedup is None:
         steps_speed, speed = clock(chosen.profile)
@@ -168,7 +182,9 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
     profile.calibrated = True
     profile.description = "chosen by fastervar calibrate from measurements on the calibration prompts"
     profile.calibration = {
-        "classes": list(classes), "seeds": list(seeds), "settings": settings.__dict__,
+        **({"classes": list(classes)} if bank is None else
+           {"prompts": r.prompt_texts or f"{len(bank)} prompt embeddings", "prompts_sha256": prompt_id}),
+        "seeds": list(seeds), "settings": settings.__dict__,
         "judge": judge_files.name if judge_files else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop, "match_peer": match_peer,
@@ -188,7 +204,8 @@ def calibrate(model: VARModel, request: CalibrationRequest) -> tuple[Profile, Pa
                         "measured_speedup_transformer": steps_speed, "measured_speedup_total": speed,
                         "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
                         "class_accuracy": chosen.class_accuracy, "feature_shift": chosen.shift}
-    header = {"model": spec.config, "weights": sha[:16], "prompts": f"{len(classes)} classes x {len(seeds)} seeds",
+    what = "classes" if bank is None else "prompts"
+    header = {"model": spec.config, "weights": sha[:16], "prompts": f"{len(classes)} {what} x {len(seeds)} seeds",
               "target": (f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}")
               + (f" (matching {match_peer})" if match_peer else ""),
               "cost model": ("FLOPs" if latency is None else

@@ -23,8 +23,8 @@ from ..accel.cost import predicted_speedup
 from ..errors import FastervarError
 from ..evaluate.features import ClassifierFeatures
 from ..evaluate.metrics import feature_shift, mean_psnr, ssim
+from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
-from ..models.var.family import VARModel
 from ..profile import Profile, StepPlan, identity
 from ..timing import Batch, TorchRunner
 from .latency import LatencyModel
@@ -91,7 +91,7 @@ def _useful_rank(effective: float, width: int) -> int | None:
     return rank if rank < width // 2 else None
 
 
-def build_profile(model: VARModel, m: Measurements, stages: dict[str, list[int]], k: Knobs, name: str) -> Profile:
+def build_profile(model: FamilyModel, m: Measurements, stages: dict[str, list[int]], k: Knobs, name: str) -> Profile:
     """The profile the knobs describe: refine steps boundary..S-1, the measured split before it."""
     spec = model.spec()
     steps = model.num_steps
@@ -125,11 +125,13 @@ def build_profile(model: VARModel, m: Measurements, stages: dict[str, list[int]]
 class Searcher:
     """Evaluates candidates on the calibration prompts against the measured baseline."""
 
-    def __init__(self, model: VARModel, m: Measurements, stages: dict[str, list[int]], classes: Sequence[int],
+    def __init__(self, model: FamilyModel, m: Measurements, stages: dict[str, list[int]], classes: Sequence[int],
                  seeds: Sequence[int], settings: SamplingSettings, batch: int,
                  judge: ClassifierFeatures | None,
-                 on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None):
+                 on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None,
+                 bank=None):
         self.model, self.m, self.stages, self.settings, self.batch = model, m, stages, settings, batch
+        self.bank = bank                  # a text model's prompt set: `classes` index its rows
         self.latency = latency
         self.prompts = [(c, s) for s in seeds for c in classes]
         # the measurement run keyed image i's noise by (its seed, its position in the prompt list)
@@ -149,7 +151,8 @@ class Searcher:
 
     def _images(self, profile: Profile) -> np.ndarray:
         """The profile's images of the prompts, each with the noise the measurement run gave it."""
-        run = TorchRunner(AcceleratedModel(self.model, profile, self._covariances(profile)), self.settings)
+        run = TorchRunner(AcceleratedModel(self.model, profile, self._covariances(profile)), self.settings,
+                          prompts=self.bank)
         return np.concatenate([run(b).images for b in self.work])
 
     def _covariances(self, profile: Profile) -> dict:

@@ -211,6 +211,16 @@ class InfinityModel(nn.Module):
         bits = sample_bits(pairs, noise, settings).view(pairs.shape[0], logits.shape[1], -1)
         return bits, bits
 
+    def guidance_gap(self, step: int, logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+        """(B,) how far guidance moves each image's bit distributions at this step: the total
+        variation between the guided and the conditional pair, averaged over bits (0 unguided)."""
+        if not self.runs_guidance(settings):
+            return logits.new_zeros(logits.shape[0])
+        b = logits.shape[0] // 2
+        guided = guide_bits(logits, settings, "cfg").softmax(-1)
+        alone = guide_bits(logits[:b], settings, "none").softmax(-1)
+        return 0.5 * (guided - alone).abs().sum(-1).mean(-1)
+
     def update_f_hat(self, step: int, f_hat: torch.Tensor, bits: torch.Tensor,
                      kept: torch.Tensor | None = None) -> torch.Tensor:
         """Add a step's (B, h*w, bits) bits to the latent as codes, interpolated up to full size;

@@ -160,6 +160,13 @@ class VARModel(nn.Module):
         idx, h = sample_step(logits, noise, settings, step / (self.num_steps - 1), self.vae.quantize.embedding.weight)
         return idx.unsqueeze(-1), h
 
+    def guidance_gap(self, step: int, logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+        """(B,) how far guidance moves each image's token distributions at this step: the total
+        variation between the guided and the conditional distribution, averaged over tokens."""
+        b = logits.shape[0] // 2
+        guided = apply_guidance(logits, guidance_weight(settings.cfg, step, self.num_steps))
+        return 0.5 * (guided.softmax(-1) - logits[:b].softmax(-1)).abs().sum(-1).mean(-1)
+
     def update_f_hat(self, step: int, f_hat: torch.Tensor, h: torch.Tensor,
                      kept: torch.Tensor | None = None) -> torch.Tensor:
         """Add a step's (B, p*p, Cvae) codes to the latent: upsample, Phi, accumulate; with `kept`
