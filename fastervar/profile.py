@@ -12,7 +12,9 @@ pixel budget (`pn`) and step count, and serves every aspect template of that bud
 of one budget have the same number of steps, each step a coarse-to-fine grid of its own shape, so
 a plan for step k means the same stage of generation at every aspect. A kept-token share given as
 `prune` (the fraction dropped, FastVAR's form) scales with each aspect's grid; a `keep` count is
-checked against the grid the profile is applied to.
+checked against the grid the profile is applied to. A calibrated profile lists the aspect templates
+it was judged on (`model.aspects`, height/width) and refuses the others; a template without that
+list serves them all.
 
 A profile is checked against a `ModelSpec`: what a profile and the cost model need to know of a
 model without its weights. Families make theirs (`model.spec()`), so nothing here names one.
@@ -64,6 +66,7 @@ class ModelSpec:
     shared_adaln: bool = True
     text: tuple[int, int] = (0, 0)
     peer_widths: tuple[int, ...] | None = None
+    aspect: float | None = None      # height/width of the template the grids belong to, where shapes vary
     decoder_flops: Callable[[], float] | None = field(default=None, compare=False)   # per image, counted when asked
 
     @property
@@ -77,6 +80,15 @@ class ModelSpec:
     def identity(self) -> dict[str, Any]:
         """What a profile's `model` names (before its weights hash)."""
         return {"family": self.family, "config": self.config, **self.schedule}
+
+
+def aspect_name(h_div_w: float) -> str:
+    """A height/width ratio as users write it: 1:1, 2:1, 1:2, else the ratio itself."""
+    for h in range(1, 17):
+        w = h / h_div_w
+        if abs(w - round(w)) < 0.02 and round(w) > 0:
+            return f"{h}:{round(w)}"
+    return f"{h_div_w:g}"
 
 
 def as_spec(model: Any) -> ModelSpec:
@@ -253,6 +265,10 @@ def from_dict(data: Any) -> Profile:
             raise ProfileError(f"profile field model.pn must be one of {', '.join(PIXEL_BUDGETS)}, got {model['pn']!r}")
         if _need(model, "steps", int, "model.") < 2:
             raise ProfileError("profile field model.steps must be at least 2")
+        aspects = model.get("aspects")
+        if aspects is not None and (not isinstance(aspects, list) or not aspects or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a < 100 for a in aspects)):
+            raise ProfileError("profile field model.aspects must be a non-empty list of height/width ratios")
     else:                                        # a fixed schedule (VAR); profiles before families had only this
         pn = _need(model, "patch_nums", list, "model.")
         if not pn or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pn):
@@ -366,6 +382,10 @@ def check_against(p: Profile, model: Any, weights_sha256: str | None = None) -> 
         have, value = p.model.get(key, "var" if key == "family" else None), getattr(spec, key)
         if have != value:
             raise ProfileError(f"profile field model.{key} is {have!r}, but the model is {value!r}")
+    covered = p.model.get("aspects")
+    if covered and spec.aspect is not None and not any(abs(a - spec.aspect) < 1e-3 for a in covered):
+        raise ProfileError(f"profile field model.aspects covers {', '.join(aspect_name(a) for a in covered)}, but the "
+                           f"model runs at {aspect_name(spec.aspect)}: calibrate on that aspect too (--aspect)")
     want = p.model.get("weights_sha256")
     if want and weights_sha256 and want != weights_sha256:
         raise ProfileError(f"profile field model.weights_sha256 {want[:12]}... does not match these weights "

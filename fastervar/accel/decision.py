@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 MOVES = ("skip", "uncond")
 
 

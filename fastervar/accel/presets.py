@@ -191,10 +191,20 @@ def template(name: str, model: Any) -> Profile | None:
 
 def peers(model: Any) -> list[Profile]:
     """The peers every comparison runs: FastVAR and SkipVAR's static operating points (all six
-    where their code runs as published, the three that map onto other schedules elsewhere)."""
+    and its per-image decision where its code runs as published, the three points that map onto
+    other schedules elsewhere)."""
     spec = as_spec(model)
-    points = SKIPVAR_POINTS if spec.peer_widths is not None else MAPPED_SKIPVAR
-    return [fastvar(spec)] + [skipvar(spec, point) for point in points]
+    if spec.peer_widths is None:
+        return [fastvar(spec)] + [skipvar(spec, point) for point in MAPPED_SKIPVAR]
+    out = [fastvar(spec)] + [skipvar(spec, point) for point in SKIPVAR_POINTS]
+    # on a short budget SkipVAR's step indices lie past the schedule: its points change nothing
+    # there and its decision, made after step 9, never comes
+    out = [p for p in out if not p.is_identity()]
+    try:
+        out.append(skipvar_decision(spec))
+    except FastervarError:
+        pass
+    return out
 
 
-PEER_NAMES = ("fastvar",) + tuple(f"skipvar-{point}" for point in SKIPVAR_POINTS)
+PEER_NAMES = ("fastvar",) + tuple(f"skipvar-{point}" for point in SKIPVAR_POINTS) + ("skipvar",)

@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
 from ..models.sampling import SamplingSettings
-from ..models.var.family import VARModel
+from ..models.protocol import FamilyModel
 from ..profile import Profile
 from ..utils.machine import environment as machine_environment
 from .report import equal_speed, write_report
@@ -21,6 +21,11 @@ from .run import make_variants, quality_judge, run_bench
 def bench_classes(num_classes: int, images: int) -> list[int]:
     """Prompts spread evenly over the classes (a stride coprime with 10 and 1000)."""
     return [(7 * i) % num_classes for i in range(images)]
+
+
+def bench_prompts(prompts: int, images: int) -> list[int]:
+    """A text model's prompts in order, repeated (each repeat draws other noise) to `images`."""
+    return [i % prompts for i in range(images)]
 
 
 def runtime_variants(bundle: Path, provider: str, identity_bundle: Path | None = None) -> dict:
@@ -71,26 +76,29 @@ def environment(model, pipelines: dict) -> dict:
             "device": model.device.type, "runtime_provider": next((p.provider for p in pipelines.values()), None)}
 
 
-def bench(model: VARModel, profile: Profile, pipelines: dict, settings: SamplingSettings, images: int, seed: int,
+def bench(model: FamilyModel, profile: Profile, pipelines: dict, settings: SamplingSettings, images: int, seed: int,
           batch_size: int, out_dir: Path, quality: str, peers: bool = True,
-          compare: Sequence[Profile] = (), reps: int = 1, judge: JudgeFiles | None = None) -> tuple[dict, Path]:
+          compare: Sequence[Profile] = (), reps: int = 1, judge: JudgeFiles | None = None,
+          bank=None) -> tuple[dict, Path]:
     """Run every variant and write the report; `quality` is full (with `judge`), paired or none (speed only).
     `pipelines` names the runtime variants (bundle: as `fastervar run` runs it; bundle-steps: one
     engine per step graph, so the per-step times show; bundle-identity: the identity profile
-    exported)."""
+    exported). `bank`, a text model's prompt set, is what the images are drawn from."""
     for pipe in pipelines.values():
         check_bundle_settings(pipe, settings)
     variants = make_variants(model, profile, pipelines, peers, compare)
     if quality == "full" and judge is None:
         raise FastervarError("bench quality 'full' needs a judge")
     scorer = quality_judge(judge) if quality == "full" else None
-    result, samples = run_bench(model, variants, bench_classes(model.cfg.var.num_classes, images), settings, seed,
-                                batch_size, paired=quality != "none", judge=scorer, reps=reps)
-    result.update(model=model.cfg.name, profile=profile.name, quality=quality, settings=settings.__dict__,
+    prompts = bench_classes(model.cfg.var.num_classes, images) if bank is None else bench_prompts(len(bank), images)
+    result, samples = run_bench(model, variants, prompts, settings, seed, batch_size, paired=quality != "none",
+                                judge=scorer, reps=reps, bank=bank)
+    config = model.spec().config
+    result.update(model=config, profile=profile.name, quality=quality, settings=settings.__dict__,
                   judge=judge.name if scorer else None,
                   environment=environment(model, pipelines))
     if quality != "none":
         result["equal_speed"] = equal_speed(result)
     result["attribution"] = attribution(result)
-    report = write_report(result, out_dir, samples, f"fastervar bench: {model.cfg.name}, profile {profile.name}")
+    report = write_report(result, out_dir, samples, f"fastervar bench: {config}, profile {profile.name}")
     return result, report

@@ -19,21 +19,29 @@ from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.sampling import SamplingSettings
-from ..models.var.family import VARModel
+from ..models.protocol import FamilyModel
 from ..profile import Profile
-from ..timing import PipelineRunner, TorchRunner, batches, first_pass, interleaved, speedup, summarize
+from ..timing import (
+    PipelineRunner,
+    TorchRunner,
+    batches,
+    first_pass,
+    interleaved,
+    speedup,
+    summarize,
+)
 
 
 @dataclass
 class Variant:
     name: str
-    runner: object               # a VARModel / AcceleratedModel, or a runtime Pipeline
+    runner: object               # a family model / AcceleratedModel, or a runtime Pipeline
     profile: str | None
     peer: bool = False           # a peer's published recipe, not one of ours
     precision: str | None = None  # a bundle's precision; None for the torch variants
 
 
-def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = None, peers: bool = True,
+def make_variants(model: FamilyModel, profile: Profile, pipelines: dict | None = None, peers: bool = True,
                   compare: Sequence[Profile] = ()) -> list[Variant]:
     """`pipelines` maps variant names (e.g. bundle, bundle-steps) to runtime Pipelines; `compare`
     adds more of our profiles in torch (say, one calibrated to a peer's speed)."""
@@ -52,20 +60,21 @@ def make_variants(model: VARModel, profile: Profile, pipelines: dict | None = No
     return out
 
 
-def _runner(v: Variant, settings: SamplingSettings):
-    if isinstance(v.runner, (VARModel, AcceleratedModel)):
-        return TorchRunner(v.runner, settings)
+def _runner(v: Variant, settings: SamplingSettings, bank=None):
+    if hasattr(v.runner, "init_state"):           # the step protocol: a torch variant
+        return TorchRunner(v.runner, settings, prompts=bank)
     return PipelineRunner(v.runner)
 
 
-def run_bench(model: VARModel, variants: list[Variant], classes: list[int], settings: SamplingSettings,
+def run_bench(model: FamilyModel, variants: list[Variant], classes: list[int], settings: SamplingSettings,
               seed: int, batch_size: int, paired: bool = True, judge=None,
-              progress: bool = True, reps: int = 1) -> tuple[dict, dict[str, np.ndarray]]:
+              progress: bool = True, reps: int = 1, bank=None) -> tuple[dict, dict[str, np.ndarray]]:
     """Time every variant through the timing harness; `paired` adds PSNR/SSIM against the
     baseline's images, `judge` (the evaluator) class accuracy and FD/KID. `reps` passes over the
     prompts are timed (times are medians per pass; ratios the median of the passes' ratios).
+    `classes` are class labels, or with `bank` (a text model's prompt set) rows of it.
     Returns the figures and the first images of each variant."""
-    runners = {v.name: _runner(v, settings) for v in variants}
+    runners = {v.name: _runner(v, settings, bank) for v in variants}
     runs = interleaved(runners, batches(classes, seed, batch_size), reps=reps, memory=True,
                        progress=progress, desc=f"bench ({len(variants)} variants)")
     n = len(classes)

@@ -63,8 +63,11 @@ def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.8))
     judged = chosen.shift is not None         # one of the two measures the choice weighs (search.closest)
-    for sel in sorted({c.knobs.selector for c in tried}):
-        pts = [c for c in tried if c.knobs.selector == sel]
+    def group(c: Candidate) -> str:
+        return c.knobs.selector if c.knobs is not None else c.profile.name
+
+    for sel in sorted({group(c) for c in tried}):
+        pts = [c for c in tried if group(c) == sel]
         ax.scatter([c.speedup for c in pts], [c.shift if judged else c.ssim for c in pts], label=sel, alpha=0.7)
     ax.scatter([chosen.speedup], [chosen.shift if judged else chosen.ssim], s=160, facecolors="none",
                edgecolors="red", label="chosen")

@@ -21,10 +21,18 @@ from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from ..timing import TorchRunner, batches, clock_context, interleaved, speedup
 from ..utils.atomic import atomic_dir
+from .decision_fit import check_enough, fit_decision, geometry
 from .latency import FEATURES, cached_clock, cached_latency, warn
 from .measure import Measurements, cache_key, measure
 from .report import write_report
-from .search import Candidate, Searcher, closest, equal_speed_comparison, search, stage_split
+from .search import (
+    Candidate,
+    Searcher,
+    closest,
+    equal_speed_comparison,
+    search,
+    stage_split,
+)
 
 
 def _digest(bank) -> str:
@@ -113,6 +121,32 @@ class CalibrationRequest:
     judge: JudgeFiles | None = None
     prompts: Any = None                 # a text model's TextBatch; `classes` index its rows
     prompt_texts: list[str] | None = None
+    aspects: Sequence[FamilyModel] = ()  # the same weights on other aspect templates, judged too
+    fit_decision: bool = False          # a per-image rule (SkipVAR's kind) instead of one plan for all
+
+
+def _measurements(model: FamilyModel, r: CalibrationRequest, sha: str, judge, prompt_id: str | None) \
+        -> tuple[Measurements, Path]:
+    """The baseline's measurements on this model (its aspect), from the cache when they are there."""
+    judge_files = r.judge
+    key = cache_key(model, r.classes, r.seeds, r.settings, sha, judge_files and str(judge_files.root.resolve()),
+                    prompt_id)
+    cache = r.cache_dir / f"measure-{key}.npz"
+    if cache.exists():
+        try:
+            m = Measurements.load(cache)
+            tqdm.write(f"reusing baseline measurements from {cache}")
+            return m, cache
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            warn(f"ignoring unreadable measurement cache {cache} ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                 f"measuring again")
+    n = len(r.classes) * len(r.seeds)
+    with tqdm(total=n, desc="measuring baseline", unit="img") as bar:
+        m = measure(model, r.classes, r.seeds, r.settings, judge=judge and judge.features, batch_size=r.batch,
+                    progress=bar.update, bank=r.prompts)
+    r.cache_dir.mkdir(parents=True, exist_ok=True)
+    m.save(cache)
+    return m, cache
 
 
 def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile, Path]:
@@ -123,6 +157,11 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     target_speedup, max_quality_drop, match_peer = r.target_speedup, r.max_quality_drop, r.match_peer
     max_accuracy_drop, cost_model, name = r.max_accuracy_drop, r.cost_model, r.name
     check_sampler(settings)
+    if r.fit_decision:
+        if max_quality_drop is None:
+            raise FastervarError("--fit-decision labels each image by paired SSIM: give --max-quality-drop")
+        check_enough(len(classes), len(seeds))
+        geometry(model.num_steps)
     torch.manual_seed(0)
     spec = model.spec()
     sha = weights_sha256(model)
@@ -132,24 +171,8 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
         judge = ClassifierFeatures.load(judge_files)
     bank = r.prompts
     prompt_id = None if bank is None else _digest(bank)
-    key = cache_key(model, classes, seeds, settings, sha, judge_files and str(judge_files.root.resolve()), prompt_id)
-    cache = cache_dir / f"measure-{key}.npz"
-    m = None
-    if cache.exists():
-        try:
-            m = Measurements.load(cache)
-            tqdm.write(f"reusing baseline measurements from {cache}")
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            warn(f"ignoring unreadable measurement cache {cache} ({str(exc).splitlines()[0] if str(exc) else exc}); "
-                 f"measuring again")
-    if m is None:
-        n = len(classes) * len(seeds)
-        with tqdm(total=n, desc="measuring baseline", unit="img") as bar:
-            m = measure(model, classes, seeds, settings, judge=judge and judge.features, batch_size=batch,
-                        progress=bar.update, bank=bank)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        m.save(cache)
-    stages = stage_split(m)
+    m, cache = _measurements(model, r, sha, judge, prompt_id)
+    others = [(other, _measurements(other, r, sha, judge, prompt_id)[0]) for other in r.aspects]
     timing_labels = [c for _ in seeds for c in classes][:batch]
     latency = None
     if cost_model == "latency":
@@ -157,15 +180,24 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
         tqdm.write(("reusing the latency model" if reused else "fitted a latency model")
                    + f" for this machine (probe totals within {latency.fit_error:.0%} of measured)")
     bar = tqdm(desc="searching profiles", unit="cand")
-    searcher = Searcher(model, m, stages, classes, seeds, settings, batch, judge,
-                        on_candidate=lambda c: bar.update(), latency=latency, bank=bank)
+    searcher = Searcher(model, m, {}, classes, seeds, settings, batch, judge,
+                        on_candidate=lambda c: bar.update(), latency=latency, bank=bank, aspects=others)
+    m = searcher.m                      # pooled over the aspects, when there are several
+    searcher.stages = stages = stage_split(m)
     try:
         peers = {p.name.removeprefix(f"{spec.config}-"): searcher.score(p) for p in peer_profiles(spec)}
+        if match_peer is not None and match_peer not in peers:
+            raise FastervarError(f"--match-peer {match_peer}: that peer does not run on {spec.config}; "
+                                 f"choose one of {', '.join(peers)}")
         if match_peer is not None:
             target_speedup, max_accuracy_drop = peer_target(peers[match_peer], searcher.base_accuracy,
                                                             max_accuracy_drop)
         rival = peers[match_peer] if match_peer is not None else None
-        chosen, tried = search(searcher, target_speedup, max_quality_drop, max_accuracy_drop, rival)
+        fitted = None
+        if r.fit_decision:
+            chosen, tried, fitted = fit_decision(searcher, 1.0 - max_quality_drop, "decision")
+        else:
+            chosen, tried = search(searcher, target_speedup, max_quality_drop, max_accuracy_drop, rival)
     finally:
         bar.close()
     comparison = equal_speed_comparison(list(peers.values()), tried)
@@ -177,10 +209,14 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     else:
         chosen, steps_speed, speed = verify_speed(clock, chosen, tried, target_speedup)
     profile = chosen.profile
-    profile.name = name or f"{spec.config}-calibrated"
+    profile.name = name or f"{spec.config}-calibrated" + ("-decision" if fitted else "")
     profile.model = model_identity(spec, sha)
+    if spec.aspect is not None:          # judged on these aspect templates only
+        profile.model["aspects"] = [spec.aspect] + [o.spec().aspect for o in r.aspects]
     profile.calibrated = True
-    profile.description = "chosen by fastervar calibrate from measurements on the calibration prompts"
+    profile.description = ("a per-image decision (SkipVAR's kind) fitted by fastervar calibrate --fit-decision on the "
+                           "calibration prompts" if fitted else
+                           "chosen by fastervar calibrate from measurements on the calibration prompts")
     profile.calibration = {
         **({"classes": list(classes)} if bank is None else
            {"prompts": r.prompt_texts or f"{len(bank)} prompt embeddings", "prompts_sha256": prompt_id}),
@@ -195,6 +231,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
         "baseline_class_accuracy": searcher.base_accuracy,
         "equal_speed_vs_peers": comparison,
         "latency_model": latency and latency.to_dict(),
+        **({"decision_fit": fitted} if fitted else {}),
     }
     profile.measured = {"predicted_speedup_transformer": chosen.speedup,
                         "predicted_speedup_total": chosen.speedup_total,
@@ -213,7 +250,8 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                              f"runs timed on {latency.machine}; probe totals within {latency.fit_error:.0%}"),
               "measured speedup (wall, end to end)": f"{speed:.2f}x",
               "baseline class accuracy": searcher.base_accuracy,
-              "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None}
+              "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None,
+              **({"decision fit": fitted} if fitted else {})}
     with atomic_dir(r.report_dir) as stage:
         write_report(stage, profile, chosen, tried, m, stages, spec, batch, header, comparison)
         profile.save(r.out)

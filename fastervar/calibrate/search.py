@@ -45,6 +45,7 @@ class Knobs:
     selector: str
     level: str = "block"
     drop_cfg: bool = True
+    unguided: str = "cond-only"   # the half an unguided step runs (see `profile.GUIDANCE`)
     factorize: bool = False
     skip_last: bool = False
 
@@ -66,7 +67,7 @@ class Candidate:
         k = self.knobs
         knobs = {"profile": self.profile.name} if k is None else {
             "boundary": k.boundary, "keep": k.keep, "selector": k.selector, "level": k.level,
-            "drop_cfg": k.drop_cfg, "factorize": k.factorize, "skip_last": k.skip_last}
+            "drop_cfg": k.drop_cfg, "unguided": k.unguided, "factorize": k.factorize, "skip_last": k.skip_last}
         return {**knobs, "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
                 "flops_speedup": self.extra.get("flops_speedup", self.speedup),
                 "paired_ssim": self.ssim, "paired_psnr": self.psnr, "class_accuracy": self.class_accuracy,
@@ -91,8 +92,11 @@ def _useful_rank(effective: float, width: int) -> int | None:
     return rank if rank < width // 2 else None
 
 
-def build_profile(model: FamilyModel, m: Measurements, stages: dict[str, list[int]], k: Knobs, name: str) -> Profile:
-    """The profile the knobs describe: refine steps boundary..S-1, the measured split before it."""
+def build_profile(model: FamilyModel, m: Measurements, stages: dict[str, list[int]], k: Knobs, name: str,
+                  shares: bool = False) -> Profile:
+    """The profile the knobs describe: refine steps boundary..S-1, the measured split before it.
+    With `shares`, reduced steps keep a share of tokens (`prune`), which fits every aspect of the
+    budget, rather than a count for this grid."""
     spec = model.spec()
     steps = model.num_steps
     p = identity(spec, name)
@@ -113,24 +117,49 @@ def build_profile(model: FamilyModel, m: Measurements, stages: dict[str, list[in
             p.steps[s] = StepPlan(mode="skip", cfg=False)        # guidance is moot for a step not run
             continue
         keep = max(1, min(n, round(k.keep * n)))
+        half = {"unguided": k.unguided} if k.drop_cfg else {}
         if keep == n:                                            # nothing to restore: a full step
-            p.steps[s] = StepPlan(mode="full", cfg=not k.drop_cfg, ranks=ranks)
+            p.steps[s] = StepPlan(mode="full", cfg=not k.drop_cfg, ranks=ranks, **half)
             continue
         rel = m.relevance[s].tolist() if k.selector == "relevance" else None
-        p.steps[s] = StepPlan(mode="reduce", cfg=not k.drop_cfg, keep=keep, selector=k.selector,
-                              restore_from=k.boundary - 1, restore_level=k.level, ranks=ranks, relevance=rel)
+        size = {"prune": round(1.0 - k.keep, 4)} if shares else {"keep": keep}
+        p.steps[s] = StepPlan(mode="reduce", cfg=not k.drop_cfg, selector=k.selector, restore_from=k.boundary - 1,
+                              restore_level=k.level, ranks=ranks, relevance=rel, **size, **half)
     return p
 
 
+def pooled(ms: Sequence[Measurements], counts: Sequence[int]) -> Measurements:
+    """Several aspects' measurements as one, for choices that must hold at each: convergence
+    curves and input second moments averaged over the images, the largest effective rank of any,
+    and no per-position relevance (its positions differ from grid to grid)."""
+    if len(ms) == 1:
+        return ms[0]
+    w = np.asarray(counts, dtype=np.float64) / sum(counts)
+    covs = {key: sum(wi * m.input_cov[key] for wi, m in zip(w, ms)) for key in ms[0].input_cov
+            if all(key in m.input_cov for m in ms)}
+    return Measurements(semantic=sum(wi * m.semantic for wi, m in zip(w, ms)),
+                        structure=sum(wi * m.structure for wi, m in zip(w, ms)),
+                        guidance_tv=sum(wi * m.guidance_tv for wi, m in zip(w, ms)), relevance=[],
+                        input_cov=covs, effective_rank={key: max(m.effective_rank.get(key, 0.0) for m in ms)
+                                                        for key in ms[0].effective_rank},
+                        final_images=ms[0].final_images)
+
+
 class Searcher:
-    """Evaluates candidates on the calibration prompts against the measured baseline."""
+    """Evaluates candidates on the calibration prompts against the measured baseline. `aspects`
+    adds the same weights on other aspect templates of the budget, each with its measurements: a
+    candidate then keeps a share of tokens (fitting every aspect) and is judged on every image of
+    every aspect."""
 
     def __init__(self, model: FamilyModel, m: Measurements, stages: dict[str, list[int]], classes: Sequence[int],
                  seeds: Sequence[int], settings: SamplingSettings, batch: int,
                  judge: ClassifierFeatures | None,
                  on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None,
-                 bank=None):
-        self.model, self.m, self.stages, self.settings, self.batch = model, m, stages, settings, batch
+                 bank=None, aspects: Sequence[tuple[FamilyModel, Measurements]] = ()):
+        self.parts = [(model, m), *aspects]
+        self.model, self.stages, self.settings, self.batch = model, stages, settings, batch
+        self.m = pooled([pm for _, pm in self.parts], [len(pm.final_images) for _, pm in self.parts])
+        self.shares = bool(aspects)
         self.bank = bank                  # a text model's prompt set: `classes` index its rows
         self.latency = latency
         self.prompts = [(c, s) for s in seeds for c in classes]
@@ -138,6 +167,8 @@ class Searcher:
         self.work = [Batch(tuple(c for c, _ in self.prompts[lo:lo + batch]),
                            tuple((s, lo + j) for j, (_, s) in enumerate(self.prompts[lo:lo + batch])), 0)
                      for lo in range(0, len(self.prompts), batch)]
+        if judge is not None and aspects:
+            raise FastervarError("a judge scores one image shape: calibrate with a judge on one aspect")
         self.judge = judge
         self.on_candidate = on_candidate
         self.seen: dict[Knobs, Candidate] = {}
@@ -149,11 +180,30 @@ class Searcher:
             self.base_features, classes_seen = judge.features_and_classes(m.final_images)
             self.base_accuracy = float((classes_seen == self.labels).mean())
 
-    def _images(self, profile: Profile) -> np.ndarray:
-        """The profile's images of the prompts, each with the noise the measurement run gave it."""
-        run = TorchRunner(AcceleratedModel(self.model, profile, self._covariances(profile)), self.settings,
-                          prompts=self.bank)
-        return np.concatenate([run(b).images for b in self.work])
+    @property
+    def selectors(self) -> tuple[str, ...]:
+        """The selectors a candidate may use: relevance is measured per grid position, so not
+        across aspects."""
+        return tuple(s for s in SELECTORS if not (self.shares and s == "relevance"))
+
+    @property
+    def halves(self) -> tuple[str, ...]:
+        """The halves an unguided step may run: the conditional one, and for a text model also the
+        null prompt's (the paper's "CFG 0" on Infinity's guidance formula)."""
+        return ("cond-only", "null-text") if self.model.spec().text[0] else ("cond-only",)
+
+    def build(self, k: Knobs, name: str) -> Profile:
+        return build_profile(self.model, self.m, self.stages, k, name, shares=self.shares)
+
+    def _images(self, profile: Profile) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(the profile's images, the baseline's) per aspect, each image with the noise the
+        measurement run gave it."""
+        out = []
+        for model, m in self.parts:
+            run = TorchRunner(AcceleratedModel(model, profile, self._covariances(profile)), self.settings,
+                              prompts=self.bank)
+            out.append((np.concatenate([run(b).images for b in self.work]), m.final_images))
+        return out
 
     def _covariances(self, profile: Profile) -> dict:
         import torch
@@ -169,7 +219,7 @@ class Searcher:
     def evaluate(self, k: Knobs) -> Candidate:
         if k in self.seen:
             return self.seen[k]
-        profile = build_profile(self.model, self.m, self.stages, k, "candidate")
+        profile = self.build(k, "candidate")
         plan = json.dumps(profile.to_dict()["steps"], sort_keys=True)
         if plan in self.by_plan:
             self.seen[k] = self.by_plan[plan]
@@ -190,15 +240,17 @@ class Searcher:
         """Price and judge any profile (a candidate, or a peer's recipe) on the calibration prompts.
         The price is the latency model's when there is one (time on this machine), else FLOPs."""
         sp, flops = self.predict(profile)
-        images = self._images(profile)
+        pairs = self._images(profile)
         acc = shift = None
         if self.judge is not None:
-            feats, classes_seen = self.judge.features_and_classes(images)
+            feats, classes_seen = self.judge.features_and_classes(pairs[0][0])
             acc = float((classes_seen == self.labels).mean())
             shift = feature_shift(self.base_features, feats)
-        return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssim(images, self.m.final_images).mean()),
-                         mean_psnr(images, self.m.final_images), acc, shift,
-                         extra={"flops_speedup": flops["transformer"]})
+        ssims = np.concatenate([ssim(imgs, base) for imgs, base in pairs])
+        psnrs = [mean_psnr(imgs, base) * len(imgs) for imgs, base in pairs]
+        return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssims.mean()),
+                         sum(psnrs) / len(ssims), acc, shift,
+                         extra={"flops_speedup": flops["transformer"], "per_image_ssim": ssims})
 
 
 def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, base_accuracy: float | None,
@@ -250,12 +302,12 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
             return (ok, c.speedup if ok else c.ssim)
         return score
 
-    axes = (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", SELECTORS),
-            ("level", ("block", "layer", "latent")), ("drop_cfg", (True, False)),
+    axes = (("boundary", boundaries), ("keep", KEEP_RATIOS), ("selector", s.selectors),
+            ("level", ("block", "layer", "latent")), ("drop_cfg", (True, False)), ("unguided", s.halves),
             ("factorize", (False, True)), ("skip_last", (False, True)))
     # every boundary x kept share x skipping the last step first: one knob at a time from a single
     # start misses moves that need two (dropping guidance over more steps while keeping every token)
-    grid = [s.evaluate(Knobs(boundary=b, keep=k, selector="relevance", skip_last=skip))
+    grid = [s.evaluate(Knobs(boundary=b, keep=k, selector=s.selectors[0], skip_last=skip))
             for b in boundaries for k in KEEP_RATIOS for skip in (False, True)]
     # then climb one knob at a time, towards SSIM and (with a judge) towards a small feature shift,
     # so that both neighbourhoods are in the pool the choice is made from
@@ -291,7 +343,7 @@ def reachable_boundary(s: Searcher, earliest: int, target_speedup: float) -> int
     way there, and the search can only weigh the two if both are in its space."""
     fastest = Knobs(boundary=earliest, keep=KEEP_RATIOS[0], selector="grid")
     while earliest > 2:
-        price, _ = s.predict(build_profile(s.model, s.m, s.stages, replace(fastest, boundary=earliest), "probe"))
+        price, _ = s.predict(s.build(replace(fastest, boundary=earliest), "probe"))
         if price["transformer"] >= target_speedup:
             break
         earliest -= 1

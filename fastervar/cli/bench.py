@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -17,14 +18,24 @@ from .options import (
     load_profile,
     model_options,
     seed_list,
-    settings,
+    text_options,
     write_json,
+)
+from .workload import (
+    TextArgs,
+    is_text_model,
+    load_text_models,
+    prompt_set,
+    reject_other_kind,
+    sampling,
+    text_flags_given,
 )
 
 
 @main.command()
 @model_options
-@guidance_options
+@functools.partial(guidance_options, per_family=True)
+@text_options
 @click.option("--profile", "profile_spec", metavar="PROFILE",
               help="Profile to compare: a file, a shipped name, or 'identity' [default: MODEL-calibrated "
                    "for a shipped model, else MODEL-paper-split].")
@@ -40,8 +51,9 @@ from .options import (
               help="Another of our profiles to run in torch alongside (repeatable), e.g. one calibrated to a peer's speed.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @judge_option
-@click.option("--images", type=click.IntRange(min=2), default=100, show_default=True,
-              help="Prompts, spread evenly over the classes.")
+@click.option("--images", type=click.IntRange(min=2),
+              help="Images to draw [default: 100, spread evenly over the classes; for a text model, one per prompt, "
+                   "the prompts repeated (with other noise) to reach a larger count].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--reps", type=click.IntRange(min=1), default=1, show_default=True,
@@ -49,10 +61,13 @@ from .options import (
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
-def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, profile_spec,
-          bundle_path, identity_path, no_bundle, compare_bundles, no_peers, compare_specs, provider, judge_dir,
-          images, seed, batch_size, reps, out_dir, json_path) -> None:
-    """Baseline, accelerated (torch), the bundle and the identity bundle (runtime) and the peers, side by side."""
+def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, prompts,
+          prompts_file, text_encoder, text_embeddings, aspect, pn, tau, profile_spec, bundle_path, identity_path,
+          no_bundle, compare_bundles, no_peers, compare_specs, provider, judge_dir, images, seed, batch_size, reps,
+          out_dir, json_path) -> None:
+    """Baseline, accelerated (torch), the bundle and the identity bundle (runtime) and the peers,
+    side by side, on the same prompts and noise. A text-to-image model (Infinity) runs the torch
+    variants only: its export comes later."""
     from ..bench.command import bench as run_bench
     from ..bench.pipelines import bench_pipelines, default_profile
     from ..bench.report import attribution_line, equal_speed_table, table
@@ -63,8 +78,24 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
         check_writable_parent(json_path)
     if (bundle_path or identity_path or compare_bundles) and no_bundle:
         raise FastervarError("--bundle/--identity-bundle/--compare-bundle and --no-bundle contradict each other")
-    sampling = settings(cfg, top_k, top_p, False, "portable")
-    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    text_given = text_flags_given()
+    is_text = is_text_model(model_name, var_checkpoint, text_given)
+    reject_other_kind(is_text, text_given, [])
+    bank = None
+    if is_text:
+        if bundle_path or identity_path or compare_bundles or provider != "cpu":
+            raise FastervarError("bundles of text-to-image models are not exported yet: bench them in torch "
+                                 "(leave out --bundle/--identity-bundle/--compare-bundle/--provider)")
+        no_bundle = True
+        bank, _ = prompt_set(TextArgs(prompts, prompts_file, text_encoder, text_embeddings, (aspect,), pn, tau))
+        model, = load_text_models(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
+                                  TextArgs(aspects=(aspect,), pn=pn))
+    else:
+        model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    sampling_ = sampling(model, cfg, top_k, top_p, tau=tau if is_text else None)
+    images = images or (len(bank) if is_text else 100)
+    if images < 2:
+        raise FastervarError("a bench compares at least 2 images: give more prompts or --images N")
     if profile_spec == "identity":
         profile = identity(model)
     else:
@@ -73,12 +104,13 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     compare = [load_profile(spec, model) for spec in compare_specs]
     for other in compare:
         accelerated(model, other)
-    pipelines = {} if no_bundle else bench_pipelines(model, profile, sampling, bundle_path, identity_path, out_dir,
+    pipelines = {} if no_bundle else bench_pipelines(model, profile, sampling_, bundle_path, identity_path, out_dir,
                                                      batch_size, provider, compare_bundles)
-    found = None if random_weights else judge(model, judge_dir, fall_back=False)
-    quality = "none" if random_weights else ("full" if found else "paired")
-    result, report = run_bench(model, profile, pipelines, sampling, images, seed, batch_size, Path(out_dir), quality,
-                               peers=not no_peers, compare=compare, reps=reps, judge=found)
+    found = None if random_weights or is_text else judge(model, judge_dir, fall_back=False)
+    # a text model has no judge; paired closeness to its baseline says what each variant changed
+    quality = "paired" if is_text else ("none" if random_weights else ("full" if found else "paired"))
+    result, report = run_bench(model, profile, pipelines, sampling_, images, seed, batch_size, Path(out_dir), quality,
+                               peers=not no_peers, compare=compare, reps=reps, judge=found, bank=bank)
     click.echo(table(result))
     if result.get("attribution"):
         click.echo("\n" + attribution_line(result))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -19,7 +21,17 @@ from .options import (
     parse_classes,
     sampling_options,
     seed_list,
-    settings,
+    text_options,
+)
+from .workload import (
+    TextArgs,
+    Workload,
+    is_text_model,
+    load_text_models,
+    prompt_set,
+    reject_other_kind,
+    sampling,
+    text_flags_given,
 )
 
 
@@ -35,16 +47,43 @@ def _classes(spec: str, num_classes: int) -> list[int]:
     return classes
 
 
+def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, classes_spec: str, text: TextArgs,
+              cfg, top_k, top_p, more_smooth, sampler, check: Callable[[int], None]) -> tuple[Workload, list]:
+    """The calibration prompts on the model, and the model at any further aspects asked; `check`
+    sees the number of prompts as soon as it is known (before a text model's weights load)."""
+    from ..models.loading import resolve_model
+    text_given = text_flags_given()
+    is_text = is_text_model(model_name, checkpoint, text_given)
+    given = click.get_current_context().get_parameter_source("classes_spec") is not click.core.ParameterSource.DEFAULT
+    reject_other_kind(is_text, text_given, [f for f, v in (("--classes", given), ("--more-smooth", more_smooth)) if v])
+    if not is_text:
+        model = resolve_model(model_name, checkpoint, vae_checkpoint, random_weights, device)
+        classes = _classes(classes_spec, model.cfg.var.num_classes)
+        check(len(classes))
+        return Workload(model, sampling(model, cfg, top_k, top_p, more_smooth, sampler), classes), []
+    bank, texts = prompt_set(text)
+    check(len(bank))
+    first, *others = load_text_models(model_name, checkpoint, vae_checkpoint, random_weights, device, text)
+    return Workload(first, sampling(first, cfg, top_k, top_p, sampler=sampler, tau=text.tau), list(range(len(bank))),
+                    bank, texts), others
+
+
 @main.command()
 @model_options
-@sampling_options
+@functools.partial(sampling_options, per_family=True)
 @click.option("--classes", "classes_spec", default="all", show_default=True,
-              help="Calibration prompts: 'all', a list like 0,3,7, or a file of class indices.")
-@click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per class, e.g. 0,1,2,3.")
+              help="Calibration prompts of a class-conditional model: 'all', a list like 0,3,7, or a file of "
+                   "class indices.")
+@functools.partial(text_options, several_aspects=True)
+@click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per prompt, e.g. 0,1,2,3.")
 @click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this predicted scale-step speedup (see --cost-model), then the best quality.")
 @click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
 @click.option("--match-peer", type=click.Choice(list(PEER_NAMES)),
               help="Target that peer's speed (90% of its predicted speedup) at no less than its class accuracy.")
+@click.option("--fit-decision", is_flag=True,
+              help="Instead of one plan for every image, fit a per-image rule of SkipVAR's kind (skip or run on the "
+                   "conditional half the last 1-3 steps) on these prompts: each image is labelled with the fastest "
+                   "move keeping paired SSIM >= 1 - --max-quality-drop; needs scikit-learn and at least 8 images.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Where a judge exists (shipped weights, or --judge): class accuracy may fall at most this far below the baseline's.")
 @judge_option
@@ -57,27 +96,36 @@ def _classes(spec: str, num_classes: int) -> list[int]:
 @click.option("--cost-model", type=click.Choice(["latency", "flops"]), default="latency", show_default=True,
               help="Price candidates by a latency model fitted to probe runs timed here, or by FLOPs alone (no timing).")
 def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
-              more_smooth, sampler, batch_size, classes_spec, seeds, target_speedup, max_quality_drop,
-              match_peer, max_accuracy_drop, judge_dir, out_path, report_dir, cache_dir, name, cost_model) -> None:
-    """Measure the baseline on sample prompts and choose an acceleration profile automatically."""
+              more_smooth, sampler, batch_size, classes_spec, prompts, prompts_file, text_encoder, text_embeddings,
+              aspect, pn, tau, seeds, target_speedup, max_quality_drop, match_peer, fit_decision, max_accuracy_drop, judge_dir,
+              out_path, report_dir, cache_dir, name, cost_model) -> None:
+    """Measure the baseline on sample prompts and choose an acceleration profile automatically:
+    class labels for a class-conditional model, prompts (--prompts with --text-encoder, or
+    --text-embeddings) at one or more --aspect of a --pn budget for a text-to-image one."""
+    from ..calibrate.decision_fit import check_enough
     from ..calibrate.run import CalibrationRequest, check_sampler
     from ..calibrate.run import calibrate as run_calibrate
-    from ..models.loading import resolve_model
 
-    sampling = settings(cfg, top_k, top_p, more_smooth, sampler)
-    check_sampler(sampling)
     if sum(t is not None for t in (target_speedup, max_quality_drop, match_peer)) != 1:
         raise FastervarError("give exactly one target: --target-speedup X, --max-quality-drop Y or --match-peer NAME")
+    if fit_decision and max_quality_drop is None:
+        raise FastervarError("--fit-decision labels each image by paired SSIM: give it with --max-quality-drop")
     seeds_ = seed_list(seeds)
     check_writable_parent(out_path)
-    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    work, aspects = _workload(model_name, var_checkpoint, vae_checkpoint, random_weights, device, classes_spec,
+                              TextArgs(prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau),
+                              cfg, top_k, top_p, more_smooth, sampler,
+                              lambda n: check_enough(n, len(seeds_)) if fit_decision else None)
+    check_sampler(work.settings)
+    model = work.model
     out = Path(out_path)
     request = CalibrationRequest(
-        classes=_classes(classes_spec, model.cfg.var.num_classes), seeds=seeds_, settings=sampling, out=out,
+        classes=work.labels, seeds=seeds_, settings=work.settings, out=out,
         report_dir=Path(report_dir) if report_dir else out.with_name(out.stem + "-report"),
         cache_dir=Path(cache_dir), target_speedup=target_speedup, max_quality_drop=max_quality_drop,
         match_peer=match_peer, max_accuracy_drop=max_accuracy_drop, batch=batch_size, name=name,
-        cost_model=cost_model, judge=judge(model, judge_dir, fall_back=False))
+        cost_model=cost_model, judge=None if work.is_text else judge(model, judge_dir, fall_back=False),
+        prompts=work.bank, prompt_texts=work.texts, aspects=aspects, fit_decision=fit_decision)
     profile, report = run_calibrate(model, request)
     meas = profile.measured
     click.echo(f"wrote {out} (predicted speedup {meas['predicted_speedup_transformer']:.2f}x on the scale steps, "

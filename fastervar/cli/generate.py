@@ -6,10 +6,8 @@ import functools
 
 import click
 
-from ..errors import FastervarError
 from .app import main
 from .options import (
-    TEXT_FLAGS,
     accelerated,
     check_classes,
     check_writable_parent,
@@ -21,46 +19,33 @@ from .options import (
     settings,
     text_options,
 )
+from .workload import (
+    TextArgs,
+    is_text_model,
+    load_text_models,
+    prompt_set,
+    reject_other_kind,
+    sampling,
+    text_flags_given,
+)
 
 
-def _is_text_model(model_name: str | None, checkpoint: str | None, text_given: list[str]) -> bool:
-    """Text-to-image when the model is named so, when the checkpoint is Infinity's, or, with no
-    model named, when prompts are given (the loader then says if the files are not Infinity's)."""
-    if model_name is not None:
-        return model_name.startswith("infinity")
-    if text_given:
-        return True
-    if checkpoint is None:
-        return False
-    from ..models.infinity.checkpoint import is_infinity_file
-    return is_infinity_file(checkpoint)
-
-
-def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg, top_k,
-                   top_p, sampler, batch_size, profile_spec, max_graph_batches, out_dir) -> None:
+def _generate_text(model_name, checkpoint, vae_checkpoint, random_weights, device, text: TextArgs, seed, cfg,
+                   top_k, top_p, sampler, batch_size, profile_spec, max_graph_batches, out_dir) -> None:
     """`generate` for a text-to-image model: prompts in, one image per prompt, the reference
     sampler or a profile."""
     from ..models.cuda_graphs import fast_path
-    from ..models.infinity.checkpoint import resolve_infinity
-    from ..models.infinity.family import DEFAULT_SETTINGS
-    from ..models.infinity.schedules import parse_aspect, schedule
-    from ..models.loading import resolve_device
+    from ..models.infinity.schedules import parse_aspect
     from ..models.sampler import generate as run_generate
-    from ..models.sampling import SamplingSettings
-    from ..models.text.prompts import read_prompts, text_batch
     from ..utils.images import image_folder, write_pngs
 
-    prompts, prompts_file, text_encoder, embeddings, aspect, pn, tau = text_args
-    h_div_w = parse_aspect(aspect)
-    schedule(h_div_w, pn)
-    bits = SamplingSettings(cfg=DEFAULT_SETTINGS.cfg if cfg is None else cfg, tau=tau, top_k=top_k,
-                            top_p=DEFAULT_SETTINGS.top_p if top_p is None else top_p, sampler=sampler)
-    text = text_batch(read_prompts(prompts, prompts_file), text_encoder, embeddings)
+    parse_aspect(text.aspects[0])
+    bank, _ = prompt_set(text)
     with image_folder(out_dir) as stage:
-        model = resolve_infinity(model_name, checkpoint, vae_checkpoint, random_weights, resolve_device(device),
-                                 h_div_w, pn)
+        model, = load_text_models(model_name, checkpoint, vae_checkpoint, random_weights, device, text)
+        bits = sampling(model, cfg, top_k, top_p, sampler=sampler, tau=text.tau)
         runner = fast_path(accelerated(model, load_profile(profile_spec, model)), bits, max_graph_batches)
-        result = run_generate(runner, text, bits, seed=seed, batch_size=batch_size, progress=True)
+        result = run_generate(runner, bank, bits, seed=seed, batch_size=batch_size, progress=True)
         paths = write_pngs(result.images.cpu().numpy(), stage)
     click.echo(f"wrote {len(paths)} images to {out_dir}")
 
@@ -86,19 +71,15 @@ def generate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     from ..models.sampling import SamplingSettings
     from ..utils.images import image_folder, write_pngs
 
-    text_args = (prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau)
-    given = click.get_current_context().get_parameter_source
-    text_given = [flag for name, flag in TEXT_FLAGS.items() if given(name) is not click.core.ParameterSource.DEFAULT]
-    if _is_text_model(model_name, var_checkpoint, text_given):
-        if class_ids or classes_file or more_smooth:
-            raise FastervarError("--class/--classes/--more-smooth are for class-conditional VAR models; "
-                                 "a text-to-image model takes --prompt/--prompts")
-        _generate_text(model_name, var_checkpoint, vae_checkpoint, random_weights, device, text_args, seed, cfg,
+    text_given = text_flags_given()
+    text = is_text_model(model_name, var_checkpoint, text_given)
+    reject_other_kind(text, text_given, [f for f, v in (("--class", class_ids), ("--classes", classes_file),
+                                                         ("--more-smooth", more_smooth)) if v])
+    if text:
+        _generate_text(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
+                       TextArgs(prompts, prompts_file, text_encoder, text_embeddings, (aspect,), pn, tau), seed, cfg,
                        top_k, top_p, sampler, batch_size, profile_spec, max_graph_batches, out_dir)
         return
-    if text_given:
-        raise FastervarError(f"{text_given[0]} is for text-to-image models (--model infinity-*); "
-                             f"this is a class-conditional VAR model, which takes --class/--classes")
     classes = parse_classes(class_ids, classes_file)
     sampling = settings(SamplingSettings.cfg if cfg is None else cfg, top_k,
                         SamplingSettings.top_p if top_p is None else top_p, more_smooth, sampler)

@@ -117,13 +117,18 @@ def graph_option(fn):
                              "recently used is dropped past it).")(fn)
 
 
-def guidance_options(fn):
-    """Guidance and filtering of the portable sampler: what a bundle bakes in."""
+def guidance_options(fn, per_family: bool = False):
+    """Guidance and filtering of the portable sampler: what a bundle bakes in; with `per_family`,
+    the family's published values where an option is left out."""
     for opt in reversed([
-        click.option("--cfg", type=click.FloatRange(min=0), default=1.5, show_default=True,
-                     help="Guidance at the last step (linear ramp from 0)."),
+        click.option("--cfg", type=click.FloatRange(min=0), default=None if per_family else 1.5,
+                     show_default=not per_family,
+                     help="Guidance [default: 1.5 at the last step, ramped from 0, for VAR; 3, constant, for "
+                          "Infinity]." if per_family else "Guidance at the last step (linear ramp from 0)."),
         click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True),
-        click.option("--top-p", type=click.FloatRange(0, 1), default=0.96, show_default=True),
+        click.option("--top-p", type=click.FloatRange(0, 1), default=None if per_family else 0.96,
+                     show_default=not per_family,
+                     help="[default: 0.96 for VAR, 0.97 (per bit) for Infinity]" if per_family else None),
     ]):
         fn = opt(fn)
     return fn
@@ -135,8 +140,10 @@ def judge_option(fn):
                              "its data [default: the shipped Fashion-MNIST judge, for the shipped weights].")(fn)
 
 
-def text_options(fn):
-    """Prompts and image shape for a text-to-image model (Infinity)."""
+def text_options(fn, several_aspects: bool = False):
+    """Prompts and image shape for a text-to-image model (Infinity); with `several_aspects`,
+    --aspect repeats (one run per aspect template of the budget)."""
+    aspect_help = "Height:width, snapped to Infinity's templates" + ("; repeat for several." if several_aspects else ".")
     for opt in reversed([
         click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="A prompt; repeat for more images."),
         click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="File of prompts, one per line."),
@@ -144,7 +151,8 @@ def text_options(fn):
                      help="Flan-T5 folder (config.json, weights, tokenizer.json) to encode the prompts."),
         click.option("--text-embeddings", type=click.Path(dir_okay=False), metavar="FILE.npz",
                      help="Prompts encoded elsewhere: 'embeddings' (N, T, C) float32 zero-padded, 'lengths' (N,)."),
-        click.option("--aspect", default="1:1", show_default=True, help="Height:width, snapped to Infinity's templates."),
+        click.option("--aspect", multiple=several_aspects, default=("1:1",) if several_aspects else "1:1",
+                     show_default=True, help=aspect_help),
         click.option("--pn", default="1M", show_default=True, type=click.Choice(["0.06M", "0.25M", "0.60M", "1M"]),
                      help="Pixel budget (1M is 1024x1024 at 1:1)."),
         click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
@@ -152,10 +160,6 @@ def text_options(fn):
     ]):
         fn = opt(fn)
     return fn
-
-
-TEXT_FLAGS = {"prompts": "--prompt", "prompts_file": "--prompts", "text_encoder": "--text-encoder",
-              "text_embeddings": "--text-embeddings", "aspect": "--aspect", "pn": "--pn", "tau": "--tau"}
 
 
 def settings(cfg, top_k, top_p, more_smooth, sampler):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import FastervarError
+from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
 from ..models.var.family import VARModel, to_uint8
 from ..profile import Profile
@@ -71,13 +72,17 @@ def class_accuracy(ext: FeatureExtractor, images: np.ndarray, classes: list[int]
     return float((ext.predict(images) == np.asarray(classes)).mean())
 
 
+def _times(passes: list) -> dict:
+    t = summarize(passes)
+    return {"seconds_transformer": t.seconds_steps, "seconds_total": t.seconds, "step_seconds": t.step_seconds,
+            "decode_seconds": t.decode_seconds}
+
+
 def _side(ext: FeatureExtractor, ref: Reference, passes: list, classes: list[int]) -> tuple[dict, np.ndarray]:
     images = first_pass(passes).images
-    t = summarize(passes)
     out = {"class_accuracy": class_accuracy(ext, images, classes)}
     out.update(distribution_scores(ext, ref, images))
-    out.update(seconds_transformer=t.seconds_steps, seconds_total=t.seconds, step_seconds=t.step_seconds,
-               decode_seconds=t.decode_seconds)
+    out.update(_times(passes))
     return out, images
 
 
@@ -114,3 +119,20 @@ def evaluate(model: VARModel, ext: FeatureExtractor, judge: JudgeFiles, settings
                    paired_psnr=mean_psnr(base_images, acc_images),
                    paired_ssim=float(ssim(base_images, acc_images).mean()))
     return out
+
+
+def evaluate_paired(model: FamilyModel, settings: SamplingSettings, prompts: list[int], seed: int, batch_size: int,
+                    profile: Profile, bank=None, progress: bool = True) -> dict:
+    """Baseline and a profile interleaved on the same prompts and noise, for a model no judge
+    scores (a text-to-image model): how close each image stays (paired PSNR/SSIM) and the speedups.
+    `prompts` are class labels, or with `bank` (a prompt set) rows of it."""
+    from ..accel.accelerated import AcceleratedModel
+    runners = {"baseline": TorchRunner(model, settings, prompts=bank),
+               "accelerated": TorchRunner(AcceleratedModel(model, profile), settings, prompts=bank)}
+    runs = interleaved(runners, batches(prompts, seed, batch_size), progress=progress, desc="batches")
+    base, acc = (first_pass(runs[k]).images for k in ("baseline", "accelerated"))
+    return {"samples": len(prompts), "seconds": summarize(runs["baseline"]).seconds, "profile": profile.name,
+            "baseline": _times(runs["baseline"]), "accelerated": _times(runs["accelerated"]),
+            "speedup_transformer": speedup(runs["baseline"], runs["accelerated"], "steps"),
+            "speedup_total": speedup(runs["baseline"], runs["accelerated"]),
+            "paired_psnr": mean_psnr(base, acc), "paired_ssim": float(ssim(base, acc).mean())}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ...errors import FastervarError
 from ...profile import ModelSpec
-from .schedules import schedule
+from .schedules import nearest_template, schedule
 
 # A prompt's length as the cost model prices cross-attention (T5 tokens; real prompts vary).
 NOMINAL_PROMPT_TOKENS = 64
@@ -101,7 +101,7 @@ def spec_of(name: str, t_cfg: InfinityConfig, v_cfg: BSQConfig, pn: str, h_div_w
                               "ffn.fc1": (c, hidden), "ffn.fc2": (hidden, c)},
                      logit_width=2 * t_cfg.bits, code_width=t_cfg.bits, shared_adaln=True,
                      text=(NOMINAL_PROMPT_TOKENS, c), peer_widths=tuple(w for _, w in schedule(1.0, pn)),
-                     decoder_flops=decoder_flops)
+                     aspect=nearest_template(h_div_w), decoder_flops=decoder_flops)
 
 
 def named_spec(name: str, pn: str, h_div_w: float = 1.0) -> ModelSpec:

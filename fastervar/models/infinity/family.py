@@ -79,6 +79,12 @@ class InfinityModel(nn.Module):
         full = templates()[template][PN_STEPS["1M"] - 1]
         self.rope = RopeTable(self.infinity.cfg.head_dim, self.schedule, full)
 
+    def at_aspect(self, h_div_w: float) -> InfinityModel:
+        """The same weights (shared, not copied) on another aspect template of this budget."""
+        other = InfinityModel(self.infinity, self.vae, h_div_w, self.pn, self.name)
+        other.weights_origin = self.weights_origin
+        return other.eval()
+
     @property
     def device(self) -> torch.device:
         return self.infinity.head.weight.device
