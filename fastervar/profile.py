@@ -373,6 +373,9 @@ def check_against(p: Profile, model: Any, weights_sha256: str | None = None) -> 
     """Refuse a profile made for another model or schedule, or whose sizes exceed the model's
     (`model`: a ModelSpec, or anything with `spec()`)."""
     spec = as_spec(model)
+    family = p.model.get("family", "var")
+    if family != spec.family:
+        raise ProfileError(f"profile field model.family is {family!r}, but the model is {spec.family!r}")
     for key, value in spec.schedule.items():
         have = p.model.get(key)
         if have != value:

@@ -19,8 +19,15 @@ def factorize(weight: torch.Tensor, rank: int, input_cov: torch.Tensor | None = 
         a = s[:rank, None] * vh[:rank]
         return a.to(weight.dtype), u[:, :rank].to(weight.dtype).contiguous()
     cov = input_cov.double()
+    cov = (cov + cov.T) / 2
+    # few calibration inputs leave E[x x^T] rank-deficient, and float32 statistics can dip below
+    # zero there: raise the ridge until the factorization holds
+    eye = torch.eye(len(cov), dtype=cov.dtype)
     ridge = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
-    l = torch.linalg.cholesky(cov + ridge * torch.eye(len(cov), dtype=cov.dtype))
+    l, info = torch.linalg.cholesky_ex(cov + ridge * eye)
+    while info.item() != 0:
+        ridge = ridge * 10
+        l, info = torch.linalg.cholesky_ex(cov + ridge * eye)
     u, s, vh = torch.linalg.svd(w @ l, full_matrices=False)
     a = torch.linalg.solve_triangular(l.T, (s[:rank, None] * vh[:rank]).T, upper=True).T
     return a.to(weight.dtype).contiguous(), u[:, :rank].to(weight.dtype).contiguous()
