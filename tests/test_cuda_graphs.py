@@ -112,3 +112,57 @@ def test_graphs_convert_pixels_as_the_family_does():
     assert EmulatedGraphs(Truncating()).to_uint8(images).max() == 254
     plain = Truncating()
     assert fast_path(plain, PORTABLE) is plain           # the device comes from the protocol, not `.var`
+
+
+# -- Infinity: a condition of prepared prompts, whose shapes follow the batch's longest prompt --------
+def _infinity_runners():
+    from fastervar.models.infinity.checkpoint import random_infinity
+    from fastervar.profile import identity
+    model = random_infinity("infinity-tiny", pn="0.06M")
+    late = identity(model, "late-halves")
+    for k, half in ((5, "null-text"), (6, "null-text")):
+        late.steps[k].cfg, late.steps[k].unguided = False, half
+    cond_only = identity(model, "cond-only")
+    cond_only.steps[6].cfg = False
+    return model, {"baseline": model, "paper-split": AcceleratedModel(model, paper_split(model)),
+                   "null-text": AcceleratedModel(model, late), "cond-only": AcceleratedModel(model, cond_only)}
+
+
+def _prompts(lengths, seed):
+    from fastervar.models.text.prompts import TextBatch
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(len(lengths), max(lengths), 256, generator=g)
+    lengths = torch.tensor(lengths)
+    return TextBatch(emb * (torch.arange(emb.shape[1])[None, :, None] < lengths[:, None, None]), lengths)
+
+
+@pytest.mark.parametrize("which", ["baseline", "paper-split", "null-text", "cond-only"])
+def test_infinity_replay_feeds_each_batch_its_prompts_and_recaptures_for_new_lengths(which):
+    model, runners = _infinity_runners()
+    runner = runners[which]
+    settings = model.default_settings()
+    graphed = EmulatedGraphs(runner)
+    for seed, lengths in ((0, [3, 5]), (1, [5, 2]), (2, [4, 4, 1]), (3, [2, 7])):   # replay; new size; new length
+        text = _prompts(lengths, seed)
+        want = generate(runner, text, settings, seed=seed, batch_size=len(lengths))
+        got = generate(graphed, text, settings, seed=seed, batch_size=len(lengths))
+        for k, (a, b) in enumerate(zip(want.tokens, got.tokens)):
+            assert torch.equal(a, b), f"{which}, seed {seed}: step {k} bits differ"
+        assert torch.equal(want.images, got.images)        # Infinity's truncation, through the graphs
+    assert sorted(graphed.captured_batches) == [2, 3]
+
+
+@needs_cuda
+def test_infinity_graph_replay_samples_the_eager_bits():
+    model, runners = _infinity_runners()
+    model.cuda()
+    settings = model.default_settings()
+    for which, runner in runners.items():
+        graphed = fast_path(runner, settings)
+        assert isinstance(graphed, GraphedModel)
+        for seed, lengths in ((0, [3, 5]), (1, [5, 2]), (2, [4])):
+            text = _prompts(lengths, seed)
+            want = generate(runner, text, settings, seed=seed, batch_size=len(lengths))
+            got = generate(graphed, text, settings, seed=seed, batch_size=len(lengths))
+            for k, (a, b) in enumerate(zip(want.tokens, got.tokens)):
+                assert torch.equal(a, b), f"{which}, seed {seed}: step {k} bits differ"

@@ -17,6 +17,11 @@ Each batch size's graphs hold their own KV caches and activations, so a long-liv
 meets many batch sizes would grow without bound: past `max_batches` sizes, the least recently used
 one's graphs are dropped (and recaptured if that size comes back).
 
+The condition is any structure of tensors (VAR's labels, Infinity's prepared prompts). A text
+condition's shapes follow the longest prompt of the batch: a batch of the same size whose
+condition has other shapes recaptures that size's graphs, so a workload of one prompt length (or
+prompts padded to one) replays and one of many lengths mostly captures.
+
 Only the portable sampler is graphed (the official sampler's torch.Generator is host state).
 """
 
@@ -37,7 +42,7 @@ MAX_BATCHES = 4                                 # batch sizes whose graphs stay 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
     """Every tensor in a step state (f_hat, KV caches, cached outputs), in a fixed order."""
-    if obj is None:
+    if obj is None or isinstance(obj, (bool, int, float, str)):
         return []
     if isinstance(obj, torch.Tensor):
         return [obj]
@@ -48,6 +53,22 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     if dataclasses.is_dataclass(obj):
         return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name))]
     raise TypeError(f"unexpected {type(obj).__name__} in a step state")
+
+
+def _clone(obj: Any) -> Any:
+    """The same structure with every tensor copied: a graph's own input buffers."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(x) for x in obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: _clone(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                                           if f.init})
+    return obj
+
+
+def _shapes(obj: Any) -> tuple:
+    return tuple(tuple(t.shape) for t in _tensors(obj))
 
 
 def _shallow(state: StepState) -> StepState:
@@ -72,7 +93,7 @@ class _Plan:
     """The graphs of one batch size."""
 
     pool: Any
-    cond: torch.Tensor | None
+    cond: Any                                   # the condition's buffers (any structure of tensors)
     state0: StepState
     steps: dict[int, _Captured] = field(default_factory=dict)
     decoder: _Captured | None = None
@@ -144,13 +165,18 @@ class GraphedModel:
     def _new_pool() -> Any:
         return torch.cuda.graph_pool_handle()
 
-    def condition(self, labels: torch.Tensor, guided: bool = True) -> torch.Tensor:
-        cond = self.model.condition(labels, guided=guided)
-        plan = self._plan(labels.shape[0])
+    def condition(self, inputs: Any, guided: bool = True) -> Any:
+        cond = self.model.condition(inputs, guided=guided)
+        batch = len(inputs)
+        plan = self._plan(batch)
+        if plan.cond is not None and _shapes(plan.cond) != _shapes(cond):
+            del self._plans[batch]                       # graphs read buffers of the old shapes
+            plan = self._plan(batch)
         if plan.cond is None:
-            plan.cond = cond.clone()
+            plan.cond = _clone(cond)
         else:
-            plan.cond.copy_(cond)
+            for dst, src in zip(_tensors(plan.cond), _tensors(cond)):
+                dst.copy_(src)
         return plan.cond
 
     def init_state(self, batch: int) -> StepState:
@@ -161,7 +187,7 @@ class GraphedModel:
         return profile is not None and profile.steps[k].mode == "skip"
 
     @torch.no_grad()
-    def step(self, k: int, state: StepState, cond: torch.Tensor, noise: torch.Tensor | torch.Generator,
+    def step(self, k: int, state: StepState, cond: Any, noise: torch.Tensor | torch.Generator,
              settings: SamplingSettings) -> tuple[StepState, StepOutput | None]:
         if isinstance(noise, torch.Generator) or self._skipped(k):
             return self.model.step(k, _shallow(state), cond, noise, settings)
@@ -169,11 +195,11 @@ class GraphedModel:
         entry = plan.steps.get(k)
         if entry is None:
             buffer = noise.clone()                   # the graph reads its noise from here
-            entry = self._capture(plan, [cond, buffer, *_tensors(state)],
+            entry = self._capture(plan, [*_tensors(cond), buffer, *_tensors(state)],
                                   lambda: self.model.step(k, _shallow(state), cond, buffer, settings))
             plan.steps[k] = entry
         else:
-            _feed(entry, [cond, noise, *_tensors(state)])
+            _feed(entry, [*_tensors(cond), noise, *_tensors(state)])
             entry.graph.replay()
         out = entry.output
         return _shallow(entry.state), StepOutput(out.tokens.clone(), out.logits, out.hidden)
