@@ -50,7 +50,7 @@ def model():
 def test_latency_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch, model, capsys):
     calls = []
 
-    def fake(model, labels, settings, bank=None):
+    def fake(model, labels, settings):
         calls.append(labels)
         return L.LatencyModel(len(labels), [0.01, 0, 0, 0, 0], 0.1, 0.0, "test")
     monkeypatch.setattr(L, "measure_latency", fake)

@@ -166,7 +166,7 @@ def cached_latency(model: FamilyModel, labels: list[int], settings: SamplingSett
             return LatencyModel(**data), True
         except TypeError as exc:
             warn(f"ignoring cache {path} ({exc}); measuring again")
-    lm = measure_latency(model, labels, settings, bank=bank)
+    lm = measure_latency(model, labels, settings) if bank is None else measure_latency(model, labels, settings, bank=bank)
     write_cache(path, context, lm.to_dict())
     return lm, False
 

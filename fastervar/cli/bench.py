@@ -80,7 +80,7 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
         raise FastervarError("--bundle/--identity-bundle/--compare-bundle and --no-bundle contradict each other")
     text_given = text_flags_given()
     is_text = is_text_model(model_name, var_checkpoint, text_given)
-    reject_other_kind(is_text, text_given, [])
+    reject_other_kind(is_text, text_given, ["--judge"] if judge_dir else [])
     bank = None
     if is_text:
         if bundle_path or identity_path or compare_bundles or provider != "cpu":

@@ -48,14 +48,16 @@ def _classes(spec: str, num_classes: int) -> list[int]:
 
 
 def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, classes_spec: str, text: TextArgs,
-              cfg, top_k, top_p, more_smooth, sampler, check: Callable[[int], None]) -> tuple[Workload, list]:
+              cfg, top_k, top_p, more_smooth, sampler, judge_dir: str | None,
+              check: Callable[[int], None]) -> tuple[Workload, list]:
     """The calibration prompts on the model, and the model at any further aspects asked; `check`
     sees the number of prompts as soon as it is known (before a text model's weights load)."""
     from ..models.loading import resolve_model
     text_given = text_flags_given()
     is_text = is_text_model(model_name, checkpoint, text_given)
     given = click.get_current_context().get_parameter_source("classes_spec") is not click.core.ParameterSource.DEFAULT
-    reject_other_kind(is_text, text_given, [f for f, v in (("--classes", given), ("--more-smooth", more_smooth)) if v])
+    reject_other_kind(is_text, text_given, [f for f, v in (("--classes", given), ("--more-smooth", more_smooth),
+                                                           ("--judge", judge_dir)) if v])
     if not is_text:
         model = resolve_model(model_name, checkpoint, vae_checkpoint, random_weights, device)
         classes = _classes(classes_spec, model.cfg.var.num_classes)
@@ -114,7 +116,7 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
     check_writable_parent(out_path)
     work, aspects = _workload(model_name, var_checkpoint, vae_checkpoint, random_weights, device, classes_spec,
                               TextArgs(prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau),
-                              cfg, top_k, top_p, more_smooth, sampler,
+                              cfg, top_k, top_p, more_smooth, sampler, judge_dir,
                               lambda n: check_enough(n, len(seeds_)) if fit_decision else None)
     check_sampler(work.settings)
     model = work.model

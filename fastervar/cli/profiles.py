@@ -30,6 +30,10 @@ def profiles_list() -> None:
         lat_txt = f"{lat:.2f}x" if lat and str(p.measured.get("predicted_by", "")).startswith("latency") else ""
         click.echo(f"{name:<32} {spec.config:<14} {'calibrated' if p.calibrated else 'template':<11}"
                    f" {f'{flops:.2f}x':>7} {lat_txt:>8}  {p.description[:60]}")
+    from ..accel.presets import TEMPLATES
+    click.echo("\ntemplates, built for the model at hand by --profile NAME (prefix infinity- or var- to check "
+               "the family):")
+    click.echo("  " + ", ".join(TEMPLATES))
 
 
 @profiles.command("show")

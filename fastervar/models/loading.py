@@ -92,8 +92,8 @@ def resolve_model(model: str | None, var_checkpoint: str | None, vae_checkpoint:
     as `train-tiny` writes), a shipped model, or the embedded default."""
     dev = resolve_device(device)
     if model is not None and model.startswith("infinity"):
-        raise FastervarError(f"--model {model}: Infinity models run in `fastervar generate` so far; this command "
-                             f"takes class-conditional VAR models")
+        raise FastervarError(f"--model {model}: Infinity models run in generate, calibrate, bench and evaluate so "
+                             f"far; this command takes class-conditional VAR models")
     if random_weights:
         if var_checkpoint or vae_checkpoint:
             raise FastervarError("--random-weights cannot be combined with checkpoint files")

@@ -38,7 +38,7 @@ def _expect_kind(sd: StateDict, path: Path, want: str) -> None:
         raise FastervarError(f"{path}: not a {want.upper()} checkpoint (first key {next(iter(sd))!r})")
     if kind == "infinity":
         raise FastervarError(f"{path} is an Infinity (text-to-image) transformer; this command takes class-"
-                             f"conditional VAR models (Infinity runs in `fastervar generate`)")
+                             f"conditional VAR models (Infinity runs in generate, calibrate, bench and evaluate)")
     raise FastervarError(f"{path} looks like a {kind.upper()} checkpoint but was given as {flag}")
 
 
