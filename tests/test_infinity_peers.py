@@ -160,5 +160,5 @@ def test_generate_takes_an_infinity_template_and_refuses_a_var_profile(tmp_path)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "a" / "0000.png").exists()
     r = CliRunner().invoke(main, [*common, "--profile", "d16-paper-split", "--out", str(tmp_path / "b")])
-    assert r.exit_code == 2 and "does not match the model's schedule" in r.stderr and r.stderr.count("\n") == 1
+    assert r.exit_code == 2 and "model.family is 'var', but the model is 'infinity'" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "b").exists()

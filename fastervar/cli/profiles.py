@@ -31,9 +31,9 @@ def profiles_list() -> None:
         click.echo(f"{name:<32} {spec.config:<14} {'calibrated' if p.calibrated else 'template':<11}"
                    f" {f'{flops:.2f}x':>7} {lat_txt:>8}  {p.description[:60]}")
     from ..accel.presets import TEMPLATES
-    click.echo("\ntemplates, built for the model at hand by --profile NAME (prefix infinity- or var- to check "
-               "the family):")
-    click.echo("  " + ", ".join(TEMPLATES))
+    for name in TEMPLATES:                     # built for the model --profile NAME is given with
+        click.echo(f"{name:<32} {'(any)':<14} {'template':<11} {'':>7} {'':>8}  built for the model at hand; "
+                   f"prefix infinity- or var- to check the family")
 
 
 @profiles.command("show")
