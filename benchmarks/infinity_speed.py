@@ -14,6 +14,16 @@ model). Each step's token budget is what the transformer runs: kept/total, 0 whe
 unguided.
 
     python benchmarks/infinity_speed.py --depth 8 --reps 1 --json benchmarks/results/infinity_speed_cpu.json
+
+A calibrated row, as a user makes one: save this model and its prompt in upstream's file layout,
+calibrate on them with the CLI, and time the profile against the baseline:
+
+    python benchmarks/infinity_speed.py --depth 8 --save-model out/inf8
+    fastervar calibrate --checkpoint out/inf8/infinity.pth --vae-checkpoint out/inf8/vae.pth \
+        --text-embeddings out/inf8/prompt.npz --pn 1M --seeds 0 --batch-size 1 --cost-model flops \
+        --target-speedup 3 --out out/inf8/calibrated.json --cache-dir out/inf8/cache
+    python benchmarks/infinity_speed.py --depth 8 --profile out/inf8/calibrated.json --only calibrated \
+        --json benchmarks/results/infinity_speed_calibrated_cpu.json
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from common import write_result
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.accel.presets import paper_split, peers
 from fastervar.models.infinity.bsq import BSQVAE
+from fastervar.models.infinity.checkpoint import config_name
 from fastervar.models.infinity.configs import INFINITY_CONFIGS
 from fastervar.models.infinity.family import InfinityModel
 from fastervar.models.infinity.schedules import parse_aspect
@@ -46,7 +57,7 @@ def reduced_2b(depth: int, pn: str, aspect: str) -> InfinityModel:
     t_cfg = dataclasses.replace(t_cfg, depth=depth, chunks=next(c for c in (8, 4, 2, 1) if depth % c == 0))
     with torch.no_grad():
         model = InfinityModel(seed_module_(Infinity(t_cfg), 1), seed_module_(BSQVAE(v_cfg), 2), parse_aspect(aspect),
-                              pn, f"infinity-2b-d{depth}")
+                              pn, config_name(t_cfg, v_cfg))      # the name the CLI gives it, loaded from files
     return model.eval()
 
 
@@ -78,6 +89,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--profile", action="append", default=[], help="another profile file (repeatable)")
     ap.add_argument("--only", action="append", default=[], help="run only these variants (repeatable)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--upstream-src", type=Path, metavar="DIR",
+                    help="a FoundationVision/Infinity tree: its own sampler on the same weights is a row "
+                         "(`upstream`, its official sampler)")
+    ap.add_argument("--save-model", type=Path, metavar="DIR",
+                    help="write the model (infinity.pth, vae.pth, upstream's layout) and the prompt (prompt.npz) "
+                         "for `fastervar calibrate`, then stop")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -86,6 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = model.infinity.cfg
     emb = np.random.default_rng(0).standard_normal((1, args.prompt_tokens, cfg.text_channels), dtype=np.float32)
     bank = TextBatch(torch.from_numpy(emb), torch.tensor([args.prompt_tokens]))
+    if args.save_model is not None:
+        args.save_model.mkdir(parents=True, exist_ok=True)
+        torch.save(model.infinity.state_dict(), args.save_model / "infinity.pth")
+        torch.save({"vae": model.vae.state_dict()}, args.save_model / "vae.pth")
+        np.savez(args.save_model / "prompt.npz", embeddings=emb, lengths=np.array([args.prompt_tokens]))
+        print(f"wrote {args.save_model}: infinity.pth, vae.pth, prompt.npz")
+        return {}
     settings = model.default_settings()          # Infinity's cfg 3, top-p 0.97, tau 0.5; the portable sampler
     profiles: dict[str, Profile | None] = {"baseline": None, "paper-split": paper_split(model)}
     profiles.update({p.name.removeprefix(f"{model.name}-"): p for p in peers(model)})
@@ -94,10 +118,16 @@ def main(argv: list[str] | None = None) -> dict:
         profiles = {k: v for k, v in profiles.items() if k == "baseline" or k in args.only}
     runners = {name: TorchRunner(model if p is None else AcceleratedModel(model, p), settings, prompts=bank)
                for name, p in profiles.items()}
+    if args.upstream_src is not None:
+        from fastervar.bench.upstream_infinity import UpstreamInfinityRunner, load_upstream
+        net, vae, schedule = load_upstream(args.upstream_src, model)
+        runners["upstream"] = UpstreamInfinityRunner(net, vae, schedule, settings, bank, model.vae.cfg.codebook_dim)
+        profiles["upstream"] = None
     runs = interleaved(runners, batches([0], 0, 1), reps=args.reps, desc=f"{len(runners)} variants")
     times = {name: summarize(passes) for name, passes in runs.items()}
     base = times["baseline"]
-    blocks = f"{args.depth} blocks (FastVAR's range 3..27 prunes blocks 3..{min(27, args.depth - 1)})"
+    pruned = f"blocks 3..{min(27, args.depth - 1)}" if args.depth > 3 else "none of them"
+    blocks = f"{args.depth} blocks (FastVAR's range 3..27 prunes {pruned})"
     print(f"\nInfinity-2B widths, {blocks}, pn {args.pn} {args.aspect}, batch 1 with guidance, random weights "
           f"(speed only); torch threads {torch.get_num_threads()}; built in {built:.0f} s")
     rows = {}
@@ -108,16 +138,17 @@ def main(argv: list[str] | None = None) -> dict:
         per_step = [None if n == "0" or a < 1e-3 else b / a for b, a, n in zip(base.step_seconds, t.step_seconds,
                                                                                 tokens)]
         rows[name] = {"profile": None if p is None else p.name, "seconds_total": t.seconds,
-                      "seconds_steps": t.seconds_steps, "step_seconds": t.step_seconds,
+                      "seconds_steps": None if name == "upstream" else t.seconds_steps, "step_seconds": t.step_seconds,
                       "decode_seconds": t.decode_seconds,
-                      "speedup_steps": speedup(runs["baseline"], runs[name], "steps"),
+                      "speedup_steps": None if name == "upstream" else speedup(runs["baseline"], runs[name], "steps"),
                       "speedup_total": speedup(runs["baseline"], runs[name]),
                       "speedup_per_step": per_step,
                       "tokens_per_step": tokens}
     print(f"\n{'variant':<16} {'steps s':>8} {'total s':>8} {'steps x':>8} {'total x':>8}")
     for name, r in rows.items():
-        print(f"{name:<16} {r['seconds_steps']:>8.2f} {r['seconds_total']:>8.2f} {r['speedup_steps']:>7.2f}x "
-              f"{r['speedup_total']:>7.2f}x")
+        steps = "-" if r["seconds_steps"] is None else f"{r['seconds_steps']:.2f}"
+        ratio = "-" if r["speedup_steps"] is None else f"{r['speedup_steps']:.2f}x"
+        print(f"{name:<16} {steps:>8} {r['seconds_total']:>8.2f} {ratio:>8} {r['speedup_total']:>7.2f}x")
     print("\nper step: speedup against the baseline (token budget)")
     print(f"{'step':>4} {'grid':>6} " + " ".join(f"{name[:14]:>22}" for name in rows))
     for k in range(model.num_steps):
@@ -125,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         cells = []
         for r in rows.values():
             x = r["speedup_per_step"][k]
-            cells.append(f"{('skip' if x is None else f'{x:.2f}x') + ' (' + r['tokens_per_step'][k] + ')':>22}")
+            shown = "-" if r["profile"] is None and x is None else ("skip" if x is None else f"{x:.2f}x")
+            cells.append(f"{shown + ' (' + r['tokens_per_step'][k] + ')':>22}")
         print(f"{k:>4} {f'{h}x{w}':>6} " + " ".join(cells))
     result = {"model": "infinity-2b widths", "depth": args.depth, "pn": args.pn, "aspect": args.aspect, "batch": 1,
               "guided": True, "weights": "seeded random (speed only)", "reps": args.reps,

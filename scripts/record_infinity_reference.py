@@ -8,8 +8,9 @@ The argument is a clone (or an exported tree, then pass --commit) of FoundationV
 model and VAE are built with tools/run_infinity.py's constructor arguments at tiny sizes, every
 parameter is overwritten from `seeded_parameters` (keyed by name, so ours regenerates the same
 weights), and `autoregressive_infer_cfg` runs as run_infinity calls it, on CPU with one thread.
-Upstream's CUDA-only imports are stubbed here and one line is patched at runtime: the bf16 cast of
-cross-attention inputs, which fp32 references cannot have. The clone itself is never edited.
+Upstream's CUDA-only imports are stubbed and one line is patched at runtime (both in
+`fastervar/bench/upstream_infinity.py`): the bf16 cast of cross-attention inputs, which fp32
+references cannot have. The clone itself is never edited.
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ os.environ["TORCHDYNAMO_DISABLE"] = "1"    # upstream's fused norm is torch.comp
 import argparse
 import contextlib
 import hashlib
-import inspect
 import io
 import json
 import subprocess
 import sys
-import textwrap
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from fastervar.bench.upstream_infinity import drop_bf16_cast, install_stubs
 from fastervar.models.loading import seeded_parameters
 
 THREADS = 1
@@ -72,65 +71,6 @@ SAMPLING_KWARGS: dict[str, Any] = {
     "ratio_Bl1": None, "gumbel": 0, "norm_cfg": False, "cfg_exp_k": 0.0, "cfg_insertion_layer": [0],
     "vae_type": D, "softmax_merge_topk": -1, "ret_img": True, "trunk_scale": 1000, "gt_leak": 0,
     "gt_ls_Bl": None, "inference_mode": True, "sampling_per_bits": 1}
-
-
-def _flash_attn_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
-                     softmax_scale: float | None = None, **_: Any) -> torch.Tensor:
-    """flash_attn's (B, L, H, c) attention through SDPA."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale)
-    return out.transpose(1, 2)
-
-
-def _flash_attn_varlen_kvpacked_func(q: torch.Tensor, kv: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
-                                     dropout_p: float = 0.0, softmax_scale: float | None = None,
-                                     **_: Any) -> torch.Tensor:
-    """Packed variable-length attention (q: (Nq, H, c), kv: (Nk, 2, H, c)), one SDPA per sequence."""
-    assert q.dtype == kv.dtype == torch.float32, "the bf16 cast in CrossAttention is still there"
-    cq, ck, out = cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), []
-    for i in range(len(cq) - 1):
-        qi = q[cq[i]:cq[i + 1]].transpose(0, 1)[None]
-        ki, vi = (t.transpose(0, 1)[None] for t in kv[ck[i]:ck[i + 1]].unbind(1))
-        out.append(F.scaled_dot_product_attention(qi, ki, vi, scale=softmax_scale)[0].transpose(0, 1))
-    return torch.cat(out)
-
-
-class _DropPath(nn.Module):
-    """timm's DropPath at inference: the identity."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def install_stubs() -> None:
-    """Stand-ins for upstream imports that are CUDA-only (flash_attn) or unused at inference."""
-    def module(name: str, **attrs: Any) -> types.ModuleType:
-        sys.modules[name] = mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        return mod
-
-    module("flash_attn", flash_attn_func=_flash_attn_func,
-           flash_attn_varlen_kvpacked_func=_flash_attn_varlen_kvpacked_func)
-    module("timm")
-    module("timm.models", register_model=lambda fn: fn)
-    module("timm.models.layers", DropPath=_DropPath, drop_path=lambda x, *args, **kwargs: x)
-    module("timm.loss", SoftTargetCrossEntropy=type("SoftTargetCrossEntropy", (nn.Module,), {}))
-    module("torchvision", transforms=module("torchvision.transforms"))
-    module("imageio")
-
-
-def drop_bf16_cast(basic: types.ModuleType) -> None:
-    """Recompile CrossAttention.forward without its two `.to(dtype=torch.bfloat16)` casts."""
-    cast = ".to(dtype=torch.bfloat16)"
-    source = textwrap.dedent(inspect.getsource(basic.CrossAttention.forward))
-    assert source.count(cast) == 2, "upstream CrossAttention.forward changed; revisit the patch"
-    code = compile(source.replace(cast, ""), inspect.getsourcefile(basic.CrossAttention), "exec")
-    namespace: dict[str, Any] = {}
-    exec(code, basic.__dict__, namespace)  # noqa: S102 - upstream's own method, minus the casts
-    basic.CrossAttention.forward = namespace["forward"]
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ One instrumented run of the reference sampler over the calibration prompts recor
   token distributions);
 - per-position relevance: how badly the previous step's output, upsampled, predicts this step's
   block output (what restoration from cache would get wrong);
-- for the linear layers, the covariance and effective rank of their inputs at every step.
+- for the linear layers the search factorizes, the covariance and effective rank of their inputs
+  at every step (at the latest steps only, where a wide model's statistics would not fit).
 The result is plain numpy, cached on disk keyed by everything it depends on.
 """
 
@@ -68,7 +69,7 @@ def cache_key(model, classes: Sequence[int], seeds: Sequence[int], settings: Sam
     spec = model.spec()
     blob = json.dumps({"model": spec.identity(), "grids": spec.grids, "weights": weights_sha256,
                        "classes": list(classes), "prompts": prompts, "seeds": list(seeds),
-                       "settings": settings.__dict__, "judge": judge, "version": 4,
+                       "settings": settings.__dict__, "judge": judge, "version": 5,
                        "device": model.device.type, "dtype": str(model.dtype)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -81,13 +82,37 @@ def effective_rank(cov: np.ndarray, energy: float = 0.99) -> float:
     return float(np.searchsorted(np.cumsum(ev) / ev.sum(), energy) + 1)
 
 
+FACTORIZED = "ffn."             # the linears the search factorizes (`search.build_profile`)
+COV_BUDGET = 2 * 2**30          # bytes of float64 input statistics a measurement may hold
+MAX_COV_DIM = 4096              # wider inputs (Infinity-2B's fc2: 8192, 512 MiB a matrix) are not recorded
+
+
+def watched(model, budget: int = COV_BUDGET) -> set[tuple[int, str]]:
+    """The (step, layer) input statistics that are kept: the searched layers up to MAX_COV_DIM
+    inputs, from the latest step back (the refine steps, the only ones factorized), the narrower
+    layer first, while they fit the budget. A small model keeps them all; a wide one the late
+    steps, so that measuring never holds tens of GB."""
+    layers = sorted((n for n in model.factor_slots(0)
+                     if n.startswith(FACTORIZED) and model.linear_shape(n)[0] <= MAX_COV_DIM),
+                    key=lambda n: model.linear_shape(n)[0])
+    keep, used = set(), 0
+    for k in reversed(range(model.num_steps)):
+        for name in layers:
+            size = model.depth * 8 * model.linear_shape(name)[0] ** 2
+            if used + size <= budget:
+                keep.add((k, name))
+                used += size
+    return keep
+
+
 class _InputRecorder:
-    """Accumulates E[x x^T] of every factorizable linear's input, per step, while it is open: the
-    statistics the whitened factorization truncates by."""
+    """Accumulates E[x x^T] of the searched linears' inputs, per step, while it is open: the
+    statistics the whitened factorization truncates by (see `watched` for which)."""
 
     def __init__(self, model):
-        self.step_of = {model.tokens_at(k): k for k in range(model.num_steps)}   # token count -> step
-        self.names = {id(getattr(owner, short)): f"{i}/{name}" for i in range(model.depth)
+        self.keep = watched(model)
+        self.step_of = {model.tokens_at(k): k for k in range(model.num_steps)}    # token count -> step
+        self.names = {id(getattr(owner, short)): (i, name) for i in range(model.depth)
                       for name, (owner, short) in model.factor_slots(i).items()}
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
@@ -95,10 +120,11 @@ class _InputRecorder:
         self._watch.__enter__()
 
     def _observe(self, layer: torch.nn.Linear, x: torch.Tensor) -> None:
-        name = self.names.get(id(layer))
-        if name is None or x.shape[1] not in self.step_of:
+        where = self.names.get(id(layer))
+        step = self.step_of.get(x.shape[1])
+        if where is None or (step, where[1]) not in self.keep:
             return
-        k = f"{self.step_of[x.shape[1]]}/{name}"
+        k = f"{step}/{where[0]}/{where[1]}"
         x = x.detach().reshape(-1, x.shape[-1]).double()
         self.sums[k] = self.sums.get(k, 0) + x.T @ x
         self.counts[k] = self.counts.get(k, 0) + x.shape[0]
