@@ -101,7 +101,10 @@ def install_stubs() -> None:
 
 
 def drop_bf16_cast(basic: types.ModuleType) -> None:
-    """Recompile CrossAttention.forward without its two `.to(dtype=torch.bfloat16)` casts."""
+    """Recompile CrossAttention.forward without its two `.to(dtype=torch.bfloat16)` casts (once per
+    process: a second import finds it patched)."""
+    if getattr(basic.CrossAttention.forward, "_without_bf16_cast", False):
+        return
     cast = ".to(dtype=torch.bfloat16)"
     source = textwrap.dedent(inspect.getsource(basic.CrossAttention.forward))
     if source.count(cast) != 2:
@@ -109,6 +112,7 @@ def drop_bf16_cast(basic: types.ModuleType) -> None:
     code = compile(source.replace(cast, ""), inspect.getsourcefile(basic.CrossAttention), "exec")
     namespace: dict[str, Any] = {}
     exec(code, basic.__dict__, namespace)  # noqa: S102 - upstream's own method, minus the casts
+    namespace["forward"]._without_bf16_cast = True
     basic.CrossAttention.forward = namespace["forward"]
 
 
