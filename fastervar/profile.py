@@ -25,6 +25,7 @@ Validation errors are FastervarErrors that name the offending field, e.g. `steps
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -330,7 +331,7 @@ def _check_self_consistent(p: Profile) -> None:
 def _numbers(v: Any, depth: int) -> bool:
     """A list (of lists, `depth` deep) of finite numbers."""
     if depth == 0:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     return isinstance(v, list) and bool(v) and all(_numbers(x, depth - 1) for x in v)
 
 

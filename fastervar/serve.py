@@ -94,11 +94,19 @@ def item_json(item: Item, image: np.ndarray, tokens: Sequence[np.ndarray]) -> di
 
 
 def info(manifest) -> dict[str, Any]:
-    """What GET /info says about the loaded bundle."""
+    """What GET /info says about the loaded bundle; `accepts` is what a POST /generate item may
+    carry (the served page builds its form from it)."""
     d = manifest.data
     return {"model": d["model"]["config"], "profile": d["profile"]["name"], "precision": d["precision"],
             "num_classes": manifest.num_classes, "patch_nums": manifest.patch_nums, "max_batch": manifest.max_batch,
-            "sampler": d["sampler"]}
+            "sampler": d["sampler"], "accepts": {"classes": manifest.num_classes, "seed": True, "index": True}}
+
+
+def page() -> bytes:
+    """GET /: one self-contained HTML page (no framework, nothing fetched from elsewhere) to try
+    the bundle from a browser."""
+    from importlib.resources import files
+    return (files(__package__) / "assets" / "serve" / "index.html").read_bytes()
 
 
 @dataclass(frozen=True)
@@ -137,11 +145,12 @@ def worker_resources(provider: str) -> dict[str, float]:
 def deployment(options: ServeOptions, replicas: int | str = 1):
     """The Ray Serve application for a bundle: `serve.run(deployment(...))`."""
     require("serve")
+    import time
     from collections import deque
 
     from ray import serve
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse, Response
 
     from .bundle_contract import read_manifest
 
@@ -159,6 +168,7 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
             self.pipe = Pipeline.from_bundle(opts.bundle, provider=opts.provider, threads=opts.threads)
             self.opts = opts
             self.batches: deque[int] = deque(maxlen=1000)       # recent batch sizes, for GET /stats
+            self.page = page()
             self._batched.set_max_batch_size(self.pipe.manifest.max_batch)
             self._batched.set_batch_wait_timeout_s(opts.batch_wait_ms / 1000)
 
@@ -178,6 +188,8 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
 
         async def __call__(self, request: Request) -> Response:
             path, method = request.url.path.rstrip("/") or "/", request.method
+            if path == "/" and method == "GET":
+                return HTMLResponse(self.page)
             if path == "/healthz" and method == "GET":
                 return JSONResponse({"status": "ok"})
             if path == "/info" and method == "GET":
@@ -185,7 +197,7 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
             if path == "/stats" and method == "GET":
                 return JSONResponse(self.stats())
             if path != "/generate":
-                return JSONResponse({"error": f"no route {method} {path}; use POST /generate, GET /healthz or /info"},
+                return JSONResponse({"error": f"no route {method} {path}; use POST /generate, GET /, /healthz or /info"},
                                     status_code=404)
             if method != "POST":
                 return JSONResponse({"error": "POST a JSON body to /generate"}, status_code=405)
@@ -196,14 +208,18 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
                 return JSONResponse({"error": str(exc)}, status_code=413)
             except RequestError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
+            started = time.perf_counter()
             try:
                 outs = await self.generate(items)
             except Exception as exc:  # noqa: BLE001 -- an engine failure answers 500; the replica keeps serving
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 return JSONResponse({"error": f"generation failed: {first}"}, status_code=500)
+            # the time this request waited for its batch and generated, as the page shows it
+            took = {"X-Generation-Seconds": f"{time.perf_counter() - started:.4f}"}
             if as_json:
-                return JSONResponse({"images": [item_json(it, img, toks) for it, (img, toks) in zip(items, outs)]})
-            return Response(png_bytes(outs[0][0]), media_type="image/png")
+                return JSONResponse({"images": [item_json(it, img, toks) for it, (img, toks) in zip(items, outs)]},
+                                    headers=took)
+            return Response(png_bytes(outs[0][0]), media_type="image/png", headers=took)
 
     return FastervarGenerator.bind(options)
 

@@ -3,8 +3,10 @@ gives; bad requests are 400; Ray Data writes the same files and resumes; nothing
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -214,3 +216,102 @@ def test_generate_batch_on_ray_data_writes_direct_images_and_resumes(bundle, ray
     (tmp_path / "out" / image_name(17)).unlink()
     assert generate_batch(str(bundle), classes, 4, tmp_path / "out", progress=False) == (1, 255)
     assert generate_batch(str(bundle), classes, 4, tmp_path / "out", progress=False) == (0, 256)
+
+
+def test_the_page_is_one_self_contained_file():
+    """No framework and nothing fetched from elsewhere: the page works on a machine with no
+    network, and only talks to the server that served it."""
+    from fastervar.serve import page
+    html = page().decode()
+    assert html.startswith("<!doctype html>")
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!#)""", html), "the page loads an asset"
+    assert not re.search(r"https?://|//[a-z]", html.replace("http://www.w3.org", "")), "the page names another host"
+    assert "fetch(\"/info\")" in html and "fetch(\"/generate\"" in html
+
+
+def _browser(tmp_path):
+    """Headless Debian Chromium through its own chromedriver (nothing downloaded), or a skip
+    that says what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium: "
+                                                                  "pip install 'fastervar[test]'")
+    from selenium.webdriver.chrome.service import Service
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver; .ci/run installs them where it can)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=900,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+@pytest.mark.slow
+@pytest.mark.needs("ray.serve", "starlette")
+def test_the_served_page_draws_what_fastervar_run_draws_in_a_real_browser(bundle, ray_root, tmp_path):
+    """Headless Chromium loads GET /, picks a class and a seed, clicks Generate and waits for the
+    image: its PNG and its decoded pixels are `fastervar run`'s for the same (class, seed, index)."""
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from fastervar.serve import ServeOptions, serve_bundle, shutdown
+
+    browser = _browser(tmp_path)
+    try:
+        port = free_port()
+        serve_bundle(ServeOptions(str(bundle)), "127.0.0.1", port, 1, blocking=False)
+        browser.set_page_load_timeout(60)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: not b.find_element("id", "generate").get_attribute("disabled"))
+        Select(browser.find_element("id", "class")).select_by_value("3")
+        seed = browser.find_element("id", "seed")
+        seed.clear()
+        seed.send_keys("2")
+        browser.find_element("id", "generate").click()
+        wait.until(lambda b: b.find_element("id", "time").text.startswith("generated in")
+                   or b.find_element("id", "error").text)
+        assert not browser.find_element("id", "error").text
+        png = base64.b64decode(browser.execute_async_script(
+            "const done = arguments[0];"
+            "fetch(document.getElementById('image').src).then(r => r.arrayBuffer()).then(buf => {"
+            "  let s = ''; for (const b of new Uint8Array(buf)) s += String.fromCharCode(b); done(btoa(s)); });"))
+        rgba = browser.execute_script(
+            "const img = document.getElementById('image'); const c = document.createElement('canvas');"
+            "c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
+            "g.drawImage(img, 0, 0); return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)];")
+        shot = tmp_path / "page.png"
+        browser.save_screenshot(str(shot))
+        keep = os.environ.get("FASTERVAR_SCREENSHOTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / "served-page.png")
+        # the same key through the CLI's runtime
+        out = tmp_path / "run"
+        r = CliRunner().invoke(main, ["run", str(bundle), "--class", "3", "--seed", "2", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        expected = (out / "0000.png").read_bytes()
+        assert png == expected
+        from PIL import Image
+        ours = np.asarray(Image.open(out / "0000.png").convert("RGBA"))
+        w, h, data = rgba
+        assert (h, w) == ours.shape[:2]
+        assert np.array_equal(np.asarray(data, dtype=np.uint8).reshape(h, w, 4), ours)
+        assert shot.stat().st_size > 1000
+        # a request the server refuses (a class this bundle lacks) shows its one line, and the page
+        # goes on working
+        browser.execute_script("document.getElementById('class').add(new Option('99', '99'))")
+        Select(browser.find_element("id", "class")).select_by_value("99")
+        browser.find_element("id", "generate").click()
+        wait.until(lambda b: b.find_element("id", "error").text)
+        assert "class index 99 is out of range" in browser.find_element("id", "error").text
+        Select(browser.find_element("id", "class")).select_by_value("1")
+        browser.find_element("id", "generate").click()
+        wait.until(lambda b: b.find_element("id", "time").text.startswith("generated in"))
+        assert not browser.find_element("id", "error").text
+    finally:
+        browser.quit()
+        shutdown()
+    assert not _ours(ray_root), "Ray processes were left running"

@@ -31,7 +31,7 @@ def pivotal_stream(x: torch.Tensor, keep: int, grid: tuple[int, int]) -> torch.T
     squared distance from it summed over channels, then the `keep` highest by `argsort`, in score
     order. Scores can tie to the last bit at the keep/drop boundary, so the same reduction and the
     same sort are what keep the same tokens."""
-    rows, n, c = x.shape
+    rows, _, c = x.shape
     h, w = grid
     mean = torch.nn.functional.adaptive_avg_pool2d(x.view(rows, h, w, c).permute(0, 3, 1, 2), (1, 1))
     mean = mean.permute(0, 2, 3, 1).view(rows, 1, c)
