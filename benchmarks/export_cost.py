@@ -7,6 +7,12 @@ machine is not exported: its peak is projected from the largest measured ratio.
 
     python benchmarks/export_cost.py --models d16 --profiles d16-paper-split,identity \\
         --project d30,d36 --json benchmarks/results/export_cost_cpu.json
+
+From checkpoint files as users have them (upstream's names; loading maps them instead of reading a
+second copy of the weights), at each precision:
+
+    python benchmarks/export_cost.py --models d16 --from-files out/d16files --precisions fp32,int8 \\
+        --project "" --json benchmarks/results/export_cost_files_cpu.json
 """
 
 from __future__ import annotations
@@ -35,10 +41,25 @@ def weight_bytes(name: str) -> int:
     return sum(t.numel() * 4 for part in (model.var, model.vae) for t in part.state_dict().values())
 
 
-def export_once(model: str, profile: str, out: Path) -> dict:
+def write_files(model: str, folder: Path) -> list[str]:
+    """The model's seeded random weights as two files in upstream's layout and names (written once),
+    so that an export reads checkpoints as users have them; returns the export's options for them."""
+    var, vae = folder / f"var_{model}.pth", folder / "vae_ch160v4096z32.pth"
+    if not (var.exists() and vae.exists()):
+        from fastervar.models.loading import random_model
+        folder.mkdir(parents=True, exist_ok=True)
+        m = random_model(model)
+        torch.save(m.var.state_dict(), var)
+        torch.save(m.vae.state_dict(), vae)
+        del m
+    return ["--checkpoint", str(var), "--vae-checkpoint", str(vae)]
+
+
+def export_once(model: str, profile: str, out: Path, files: Path | None = None, precision: str = "fp32") -> dict:
     """One export in a child process: its wall time, peak RSS and bundle size."""
     exe = Path(sys.executable).with_name("fastervar")
-    cmd = [str(exe), "export", "--model", model, "--random-weights", "--profile", profile, "--out", str(out)]
+    source = ["--model", model, "--random-weights"] if files is None else write_files(model, files)
+    cmd = [str(exe), "export", *source, "--profile", profile, "--precision", precision, "--out", str(out)]
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = child.stdout.read()
@@ -59,6 +80,10 @@ def main() -> None:
                     help="comma-separated profiles; MODEL stands for the model's name")
     ap.add_argument("--project", default="d30", help="models whose peak is projected, not measured")
     ap.add_argument("--work", type=Path, default=None, help="where bundles are written (default: a temp dir)")
+    ap.add_argument("--from-files", type=Path, default=None, metavar="DIR",
+                    help="export from checkpoint files in upstream's layout kept in DIR (written there once "
+                         "from seeded random weights), as users do, instead of --random-weights")
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32, fp16, int8")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -67,26 +92,30 @@ def main() -> None:
     for model in args.models.split(","):
         weights = weight_bytes(model)
         for spec in args.profiles.split(","):
-            profile = spec.replace("MODEL", model)
-            out = work / f"{model}-{profile}"
-            row = {"model": model, "profile": profile, "weights_bytes": weights, **export_once(model, profile, out)}
-            row["ratio"] = row["peak_rss_bytes"] / weights
-            rows.append(row)
-            shutil.rmtree(out, ignore_errors=True)
+            for precision in args.precisions.split(","):
+                profile = spec.replace("MODEL", model)
+                out = work / f"{model}-{profile}-{precision}"
+                row = {"model": model, "profile": profile, "precision": precision, "weights_bytes": weights,
+                       "source": "random weights" if args.from_files is None else "checkpoint files",
+                       **export_once(model, profile, out, args.from_files, precision)}
+                row["ratio"] = row["peak_rss_bytes"] / weights
+                rows.append(row)
+                shutil.rmtree(out, ignore_errors=True)
     worst = max(r["ratio"] for r in rows)
     projected = []
     for model in filter(None, args.project.split(",")):
         weights = weight_bytes(model)
         projected.append({"model": model, "weights_bytes": weights, "projected_peak_bytes": worst * weights})
 
-    print(f"\n{'model':<6} {'profile':<20} {'weights':>9} {'wall':>8} {'peak RSS':>9} {'ratio':>6} {'bundle':>9}")
+    print(f"\n{'model':<6} {'profile':<20} {'prec':<5} {'weights':>9} {'wall':>8} {'peak RSS':>9} {'ratio':>6} {'bundle':>9}")
     for r in rows:
-        print(f"{r['model']:<6} {r['profile']:<20} {r['weights_bytes'] / 2**30:>7.2f} G {r['seconds'] / 60:>6.1f} m "
+        print(f"{r['model']:<6} {r['profile']:<20} {r['precision']:<5} {r['weights_bytes'] / 2**30:>7.2f} G "
+              f"{r['seconds'] / 60:>6.1f} m "
               f"{r['peak_rss_bytes'] / 2**30:>7.2f} G {r['ratio']:>5.2f}x {r['bundle_bytes'] / 2**30:>7.2f} G")
     free = available_bytes()
     for p in projected:
         fits = "" if free is None else (" (fits here)" if p["projected_peak_bytes"] < free else " (more than this machine has)")
-        print(f"{p['model']:<6} {'projected':<20} {p['weights_bytes'] / 2**30:>7.2f} G {'':>8} "
+        print(f"{p['model']:<6} {'projected':<20} {'':<5} {p['weights_bytes'] / 2**30:>7.2f} G {'':>8} "
               f"{p['projected_peak_bytes'] / 2**30:>7.2f} G {worst:>5.2f}x{fits}")
     write_result(args.json, {"command": " ".join(sys.argv), "cpus": os.cpu_count(),
                              "torch": torch.__version__, "rows": rows, "projected": projected})

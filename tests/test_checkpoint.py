@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,35 @@ def test_safetensors_directory_round_trip(tmp_path, tiny_model):
     save_model_dir(tiny_model, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "vae.safetensors", "var.safetensors"]
     assert _equal_weights(load_model_dir(tmp_path / "m"), tiny_model)
+
+
+def _file_spans(path) -> list[tuple[int, int]]:
+    """The address ranges this process maps from `path` (Linux's /proc/self/maps)."""
+    want, spans = str(Path(path).resolve()), []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == want:
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            spans.append((lo, hi))
+    return spans
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from Linux's /proc")
+@pytest.mark.parametrize("layout", ["pth", "safetensors"])
+def test_loaded_weights_are_the_files_pages_not_a_second_copy(tmp_path, tiny_model, tiny_files, layout):
+    """Export of a large model must fit beside one copy of its weights: the loaded parameters are
+    the checkpoint's memory-mapped pages, not copies of a state dict read whole."""
+    if layout == "pth":
+        loaded, files = load_model(*tiny_files, get_config("tiny")), tiny_files
+    else:
+        save_model_dir(tiny_model, tmp_path / "m")
+        loaded, files = load_model_dir(tmp_path / "m"), (tmp_path / "m" / "var.safetensors",
+                                                         tmp_path / "m" / "vae.safetensors")
+    assert _equal_weights(loaded, tiny_model)
+    for part, path in ((loaded.var, files[0]), (loaded.vae, files[1])):
+        spans = _file_spans(path)
+        for name, t in part.named_parameters():
+            assert any(lo <= t.data_ptr() < hi for lo, hi in spans), f"{name} was copied out of {path.name}"
 
 
 def test_official_shaped_files_infer_their_configuration(tmp_path):

@@ -40,7 +40,7 @@ def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> State
             raise FastervarError(f"{p}: not a readable safetensors file ({_first_line(exc)})") from None
     else:
         try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = _torch_load(p)
         except pickle.UnpicklingError as exc:
             raise FastervarError(f"{p}: refused to load, it is not a plain weights file "
                                  f"({_first_line(exc)})") from None
@@ -53,6 +53,26 @@ def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> State
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise FastervarError(f"{p}: not a state dict (expected a mapping of names to tensors)")
     return sd
+
+
+def _torch_load(p: Path):
+    """A weights-only pickle, memory-mapped where its format allows: the tensors stay pages of the
+    file until read, so loading does not hold a second copy of the weights beside the model's."""
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(p, map_location="cpu", weights_only=True)      # the legacy (pre-zip) format
+
+
+def assign_state_dict(module: torch.nn.Module, sd: StateDict) -> None:
+    """Load a checked state dict by taking its tensors instead of copying them into the module's
+    (a memory-mapped file's pages then serve as the weights, and the module's own initial tensors
+    are freed); a tensor stored in another dtype is cast to the module's, as a copying load does."""
+    own = {k: v.dtype for k, v in module.state_dict().items()}
+    sd = {k: v if v.dtype == own[k] else v.to(own[k]) for k, v in sd.items()}
+    module.load_state_dict(sd, strict=True, assign=True)
 
 
 def weights_sha256(model) -> str:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import FastervarError
-from ..checkpoint import StateDict, check_strict, read_state_dict
+from ..checkpoint import StateDict, assign_state_dict, check_strict, read_state_dict
 from .configs import BSQConfig
 
 
@@ -309,5 +309,6 @@ def load_bsq(path: str | os.PathLike, cfg: BSQConfig | None = None, patch_size: 
     own = model.state_dict()
     sd = wrap_names(sd, own, p)
     check_strict(own, sd, p, "BSQ VAE")
-    model.load_state_dict(sd, strict=True)
+    del own
+    assign_state_dict(model, sd)
     return model.eval()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ...errors import FastervarError
-from ..checkpoint import StateDict, check_strict, names_infinity, read_state_dict
+from ..checkpoint import StateDict, assign_state_dict, check_strict, names_infinity, read_state_dict
 from .bsq import BSQVAE, load_bsq
 from .configs import INFINITY_CONFIGS, BSQConfig, InfinityConfig
 from .family import InfinityModel
@@ -105,9 +105,8 @@ def load_infinity_transformer(path: str | os.PathLike, cfg: InfinityConfig | Non
         raise FastervarError(f"{p}: not an Infinity transformer checkpoint{hint}; first key {next(iter(sd))!r}")
     sd = _normalise(sd)
     model = Infinity(cfg or infer_infinity_config(sd, p))
-    own = model.state_dict()
-    check_strict(own, sd, p, "Infinity")
-    model.load_state_dict(sd, strict=True)
+    check_strict(model.state_dict(), sd, p, "Infinity")
+    assign_state_dict(model, sd)
     return model.eval()
 
 

@@ -219,7 +219,8 @@ def load_encoder(folder: str | Path) -> T5Encoder:
     except OSError as exc:
         raise FastervarError(f"cannot read {folder / 'config.json'}: {exc.strerror or exc}") from None
     found = _read_weights(folder)
-    want = {f"encoder.{k}": v for k, v in T5Encoder(cfg).state_dict().items()}
+    model = T5Encoder(cfg)
+    want = {f"encoder.{k}": v.shape for k, v in model.state_dict().items()}
     sd = {k: v for k, v in found.items() if k.startswith("encoder.")}
     # the token embedding is tied to `shared`, which savers often keep alone
     if "encoder.embed_tokens.weight" not in sd and "shared.weight" in found:
@@ -227,14 +228,14 @@ def load_encoder(folder: str | Path) -> T5Encoder:
     for key, ref in want.items():
         if key not in sd:
             raise FastervarError(f"{folder}: T5 weight {key} is missing")
-        if tuple(sd[key].shape) != tuple(ref.shape):
+        if tuple(sd[key].shape) != tuple(ref):
             raise FastervarError(f"{folder}: T5 weight {key} has shape {tuple(sd[key].shape)}, "
-                                 f"the config says {tuple(ref.shape)}")
+                                 f"the config says {tuple(ref)}")
     extra = sorted(set(sd) - set(want))
     if extra:
         raise FastervarError(f"{folder}: unexpected T5 encoder weight {extra[0]}")
-    model = T5Encoder(cfg)
-    model.load_state_dict({k.removeprefix("encoder."): v.float() for k, v in sd.items()}, strict=True)
+    from ..checkpoint import assign_state_dict
+    assign_state_dict(model, {k.removeprefix("encoder."): v for k, v in sd.items()})
     return model.eval()
 
 

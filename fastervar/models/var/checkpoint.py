@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ...errors import FastervarError
 from ...utils.atomic import atomic_dir
-from ..checkpoint import StateDict, check_strict, checkpoint_kind, read_state_dict
+from ..checkpoint import StateDict, assign_state_dict, check_strict, checkpoint_kind, read_state_dict
 from .configs import (
     NAMED_CONFIGS,
     OFFICIAL_VAE,
@@ -96,7 +96,8 @@ def _load_part(module: torch.nn.Module, sd: StateDict, path: Path, what: str) ->
     hits = "quantize.ema_vocab_hit_SV"
     if hits in sd and sd[hits].shape != own[hits].shape:
         sd[hits] = own[hits]          # usage statistics only; their row count follows the schedule
-    module.load_state_dict(sd, strict=True)
+    del own
+    assign_state_dict(module, sd)
 
 
 def load_model(var_path: str | os.PathLike, vae_path: str | os.PathLike,
