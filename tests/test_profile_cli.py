@@ -53,6 +53,39 @@ def test_calibrate_is_deterministic_and_reuses_measurements(calibrated):
     assert [s.__dict__ for s in a.steps] == [s.__dict__ for s in b.steps]
 
 
+def test_an_interrupted_calibration_resumes_without_judging_again(calibrated, tmp_path, monkeypatch):
+    """A calibration stopped part-way (a session ending) keeps every judgement it made: the rerun
+    judges only the rest, and chooses what an uninterrupted run chose."""
+    from fastervar.calibrate.search import Searcher
+    judge, calls = Searcher._judge, []
+
+    def counted(self, profile, stop_after=None):
+        calls.append(profile.name)
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return judge(self, profile)
+
+    args = ("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
+            "--target-speedup", "1.2", "--batch-size", "6", "--cache-dir", str(tmp_path / "cache"))
+    monkeypatch.setattr(Searcher, "_judge", lambda self, p: counted(self, p, stop_after=5))
+    r = run(*args, "--out", str(tmp_path / "p.json"))
+    assert r.exit_code != 0 and not (tmp_path / "p.json").exists()
+    (judged,) = (tmp_path / "cache").glob("judged-*.json")
+    assert len(json.loads(judged.read_text())["payload"]) == 5
+    calls.clear()
+    monkeypatch.setattr(Searcher, "_judge", lambda self, p: counted(self, p))
+    r = run(*args, "--out", str(tmp_path / "p.json"))
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(judged.read_text())["payload"]) == 5 + len(calls)
+    assert [s.__dict__ for s in load(tmp_path / "p.json").steps] == [s.__dict__ for s in load(calibrated / "p.json").steps]
+    calls.clear()                                    # everything judged: a third run runs no candidate
+    r = run(*args, "--out", str(tmp_path / "q.json"))
+    assert r.exit_code == 0 and calls == []
+    judged.write_text("{not json")                   # a corrupt cache is judged again, with one warning
+    r = run(*args, "--out", str(tmp_path / "q.json"))
+    assert r.exit_code == 0 and "ignoring unreadable cache" in r.output and calls
+
+
 def test_unreachable_target_names_the_closest(calibrated, tmp_path):
     r = run("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
             "--target-speedup", "40", "--batch-size", "6", "--out", str(tmp_path / "p.json"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,9 @@ from .latency import FEATURES, cached_clock, cached_latency, warn
 from .measure import Measurements, cache_key, measure
 from .report import write_report
 from .search import (
+    JUDGED_VERSION,
     Candidate,
+    JudgedCache,
     Searcher,
     closest,
     equal_speed_comparison,
@@ -172,7 +176,12 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     bank = r.prompts
     prompt_id = None if bank is None else _digest(bank)
     m, cache = _measurements(model, r, sha, judge, prompt_id)
-    others = [(other, _measurements(other, r, sha, judge, prompt_id)[0]) for other in r.aspects]
+    measured = [_measurements(other, r, sha, judge, prompt_id) for other in r.aspects]
+    others = [(other, om) for other, (om, _) in zip(r.aspects, measured)]
+    judged_context = {"judged": JUDGED_VERSION, "batch": batch,
+                      "measurements": [cache.stem, *(path.stem for _, path in measured)]}
+    tag = hashlib.sha256(json.dumps(judged_context).encode()).hexdigest()[:8]
+    judged = JudgedCache(cache_dir / f"judged-{cache.stem.removeprefix('measure-')}-{tag}.json", judged_context)
     timing_labels = [c for _ in seeds for c in classes][:batch]
     latency = None
     if cost_model == "latency":
@@ -181,7 +190,8 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                    + f" for this machine (probe totals within {latency.fit_error:.0%} of measured)")
     bar = tqdm(desc="searching profiles", unit="cand")
     searcher = Searcher(model, m, {}, classes, seeds, settings, batch, judge,
-                        on_candidate=lambda c: bar.update(), latency=latency, bank=bank, aspects=others)
+                        on_candidate=lambda c: bar.update(), latency=latency, bank=bank, aspects=others,
+                        judged=judged)
     m = searcher.m                      # pooled over the aspects, when there are several
     searcher.stages = stages = stage_split(m)
     try:

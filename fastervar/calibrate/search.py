@@ -11,10 +11,12 @@ evaluate with; SSIM does not). Nothing is hand-picked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +29,7 @@ from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity
 from ..timing import Batch, TorchRunner
-from .latency import LatencyModel
+from .latency import LatencyModel, read_cache, warn, write_cache
 from .measure import Measurements
 
 # 1.0 keeps every token: the refine steps then only drop guidance (SkipVAR's unconditional-branch
@@ -145,6 +147,45 @@ def pooled(ms: Sequence[Measurements], counts: Sequence[int]) -> Measurements:
                         final_images=ms[0].final_images)
 
 
+# Bump when a change to the accelerator or the metrics changes what a profile draws or scores: the
+# cached judgements of older runs are then judged again.
+JUDGED_VERSION = 1
+
+
+class JudgedCache:
+    """Each profile's judgement on the calibration images (paired SSIM per image, PSNR, class
+    accuracy, feature shift), written to disk as soon as it is made: a calibration that stops (a
+    session ends, a machine is reclaimed) resumes where it was, judging only what it had not.
+    One file per measurement (which fixes model, weights, prompts, seeds, settings, device and
+    dtype) and batch, and for several aspects their measurements too."""
+
+    def __init__(self, path: Path, context: dict):
+        self.path, self.context = path, context
+        known = read_cache(path, context) or {}
+        self.known = {k: v for k, v in known.items() if _judgement_ok(v)}
+        if len(self.known) != len(known):
+            warn(f"ignoring {len(known) - len(self.known)} malformed entries of {path}; judging them again")
+
+    @staticmethod
+    def plan(profile: Profile) -> str:
+        """What decides the images: the steps and any per-image rule (not the name)."""
+        d = profile.to_dict()
+        return hashlib.sha256(json.dumps([d["steps"], d.get("decision")], sort_keys=True).encode()).hexdigest()[:16]
+
+    def get(self, profile: Profile) -> dict | None:
+        return self.known.get(self.plan(profile))
+
+    def put(self, profile: Profile, judgement: dict) -> None:
+        self.known[self.plan(profile)] = judgement
+        write_cache(self.path, self.context, self.known)
+
+
+def _judgement_ok(v) -> bool:
+    return (isinstance(v, dict) and isinstance(v.get("ssims"), list) and bool(v["ssims"])
+            and all(isinstance(x, (int, float)) for x in v["ssims"]) and isinstance(v.get("psnr"), (int, float))
+            and all(v.get(k) is None or isinstance(v[k], (int, float)) for k in ("class_accuracy", "shift")))
+
+
 class Searcher:
     """Evaluates candidates on the calibration prompts against the measured baseline. `aspects`
     adds the same weights on other aspect templates of the budget, each with its measurements: a
@@ -155,8 +196,10 @@ class Searcher:
                  seeds: Sequence[int], settings: SamplingSettings, batch: int,
                  judge: ClassifierFeatures | None,
                  on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None,
-                 bank=None, aspects: Sequence[tuple[FamilyModel, Measurements]] = ()):
+                 bank=None, aspects: Sequence[tuple[FamilyModel, Measurements]] = (),
+                 judged: JudgedCache | None = None):
         self.parts = [(model, m), *aspects]
+        self.judged = judged
         self.model, self.stages, self.settings, self.batch = model, stages, settings, batch
         self.m = pooled([pm for _, pm in self.parts], [len(pm.final_images) for _, pm in self.parts])
         self.shares = bool(aspects)
@@ -240,17 +283,28 @@ class Searcher:
         """Price and judge any profile (a candidate, or a peer's recipe) on the calibration prompts.
         The price is the latency model's when there is one (time on this machine), else FLOPs."""
         sp, flops = self.predict(profile)
+        j = self.judged.get(profile) if self.judged is not None else None
+        if j is None:
+            j = self._judge(profile)
+            if self.judged is not None:
+                self.judged.put(profile, j)
+        ssims = np.asarray(j["ssims"])
+        return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssims.mean()), j["psnr"],
+                         j["class_accuracy"], j["shift"],
+                         extra={"flops_speedup": flops["transformer"], "per_image_ssim": ssims})
+
+    def _judge(self, profile: Profile) -> dict:
+        """Run the profile on the calibration prompts and compare with the baseline's images."""
         pairs = self._images(profile)
         acc = shift = None
         if self.judge is not None:
             feats, classes_seen = self.judge.features_and_classes(pairs[0][0])
             acc = float((classes_seen == self.labels).mean())
-            shift = feature_shift(self.base_features, feats)
+            shift = float(feature_shift(self.base_features, feats))
         ssims = np.concatenate([ssim(imgs, base) for imgs, base in pairs])
         psnrs = [mean_psnr(imgs, base) * len(imgs) for imgs, base in pairs]
-        return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssims.mean()),
-                         sum(psnrs) / len(ssims), acc, shift,
-                         extra={"flops_speedup": flops["transformer"], "per_image_ssim": ssims})
+        return {"ssims": [float(x) for x in ssims], "psnr": float(sum(psnrs) / len(ssims)),
+                "class_accuracy": acc, "shift": shift}
 
 
 def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, base_accuracy: float | None,
