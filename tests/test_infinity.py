@@ -7,6 +7,7 @@ intra-op thread); these tests read only tests/data.
 
 from __future__ import annotations
 
+import os
 import hashlib
 import json
 from dataclasses import replace
@@ -162,6 +163,11 @@ def test_released_layout_files_load_and_infer_the_architecture(tiny, infinity_fi
     assert model.vae.cfg == INFINITY_CONFIGS["infinity-tiny"][1]
     for a, b in zip(model.state_dict().values(), tiny.state_dict().values()):
         assert torch.equal(a, b)
+    # the weights are the files' mapped pages, not a second copy (Infinity-2B is 8.8 GB in fp32)
+    from .test_checkpoint import _file_spans
+    for part, name in ((model.infinity, "infinity.pth"), (model.vae, "vae.pth")) if os.path.exists("/proc/self/maps") else ():
+        spans = _file_spans(infinity_files / name)
+        assert all(any(lo <= t.data_ptr() < hi for lo, hi in spans) for t in part.parameters()), name
 
 
 def test_flash_shaped_temperatures_load(tiny, tmp_path):
