@@ -7,9 +7,9 @@ intra-op thread); these tests read only tests/data.
 
 from __future__ import annotations
 
-import os
 import hashlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
