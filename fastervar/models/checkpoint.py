@@ -8,6 +8,7 @@ with `weights_only=True` only.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -53,6 +54,32 @@ def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> State
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise FastervarError(f"{p}: not a state dict (expected a mapping of names to tensors)")
     return sd
+
+
+def read_hf_weights(folder: Path, what: str) -> StateDict:
+    """A Hugging Face folder's tensors: model.safetensors (or its shards), else pytorch_model.bin,
+    each read by `read_state_dict` (safetensors, or a pickle with weights_only=True)."""
+
+    def read(name: str) -> StateDict:
+        try:
+            return read_state_dict(folder / name)
+        except FastervarError as exc:
+            raise FastervarError(f"cannot read the {what} weights: {exc}") from None
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FastervarError(f"{index}: not a shard index ({_first_line(exc)})") from None
+        if not all(isinstance(s, str) and "/" not in s and "\\" not in s and s not in ("", ".", "..")
+                   for s in shards):
+            raise FastervarError(f"{index}: shard names must be files of the folder")
+        return {k: v for s in shards for k, v in read(s).items()}
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return read(name)
+    raise FastervarError(f"{folder} has no model.safetensors, shard index or pytorch_model.bin")
 
 
 def _torch_load(p: Path):

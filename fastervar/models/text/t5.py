@@ -179,32 +179,6 @@ class T5Encoder(nn.Module):
         return self.final_layer_norm(x)
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The folder's tensors: model.safetensors (or its shards), else pytorch_model.bin, each read
-    by the one checkpoint reader (safetensors, or a pickle with weights_only=True)."""
-    from ..checkpoint import read_state_dict
-
-    def read(name: str) -> dict[str, torch.Tensor]:
-        try:
-            return read_state_dict(folder / name)
-        except FastervarError as exc:
-            raise FastervarError(f"cannot read the T5 weights: {exc}") from None
-
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise FastervarError(f"{index}: not a shard index ({str(exc).splitlines()[0] if str(exc) else exc})") \
-                from None
-        if not all(isinstance(s, str) and "/" not in s and "\\" not in s and s not in ("", ".", "..")
-                   for s in shards):
-            raise FastervarError(f"{index}: shard names must be files of the folder")
-        return {k: v for s in shards for k, v in read(s).items()}
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).exists():
-            return read(name)
-    raise FastervarError(f"{folder} has no model.safetensors, shard index or pytorch_model.bin")
 
 
 def load_encoder(folder: str | Path) -> T5Encoder:
@@ -218,7 +192,8 @@ def load_encoder(folder: str | Path) -> T5Encoder:
         raise FastervarError(f"{folder / 'config.json'}: malformed JSON ({exc})") from None
     except OSError as exc:
         raise FastervarError(f"cannot read {folder / 'config.json'}: {exc.strerror or exc}") from None
-    found = _read_weights(folder)
+    from ..checkpoint import read_hf_weights
+    found = read_hf_weights(folder, "T5")
     model = T5Encoder(cfg)
     want = {f"encoder.{k}": v.shape for k, v in model.state_dict().items()}
     sd = {k: v for k, v in found.items() if k.startswith("encoder.")}
