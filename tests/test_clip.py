@@ -148,3 +148,85 @@ def test_bad_folders_are_one_line(tmp_path):
     (broken / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(FastervarError, match="not a CLIP model"):
         load_clip(broken)
+
+
+def _pngs(folder, n: int, seed: int = 0) -> list[np.ndarray]:
+    from PIL import Image
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (int(rng.integers(24, 60)), int(rng.integers(24, 60)), 3), dtype=np.uint8)
+              for _ in range(n)]
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:04d}.png")
+    return images
+
+
+def test_clip_score_command_matches_transformers_per_image(tmp_path):
+    """`fastervar clip-score` gives, per image, 100 * max(cos, 0) of transformers' own embeddings
+    (its processor, its tokenizer, its model) within 1e-4."""
+    from click.testing import CliRunner
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from fastervar.cli import main
+    folder, ref = _folder(tmp_path, "quick_gelu", True)
+    _pngs(tmp_path / "imgs", 6)
+    prompts = PROMPTS[:6]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    r = CliRunner().invoke(main, ["clip-score", str(tmp_path / "imgs"), "--prompts", str(tmp_path / "p.txt"),
+                                  "--clip", str(folder), "--json", str(tmp_path / "out" / "s.json"), "--batch-size", "4"])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "out" / "s.json").read_text())
+    proc, tok = CLIPImageProcessor.from_pretrained(folder), _tokenizer_oracle(folder)
+    pixels = proc(images=[Image.open(p) for p in sorted((tmp_path / "imgs").iterdir())], return_tensors="pt")
+    text = tok(prompts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        img = ref.get_image_features(**pixels)
+        txt = ref.get_text_features(**text)
+    img, txt = (getattr(x, "pooler_output", x) for x in (img, txt))
+    want = 100 * torch.clamp(torch.nn.functional.cosine_similarity(img, txt), min=0)
+    assert np.allclose(got["per_image"], want.numpy(), atol=1e-4, rtol=0)
+    assert got["clip_score"] == pytest.approx(float(np.mean(got["per_image"])))
+
+
+def test_clip_score_bad_input_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from fastervar.cli import main
+
+    from .test_cli import assert_bad_input
+    folder, _ = _folder(tmp_path, "quick_gelu", True)
+    _pngs(tmp_path / "imgs", 3)
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    r = CliRunner().invoke(main, ["clip-score", str(tmp_path / "imgs"), "--prompts", str(tmp_path / "p.txt"),
+                                  "--clip", str(folder)])
+    assert_bad_input(r, "has 2 prompts but")
+    (tmp_path / "p.txt").write_text("one\ntwo\nthree\n")
+    (folder / "config.json").unlink()
+    r = CliRunner().invoke(main, ["clip-score", str(tmp_path / "imgs"), "--prompts", str(tmp_path / "p.txt"),
+                                  "--clip", str(folder)])
+    assert_bad_input(r, "no config.json")
+
+
+def test_metrics_cache_features_and_measure_what_they_say(tmp_path):
+    from fastervar.evaluate.clip_metrics import ClipFeatures, clip_fd, paired_clip_similarity
+    folder, _ = _folder(tmp_path, "gelu", True)
+    judge = load_clip(folder)
+    images = _pngs(tmp_path / "imgs", 12)
+    calls = []
+    encode = judge.encode_images
+    judge.encode_images = lambda ims: calls.append(len(ims)) or encode(ims)
+    feats = ClipFeatures(judge, batch=5)
+    same = paired_clip_similarity(feats, images, images)
+    assert np.allclose(same, 1.0) and sum(calls) == 12 and max(calls) <= 5      # each image encoded once
+    assert clip_fd(feats, images, images) == pytest.approx(0.0, abs=1e-6)
+    other = _pngs(tmp_path / "other", 12, seed=1)
+    flat = [np.full_like(im, v) for im, v in zip(other, range(0, 240, 20))]      # plain colours, not noise
+    assert clip_fd(feats, flat, images) > 2 * clip_fd(feats, other, images)
+
+
+def test_imagenet_prompts_name_the_thousand_classes():
+    from fastervar.evaluate.clip_metrics import imagenet_prompts
+    assert imagenet_prompts([0, 207, 999]) == ["a photo of a tench", "a photo of a golden retriever",
+                                               "a photo of a toilet tissue"]
+    assert len(imagenet_prompts(range(1000))) == 1000

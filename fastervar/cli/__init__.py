@@ -8,7 +8,7 @@ torch, are imported inside the command bodies, so `fastervar --help` and the tor
 work on hosts without torch. Every FastervarError becomes a one-line message with exit code 2.
 """
 
-from . import bench, calibrate, deploy, evaluate, export, generate, profiles, train  # noqa: F401 -- registers the commands
+from . import bench, calibrate, clip, deploy, evaluate, export, generate, profiles, train  # noqa: F401 -- registers the commands
 from .app import EXIT_BAD_INPUT, main
 
 __all__ = ["EXIT_BAD_INPUT", "main"]
