@@ -230,3 +230,13 @@ def test_imagenet_prompts_name_the_thousand_classes():
     assert imagenet_prompts([0, 207, 999]) == ["a photo of a tench", "a photo of a golden retriever",
                                                "a photo of a toilet tissue"]
     assert len(imagenet_prompts(range(1000))) == 1000
+
+
+def test_evaluate_clip_on_a_class_model_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from fastervar.cli import main
+
+    from .test_cli import assert_bad_input
+    r = CliRunner().invoke(main, ["evaluate", "--model", "fashion-tiny", "--clip", str(tmp_path)])
+    assert_bad_input(r, "judged by its classifier")

@@ -143,3 +143,55 @@ def test_fitted_rules_as_numbers_reproduce_scikit_learns_predictions():
         else:
             want = y
         assert np.array_equal(rule.predict(x), want)
+
+
+def test_evaluate_with_clip_compares_each_image_with_its_baseline(files, tmp_path):
+    """`evaluate --clip` on Infinity: the identity profile's images are the baseline's (paired CLIP
+    similarity 1, CLIP-FD 0); paper-split's differ, and the figures say by how much."""
+    pytest.importorskip("transformers", reason="the tiny CLIP folder is written with transformers")
+    from .test_clip import _folder
+    from fastervar.profile import identity
+    clip, _ = _folder(tmp_path, "quick_gelu", True)
+    identity(random_infinity("infinity-tiny").spec(), "identity").save(tmp_path / "identity.json")
+    got = {}
+    for profile in ("identity", "infinity-paper-split"):
+        r = cli("evaluate", *model_args(files), "--text-embeddings", files / "emb.npz", "--profile",
+                tmp_path / "identity.json" if profile == "identity" else profile,
+                "--clip", clip, "--json", tmp_path / f"{profile}.json")
+        assert r.exit_code == 0, r.output
+        got[profile] = json.loads((tmp_path / f"{profile}.json").read_text())
+    assert got["identity"]["paired_clip_similarity"] == pytest.approx(1.0, abs=1e-9)
+    assert got["identity"]["clip_fd"] == pytest.approx(0.0, abs=1e-6)
+    assert got["infinity-paper-split"]["paired_clip_similarity"] < 1 - 1e-6
+    assert got["infinity-paper-split"]["clip_fd"] > 1e-6
+    assert "clip_score" not in got["identity"]            # embeddings carry no prompt text to score against
+
+
+def test_evaluate_clip_scores_each_side_against_its_prompt_text(tmp_path):
+    """With prompt texts (a T5 folder), `evaluate --clip` gives each side's CLIP score; the
+    baseline's equals what `clip-score` gives on `generate`'s images for the same prompts."""
+    transformers = pytest.importorskip("transformers", reason="transformers builds the tiny T5 and CLIP folders")
+    from tests.test_t5 import _tokenizer
+
+    from .test_clip import _folder
+    clip, _ = _folder(tmp_path, "gelu", True)
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
+    transformers.T5EncoderModel(cfg).eval().save_pretrained(tmp_path / "t5")
+    _tokenizer().save(str(tmp_path / "t5" / "tokenizer.json"))
+    prompts = ["a red cat on the grass", "the dog"]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    common = ["--model", "infinity-tiny", "--random-weights", "--pn", "0.06M", "--text-encoder", tmp_path / "t5",
+              "--prompts", tmp_path / "p.txt", "--seed", "3"]
+    r = cli("evaluate", *common, "--profile", "infinity-paper-split", "--clip", clip, "--json", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    ev = json.loads((tmp_path / "e.json").read_text())
+    r = cli("generate", *common, "--out", tmp_path / "base")
+    assert r.exit_code == 0, r.output
+    r = cli("clip-score", tmp_path / "base", "--prompts", tmp_path / "p.txt", "--clip", clip, "--json",
+            tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    assert ev["clip_score_baseline"] == pytest.approx(json.loads((tmp_path / "s.json").read_text())["clip_score"],
+                                                      abs=1e-6)
+    assert 0 <= ev["clip_score"] <= 100 and 0 < ev["paired_clip_similarity"] <= 1

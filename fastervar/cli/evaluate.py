@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import click
 
@@ -40,9 +41,12 @@ from .workload import (
 @judge_option
 @click.option("--profile", "profile_spec", metavar="PROFILE", help="Also run this profile, interleaved, on the same noise.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+@click.option("--clip", "clip_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="A Hugging Face CLIP folder: paired CLIP image similarity and CLIP-FD against the baseline, and "
+                   "with prompt texts each side's CLIP score (text-to-image models).")
 def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
              more_smooth, sampler, batch_size, prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau,
-             samples_per_class, features, judge_dir, profile_spec, json_path) -> None:
+             samples_per_class, features, judge_dir, profile_spec, json_path, clip_dir) -> None:
     """Sample N images per class and score them: class accuracy, Frechet distance, KID; with
     --profile, baseline and accelerated side by side (speedups, paired PSNR/SSIM). A text-to-image
     model has no judge here: it takes --profile and is compared pair by pair with its baseline."""
@@ -59,9 +63,12 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
                                                              ("--more-smooth", more_smooth)) if v])
         _evaluate_text(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
                        TextArgs(prompts, prompts_file, text_encoder, text_embeddings, (aspect,), pn, tau), seed, cfg,
-                       top_k, top_p, sampler, batch_size, samples_per_class or 1, profile_spec, json_path)
+                       top_k, top_p, sampler, batch_size, samples_per_class or 1, profile_spec, json_path, clip_dir)
         return
     reject_other_kind(False, text_given, [])
+    if clip_dir is not None:
+        raise FastervarError("--clip scores a text-to-image model against its prompts; a class-conditional model is "
+                             "judged by its classifier (--judge)")
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     sampling_ = sampling(model, cfg, top_k, top_p, more_smooth, sampler)
     samples_per_class = samples_per_class or 100
@@ -81,7 +88,7 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
 
 
 def _evaluate_text(model_name, checkpoint, vae_checkpoint, random_weights, device, text: TextArgs, seed, cfg, top_k,
-                   top_p, sampler, batch_size, per_prompt, profile_spec, json_path) -> None:
+                   top_p, sampler, batch_size, per_prompt, profile_spec, json_path, clip_dir=None) -> None:
     """`evaluate` for a text-to-image model: the profile against the baseline, pair by pair."""
     from ..evaluate.run import evaluate_paired
     from ..utils.machine import environment
@@ -89,13 +96,18 @@ def _evaluate_text(model_name, checkpoint, vae_checkpoint, random_weights, devic
     if profile_spec is None:
         raise FastervarError("a text-to-image model has no judge here: give --profile to compare it with the "
                              "baseline image by image (paired PSNR/SSIM, speedups)")
-    bank, _ = prompt_set(text)
+    bank, texts = prompt_set(text)
     model, = load_text_models(model_name, checkpoint, vae_checkpoint, random_weights, device, text)
+    clip = None
+    if clip_dir is not None:
+        from ..evaluate.clip_metrics import ClipFeatures
+        from ..models.clip.loading import load_clip
+        clip = ClipFeatures(load_clip(clip_dir, model.device))
     sampling_ = sampling(model, cfg, top_k, top_p, sampler=sampler, tau=text.tau)
     profile = load_profile(profile_spec, model)
     accelerated(model, profile)
     prompts = [i for i in range(len(bank)) for _ in range(per_prompt)]
-    result = evaluate_paired(model, sampling_, prompts, seed, batch_size, profile, bank)
+    result = evaluate_paired(model, sampling_, prompts, seed, batch_size, profile, bank, clip=clip, texts=texts)
     result.update(model=model.spec().config, settings=sampling_.__dict__, per_prompt=per_prompt, seed=seed)
     _print_table(result)
     if json_path:

@@ -68,6 +68,18 @@ def clip_fd(feats: ClipFeatures, images: Sequence[np.ndarray], reference: Sequen
     return frechet_distance(*gaussian_stats(feats.images(reference)), *gaussian_stats(feats.images(images)))
 
 
+def paired_clip_figures(feats: ClipFeatures, baseline: Sequence[np.ndarray], variant: Sequence[np.ndarray],
+                        prompts: Sequence[str] | None = None) -> dict:
+    """A variant against its baseline on the same keys: mean paired CLIP image similarity, CLIP-FD
+    between the two sets, and with the prompts' text each side's CLIP score."""
+    out = {"paired_clip_similarity": float(paired_clip_similarity(feats, variant, baseline).mean()),
+           "clip_fd": clip_fd(feats, variant, baseline) if len(variant) > 1 else None}
+    if prompts:
+        out["clip_score_baseline"] = float(clip_scores(feats, baseline, prompts).mean())
+        out["clip_score"] = float(clip_scores(feats, variant, prompts).mean())
+    return out
+
+
 def imagenet_prompts(classes: Sequence[int]) -> list[str]:
     """CLIP prompts for class-conditional ImageNet models: "a photo of a {name}", with the 1000
     class names as torchvision's hub lists them (assets/imagenet_classes.txt)."""

@@ -13,6 +13,7 @@ from ..models.sampling import SamplingSettings
 from ..models.var.family import VARModel, to_uint8
 from ..profile import Profile
 from ..timing import TorchRunner, batches, first_pass, interleaved, speedup, summarize
+from .clip_metrics import paired_clip_figures
 from .features import ClassifierFeatures, FeatureExtractor
 from .judge import JudgeFiles, check_domain, load_npz
 from .metrics import frechet_distance, gaussian_stats, kid, mean_psnr, ssim
@@ -122,10 +123,13 @@ def evaluate(model: VARModel, ext: FeatureExtractor, judge: JudgeFiles, settings
 
 
 def evaluate_paired(model: FamilyModel, settings: SamplingSettings, prompts: list[int], seed: int, batch_size: int,
-                    profile: Profile, bank=None, progress: bool = True) -> dict:
+                    profile: Profile, bank=None, progress: bool = True, clip=None,
+                    texts: list[str] | None = None) -> dict:
     """Baseline and a profile interleaved on the same prompts and noise, for a model no judge
     scores (a text-to-image model): how close each image stays (paired PSNR/SSIM) and the speedups.
-    `prompts` are class labels, or with `bank` (a prompt set) rows of it."""
+    `prompts` are class labels, or with `bank` (a prompt set) rows of it. With `clip` (see
+    `clip_metrics.ClipFeatures`), paired CLIP similarity and CLIP-FD too, and with the prompts'
+    `texts` (one per row of the bank) each side's CLIP score."""
     from ..accel.accelerated import AcceleratedModel
     runners = {"baseline": TorchRunner(model, settings, prompts=bank),
                "accelerated": TorchRunner(AcceleratedModel(model, profile), settings, prompts=bank)}
@@ -135,4 +139,6 @@ def evaluate_paired(model: FamilyModel, settings: SamplingSettings, prompts: lis
             "baseline": _times(runs["baseline"]), "accelerated": _times(runs["accelerated"]),
             "speedup_transformer": speedup(runs["baseline"], runs["accelerated"], "steps"),
             "speedup_total": speedup(runs["baseline"], runs["accelerated"]),
-            "paired_psnr": mean_psnr(base, acc), "paired_ssim": float(ssim(base, acc).mean())}
+            "paired_psnr": mean_psnr(base, acc), "paired_ssim": float(ssim(base, acc).mean()),
+            **({} if clip is None else paired_clip_figures(clip, list(base), list(acc),
+                                                           texts and [texts[p] for p in prompts]))}
