@@ -225,11 +225,16 @@ def test_metrics_cache_features_and_measure_what_they_say(tmp_path):
     assert clip_fd(feats, flat, images) > 2 * clip_fd(feats, other, images)
 
 
-def test_imagenet_prompts_name_the_thousand_classes():
-    from fastervar.evaluate.clip_metrics import imagenet_prompts
-    assert imagenet_prompts([0, 207, 999]) == ["a photo of a tench", "a photo of a golden retriever",
-                                               "a photo of a toilet tissue"]
-    assert len(imagenet_prompts(range(1000))) == 1000
+def test_class_prompts_name_what_each_label_depicts():
+    from fastervar.evaluate.clip_metrics import class_prompts
+    from fastervar.models.loading import random_model, shipped_model
+    d16 = random_model("tiny")
+    assert class_prompts(d16, [0]) is None                    # a model that does not say what its classes are
+    d16.var.num_classes = 1000                                 # the released ImageNet models
+    assert class_prompts(d16, [0, 207, 999]) == ["a photo of a tench", "a photo of a golden retriever",
+                                                 "a photo of a toilet tissue"]
+    assert len(d16.class_names()) == 1000
+    assert class_prompts(shipped_model("fashion-16"), [0, 9]) == ["a photo of a T-shirt/top", "a photo of a Ankle boot"]
 
 
 def test_evaluate_clip_on_a_class_model_is_one_line(tmp_path):
@@ -240,3 +245,59 @@ def test_evaluate_clip_on_a_class_model_is_one_line(tmp_path):
     from .test_cli import assert_bad_input
     r = CliRunner().invoke(main, ["evaluate", "--model", "fashion-tiny", "--clip", str(tmp_path)])
     assert_bad_input(r, "judged by its classifier")
+
+
+def _candidates(report) -> list[dict]:
+    """The rows of a calibration report's candidate table."""
+    lines = report.read_text().split("## Candidates tried")[1].splitlines()
+    cols = [c.strip() for c in next(x for x in lines if x.startswith("| boundary")).strip("|").split("|")]
+    return [dict(zip(cols, (c.strip() for c in x.strip("|").split("|")))) for x in lines
+            if x.startswith("| ") and not x.startswith(("| boundary", "|---"))]
+
+
+@pytest.mark.slow
+def test_calibrate_keeps_the_clip_score_within_its_limit_on_the_embedded_model(tmp_path):
+    """`calibrate --clip --max-clip-drop` on fashion-tiny with a tiny random CLIP: with a limit just
+    above what the unconstrained choice loses, candidates that lose more are refused, the choice
+    keeps the limit, and the profile and report show the figures."""
+    from click.testing import CliRunner
+
+    from fastervar.cli import main
+    from fastervar.profile import load
+    clip, _ = _folder(tmp_path, "quick_gelu", True)
+    common = ["calibrate", "--model", "fashion-tiny", "--classes", "0,1,2,3,4,5,6,7,8,9", "--seeds", "0,1",
+              "--target-speedup", "1.5", "--max-accuracy-drop", "1", "--batch-size", "20", "--cost-model", "flops",
+              "--clip", str(clip),
+              "--cache-dir", str(tmp_path / "cache")]
+    r = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "free.json")])
+    assert r.exit_code == 0, r.output
+    free = load(tmp_path / "free.json")
+    assert free.measured["feature_shift_from"] == "CLIP image embeddings"
+    base, limit = free.calibration["baseline_clip_score"], round(max(free.measured["clip_score_drop"], 0) + 1e-3, 4)
+    r = CliRunner().invoke(main, [*common, "--max-clip-drop", str(limit), "--out", str(tmp_path / "kept.json")])
+    assert r.exit_code == 0, r.output
+    kept = load(tmp_path / "kept.json")
+    assert kept.measured["clip_score_drop"] <= limit and kept.calibration["target"]["max_clip_drop"] == limit
+    was = {tuple(v for k, v in row.items() if k != "meets_target"): row["meets_target"]
+           for row in _candidates(tmp_path / "free-report" / "report.md")}
+    refused = [row for row in _candidates(tmp_path / "kept-report" / "report.md")
+               if row["meets_target"] == "False" and was.get(tuple(v for k, v in row.items() if k != "meets_target")) == "True"]
+    assert refused and all(float(row["clip_score"]) < base - limit for row in refused)
+    report = (tmp_path / "kept-report" / "report.md").read_text()
+    assert "CLIP score may drop by at most" in report and "chosen CLIP score" in report
+    assert f"CLIP score {kept.measured['clip_score']:.3f}" in r.output
+
+
+def test_calibrate_clip_bad_input_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from fastervar.cli import main
+
+    from .test_cli import assert_bad_input
+    r = CliRunner().invoke(main, ["calibrate", "--model", "fashion-tiny", "--target-speedup", "1.5", "--max-clip-drop",
+                                  "1", "--out", str(tmp_path / "p.json")])
+    assert_bad_input(r, "--max-clip-drop needs --clip")
+    r = CliRunner().invoke(main, ["calibrate", "--model", "fashion-tiny", "--target-speedup", "1.5", "--clip",
+                                  str(tmp_path), "--out", str(tmp_path / "p.json")])
+    assert_bad_input(r, "no config.json")
+    assert not (tmp_path / "p.json").exists()

@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 
 from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
+from ..evaluate.clip_metrics import ClipFeatures, class_prompts
 from ..evaluate.judge import JudgeFiles
 from ..models.checkpoint import weights_sha256
+from ..models.clip.loading import clip_identity, load_clip
 from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
@@ -30,6 +32,7 @@ from .report import write_report
 from .search import (
     JUDGED_VERSION,
     Candidate,
+    ClipJudging,
     JudgedCache,
     Searcher,
     closest,
@@ -37,6 +40,15 @@ from .search import (
     search,
     stage_split,
 )
+
+
+def _clip(model: FamilyModel, r: CalibrationRequest):
+    """CLIP's judging for this calibration: the folder loaded on the model's device, and each
+    image's prompt text (a text model's prompts; "a photo of a {class name}" for a class model)."""
+    per_prompt = (class_prompts(model, r.classes) if r.prompts is None
+                  else r.prompt_texts and [r.prompt_texts[c] for c in r.classes])
+    texts = per_prompt and [t for _ in r.seeds for t in per_prompt]
+    return ClipJudging(ClipFeatures(load_clip(r.clip_dir, model.device)), texts, r.max_clip_drop)
 
 
 def _digest(bank) -> str:
@@ -127,6 +139,8 @@ class CalibrationRequest:
     prompt_texts: list[str] | None = None
     aspects: Sequence[FamilyModel] = ()  # the same weights on other aspect templates, judged too
     fit_decision: bool = False          # a per-image rule (SkipVAR's kind) instead of one plan for all
+    clip_dir: Path | None = None        # a CLIP folder: CLIP-feature shift, and with texts the CLIP score
+    max_clip_drop: float | None = None  # CLIP score points the profile may lose
 
 
 def _measurements(model: FamilyModel, r: CalibrationRequest, sha: str, judge, prompt_id: str | None) \
@@ -166,6 +180,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
             raise FastervarError("--fit-decision labels each image by paired SSIM: give --max-quality-drop")
         check_enough(len(classes), len(seeds))
         geometry(model.num_steps)
+    clip = _clip(model, r) if r.clip_dir is not None else None      # a bad folder fails before any work
     torch.manual_seed(0)
     spec = model.spec()
     sha = weights_sha256(model)
@@ -179,7 +194,8 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     measured = [_measurements(other, r, sha, judge, prompt_id) for other in r.aspects]
     others = [(other, om) for other, (om, _) in zip(r.aspects, measured)]
     judged_context = {"judged": JUDGED_VERSION, "batch": batch,
-                      "measurements": [cache.stem, *(path.stem for _, path in measured)]}
+                      "measurements": [cache.stem, *(path.stem for _, path in measured)],
+                      **({"clip": clip_identity(r.clip_dir), "clip_texts": clip.texts} if clip else {})}
     tag = hashlib.sha256(json.dumps(judged_context).encode()).hexdigest()[:8]
     judged = JudgedCache(cache_dir / f"judged-{cache.stem.removeprefix('measure-')}-{tag}.json", judged_context)
     timing_labels = [c for _ in seeds for c in classes][:batch]
@@ -191,7 +207,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     bar = tqdm(desc="searching profiles", unit="cand")
     searcher = Searcher(model, m, {}, classes, seeds, settings, batch, judge,
                         on_candidate=lambda c: bar.update(), latency=latency, bank=bank, aspects=others,
-                        judged=judged)
+                        judged=judged, clip=clip)
     m = searcher.m                      # pooled over the aspects, when there are several
     searcher.stages = stages = stage_split(m)
     try:
@@ -234,7 +250,9 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
         "judge": judge_files.name if judge_files else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop, "match_peer": match_peer,
-                   "max_accuracy_drop": max_accuracy_drop if searcher.base_accuracy is not None else None},
+                   "max_accuracy_drop": max_accuracy_drop if searcher.base_accuracy is not None else None,
+                   **({"max_clip_drop": r.max_clip_drop} if clip else {})},
+        **({"clip": str(r.clip_dir), "baseline_clip_score": clip.base_score} if clip else {}),
         "measured_stages": stages, "candidates_tried": len(tried),
         "convergence": {"semantic": m.semantic.tolist(), "structure": m.structure.tolist(),
                         "guidance_tv": m.guidance_tv.tolist()},
@@ -250,7 +268,10 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                                          if latency else "FLOPs"),
                         "measured_speedup_transformer": steps_speed, "measured_speedup_total": speed,
                         "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
-                        "class_accuracy": chosen.class_accuracy, "feature_shift": chosen.shift}
+                        "class_accuracy": chosen.class_accuracy, "feature_shift": chosen.shift,
+                        **({"feature_shift_from": "CLIP image embeddings", "clip_score": chosen.clip_score,
+                            "clip_score_drop": None if chosen.clip_score is None else clip.base_score - chosen.clip_score}
+                           if clip else {})}
     what = "classes" if bank is None else "prompts"
     header = {"model": spec.config, "weights": sha[:16], "prompts": f"{len(classes)} {what} x {len(seeds)} seeds",
               "target": (f"speedup >= {target_speedup}" if target_speedup else f"quality drop <= {max_quality_drop}")
@@ -261,6 +282,10 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
               "measured speedup (wall, end to end)": f"{speed:.2f}x",
               "baseline class accuracy": searcher.base_accuracy,
               "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None,
+              **({"CLIP": f"{r.clip_dir} (feature shift on its image embeddings)",
+                  "baseline CLIP score": clip.base_score,
+                  "chosen CLIP score": chosen.clip_score,
+                  "CLIP score may drop by at most": r.max_clip_drop} if clip else {}),
               **({"decision fit": fitted} if fitted else {})}
     with atomic_dir(r.report_dir) as stage:
         write_report(stage, profile, chosen, tried, m, stages, spec, batch, header, comparison)

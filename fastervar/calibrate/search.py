@@ -61,8 +61,9 @@ class Candidate:
     ssim: float
     psnr: float
     class_accuracy: float | None
-    shift: float | None = None   # judge-feature shift from the baseline images (lower is closer)
+    shift: float | None = None   # judge-feature shift from the baseline images (lower is closer); CLIP's with --clip
     meets: bool = False
+    clip_score: float | None = None   # mean CLIP score against the prompts, with --clip and prompt texts
     extra: dict = field(default_factory=dict)
 
     def row(self) -> dict:
@@ -73,7 +74,7 @@ class Candidate:
         return {**knobs, "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
                 "flops_speedup": self.extra.get("flops_speedup", self.speedup),
                 "paired_ssim": self.ssim, "paired_psnr": self.psnr, "class_accuracy": self.class_accuracy,
-                "feature_shift": self.shift, "meets_target": self.meets}
+                "feature_shift": self.shift, "clip_score": self.clip_score, "meets_target": self.meets}
 
 
 def stage_split(m: Measurements, semantic_at: float = 0.95, structure_at: float = 0.6) -> dict[str, list[int]]:
@@ -147,6 +148,34 @@ def pooled(ms: Sequence[Measurements], counts: Sequence[int]) -> Measurements:
                         final_images=ms[0].final_images)
 
 
+class ClipJudging:
+    """CLIP's view of a candidate's images (see `evaluate.clip_metrics`): the shift of its mean CLIP
+    image embedding from the baseline's (the distribution measure, in place of the judge's), and
+    with the images' prompt texts their CLIP score, whose drop from the baseline's `max_drop` bounds."""
+
+    def __init__(self, feats, texts: Sequence[str] | None, max_drop: float | None):
+        if max_drop is not None and not texts:
+            raise FastervarError("--max-clip-drop scores images against their prompts' text: give the prompts "
+                                 "(--prompts with --text-encoder; a class model needs class names)")
+        self.feats, self.texts, self.max_drop = feats, list(texts) if texts else None, max_drop
+        self.base_feats: np.ndarray | None = None
+        self.base_score: float | None = None
+
+    def set_baseline(self, images: list[np.ndarray]) -> None:
+        self.base_feats = self.feats.images(images)
+        self.base_score = self._score(images)
+
+    def _score(self, images: list[np.ndarray]) -> float | None:
+        from ..evaluate.clip_metrics import clip_scores
+        if not self.texts:
+            return None
+        texts = self.texts * (len(images) // len(self.texts))      # every aspect draws the same prompts
+        return float(clip_scores(self.feats, images, texts).mean())
+
+    def judge(self, images: list[np.ndarray]) -> tuple[float, float | None]:
+        return feature_shift(self.base_feats, self.feats.images(images)), self._score(images)
+
+
 # Bump when a change to the accelerator or the metrics changes what a profile draws or scores: the
 # cached judgements of older runs are then judged again.
 JUDGED_VERSION = 1
@@ -183,7 +212,7 @@ class JudgedCache:
 def _judgement_ok(v) -> bool:
     return (isinstance(v, dict) and isinstance(v.get("ssims"), list) and bool(v["ssims"])
             and all(isinstance(x, (int, float)) for x in v["ssims"]) and isinstance(v.get("psnr"), (int, float))
-            and all(v.get(k) is None or isinstance(v[k], (int, float)) for k in ("class_accuracy", "shift")))
+            and all(v.get(k) is None or isinstance(v[k], (int, float)) for k in ("class_accuracy", "shift", "clip_score")))
 
 
 class Searcher:
@@ -197,9 +226,10 @@ class Searcher:
                  judge: ClassifierFeatures | None,
                  on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None,
                  bank=None, aspects: Sequence[tuple[FamilyModel, Measurements]] = (),
-                 judged: JudgedCache | None = None):
+                 judged: JudgedCache | None = None, clip: ClipJudging | None = None):
         self.parts = [(model, m), *aspects]
         self.judged = judged
+        self.clip = clip
         self.model, self.stages, self.settings, self.batch = model, stages, settings, batch
         self.m = pooled([pm for _, pm in self.parts], [len(pm.final_images) for _, pm in self.parts])
         self.shares = bool(aspects)
@@ -222,6 +252,8 @@ class Searcher:
         if judge is not None:
             self.base_features, classes_seen = judge.features_and_classes(m.final_images)
             self.base_accuracy = float((classes_seen == self.labels).mean())
+        if clip is not None:
+            clip.set_baseline([im for _, pm in self.parts for im in pm.final_images])
 
     @property
     def selectors(self) -> tuple[str, ...]:
@@ -290,7 +322,7 @@ class Searcher:
                 self.judged.put(profile, j)
         ssims = np.asarray(j["ssims"])
         return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssims.mean()), j["psnr"],
-                         j["class_accuracy"], j["shift"],
+                         j["class_accuracy"], j["shift"], clip_score=j.get("clip_score"),
                          extra={"flops_speedup": flops["transformer"], "per_image_ssim": ssims})
 
     def _judge(self, profile: Profile) -> dict:
@@ -303,15 +335,28 @@ class Searcher:
             shift = float(feature_shift(self.base_features, feats))
         ssims = np.concatenate([ssim(imgs, base) for imgs, base in pairs])
         psnrs = [mean_psnr(imgs, base) * len(imgs) for imgs, base in pairs]
+        clip_score = None
+        if self.clip is not None:       # CLIP's view of the distribution replaces the judge's
+            shift, clip_score = self.clip.judge([im for imgs, _ in pairs for im in imgs])
         return {"ssims": [float(x) for x in ssims], "psnr": float(sum(psnrs) / len(ssims)),
-                "class_accuracy": acc, "shift": shift}
+                "class_accuracy": acc, "shift": shift, "clip_score": clip_score}
+
+    @property
+    def clip_limit(self) -> tuple[float, float] | None:
+        """(baseline CLIP score, the most it may drop), when a CLIP limit is set."""
+        c = self.clip
+        return None if c is None or c.max_drop is None else (c.base_score, c.max_drop)
 
 
 def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, base_accuracy: float | None,
-          max_accuracy_drop: float, rival: Candidate | None = None) -> bool:
+          max_accuracy_drop: float, rival: Candidate | None = None,
+          clip_limit: tuple[float, float] | None = None) -> bool:
     """The target: a speedup to reach, or a paired-SSIM drop not to exceed; never lose class accuracy;
-    with a rival (the peer `--match-peer` names), be at least as close as it on SSIM and feature shift."""
+    with a rival (the peer `--match-peer` names), be at least as close as it on SSIM and feature shift;
+    with `clip_limit` (baseline CLIP score, largest drop), keep the CLIP score."""
     if base_accuracy is not None and c.class_accuracy is not None and c.class_accuracy < base_accuracy - max_accuracy_drop:
+        return False
+    if clip_limit is not None and c.clip_score is not None and c.clip_score < clip_limit[0] - clip_limit[1]:
         return False
     if rival is not None and (c.ssim < rival.ssim or (c.shift is not None and rival.shift is not None
                                                       and c.shift > rival.shift)):
@@ -349,7 +394,7 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
 
     def scorer(closeness: Callable[[Candidate], float]) -> Callable[[Candidate], tuple]:
         def score(c: Candidate) -> tuple:
-            ok = c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, rival)
+            ok = c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, rival, s.clip_limit)
             if target_speedup is not None:      # reach the speed, then stay as close as possible
                 fast = c.speedup >= target_speedup
                 return (ok, fast, closeness(c) if fast else c.speedup)
@@ -366,7 +411,7 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
     # then climb one knob at a time, towards SSIM and (with a judge) towards a small feature shift,
     # so that both neighbourhoods are in the pool the choice is made from
     climbs = [lambda c: c.ssim]
-    if target_speedup is not None and s.judge is not None:
+    if target_speedup is not None and (s.judge is not None or s.clip is not None):
         climbs.append(lambda c: -c.shift)
     for closeness in climbs:
         score = scorer(closeness)
@@ -379,11 +424,11 @@ def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
                         best = cand
     tried = list(s.by_plan.values())
     for c in tried:
-        c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, rival)
+        c.meets = meets(c, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, rival, s.clip_limit)
     if target_speedup is not None:
         best = closest([c for c in tried if c.meets]) or best
     if not best.meets:
-        msg = _unmet_message(tried, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop)
+        msg = _unmet_message(tried, target_speedup, max_drop, s.base_accuracy, max_accuracy_drop, s.clip_limit)
         if rival is not None:
             msg += f" (and none is as close to the baseline as {rival.profile.name} on both SSIM and feature shift)"
         raise FastervarError(msg)
@@ -406,21 +451,27 @@ def reachable_boundary(s: Searcher, earliest: int, target_speedup: float) -> int
 
 def _describe(c: Candidate) -> str:
     acc = f", class accuracy {c.class_accuracy:.3f}" if c.class_accuracy is not None else ""
+    acc += f", CLIP score {c.clip_score:.3f}" if c.clip_score is not None else ""
     return f"predicted speedup {c.speedup:.2f}x at paired SSIM {c.ssim:.3f}{acc}"
 
 
 def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_drop: float | None,
-                   base_accuracy: float | None, max_accuracy_drop: float) -> str:
+                   base_accuracy: float | None, max_accuracy_drop: float,
+                   clip_limit: tuple[float, float] | None = None) -> str:
     """Say which half of the target failed: the nearest candidate on each side of it."""
     floor = None if base_accuracy is None else base_accuracy - max_accuracy_drop
+    clip_floor = None if clip_limit is None else clip_limit[0] - clip_limit[1]
     want = f"speedup {target_speedup:g}x" if target_speedup is not None else f"quality drop <= {max_drop:g}"
     if floor is not None:
         want += f" with class accuracy >= {floor:.3f}"
+    if clip_floor is not None:
+        want += f" with CLIP score >= {clip_floor:.3f}"
     head = f"no candidate meets the target ({want}); "
-    if floor is None:
+    if floor is None and clip_floor is None:
         closest = max(tried, key=lambda c: c.speedup if target_speedup is not None else c.ssim)
         return head + "closest: " + _describe(closest)
-    accurate = [c for c in tried if c.class_accuracy is None or c.class_accuracy >= floor]
+    accurate = [c for c in tried if (floor is None or c.class_accuracy is None or c.class_accuracy >= floor)
+                and (clip_floor is None or c.clip_score is None or c.clip_score >= clip_floor)]
     if target_speedup is not None:
         near = [c for c in tried if c.speedup >= target_speedup]
         parts = []
@@ -428,7 +479,7 @@ def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_dro
             parts.append("fastest within the accuracy limit: " + _describe(max(accurate, key=lambda c: c.speedup)))
         if near:
             parts.append(f"most accurate at >= {target_speedup:g}x: "
-                         + _describe(max(near, key=lambda c: (c.class_accuracy or 0.0, c.ssim))))
+                         + _describe(max(near, key=lambda c: (c.class_accuracy or 0.0, c.clip_score or 0.0, c.ssim))))
         return head + "; ".join(parts or ["closest: " + _describe(max(tried, key=lambda c: c.speedup))])
     pool = accurate or tried
     return head + "closest: " + _describe(max(pool, key=lambda c: c.ssim))

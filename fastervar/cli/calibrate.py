@@ -89,6 +89,12 @@ def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, cl
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Where a judge exists (shipped weights, or --judge): class accuracy may fall at most this far below the baseline's.")
 @judge_option
+@click.option("--clip", "clip_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="A Hugging Face CLIP folder: the distribution measure becomes the shift of CLIP image features, "
+                   "and --max-clip-drop bounds the CLIP score against the prompts (class models: 'a photo of a "
+                   "{class name}').")
+@click.option("--max-clip-drop", type=click.FloatRange(min=0), metavar="POINTS",
+              help="With --clip: the CLIP score (0-100) may fall at most this far below the baseline's.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The profile JSON to write.")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Report folder [default: beside --out].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=".fastervar-cache", show_default=True,
@@ -100,7 +106,7 @@ def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, cl
 def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
               more_smooth, sampler, batch_size, classes_spec, prompts, prompts_file, text_encoder, text_embeddings,
               aspect, pn, tau, seeds, target_speedup, max_quality_drop, match_peer, fit_decision, max_accuracy_drop, judge_dir,
-              out_path, report_dir, cache_dir, name, cost_model) -> None:
+              clip_dir, max_clip_drop, out_path, report_dir, cache_dir, name, cost_model) -> None:
     """Measure the baseline on sample prompts and choose an acceleration profile automatically:
     class labels for a class-conditional model, prompts (--prompts with --text-encoder, or
     --text-embeddings) at one or more --aspect of a --pn budget for a text-to-image one."""
@@ -112,6 +118,8 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
         raise FastervarError("give exactly one target: --target-speedup X, --max-quality-drop Y or --match-peer NAME")
     if fit_decision and max_quality_drop is None:
         raise FastervarError("--fit-decision labels each image by paired SSIM: give it with --max-quality-drop")
+    if max_clip_drop is not None and clip_dir is None:
+        raise FastervarError("--max-clip-drop needs --clip DIR (a CLIP folder to score with)")
     seeds_ = seed_list(seeds)
     check_writable_parent(out_path)
     work, aspects = _workload(model_name, var_checkpoint, vae_checkpoint, random_weights, device, classes_spec,
@@ -127,10 +135,13 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
         cache_dir=Path(cache_dir), target_speedup=target_speedup, max_quality_drop=max_quality_drop,
         match_peer=match_peer, max_accuracy_drop=max_accuracy_drop, batch=batch_size, name=name,
         cost_model=cost_model, judge=None if work.is_text else judge(model, judge_dir, fall_back=False),
-        prompts=work.bank, prompt_texts=work.texts, aspects=aspects, fit_decision=fit_decision)
+        prompts=work.bank, prompt_texts=work.texts, aspects=aspects, fit_decision=fit_decision, clip_dir=clip_dir,
+        max_clip_drop=max_clip_drop)
     profile, report = run_calibrate(model, request)
     meas = profile.measured
     click.echo(f"wrote {out} (predicted speedup {meas['predicted_speedup_transformer']:.2f}x on the scale steps, "
                f"{meas['predicted_speedup_total']:.2f}x end to end; measured end to end "
-               f"{meas['measured_speedup_total']:.2f}x; paired SSIM {meas['paired_ssim']:.3f})")
+               f"{meas['measured_speedup_total']:.2f}x; paired SSIM {meas['paired_ssim']:.3f}"
+               + (f"; CLIP score {meas['clip_score']:.3f}, {meas['clip_score_drop']:+.3f} from the baseline's"
+                  if meas.get("clip_score") is not None else "") + ")")
     click.echo(f"report: {report}")

@@ -80,9 +80,9 @@ def paired_clip_figures(feats: ClipFeatures, baseline: Sequence[np.ndarray], var
     return out
 
 
-def imagenet_prompts(classes: Sequence[int]) -> list[str]:
-    """CLIP prompts for class-conditional ImageNet models: "a photo of a {name}", with the 1000
-    class names as torchvision's hub lists them (assets/imagenet_classes.txt)."""
-    from importlib.resources import files
-    names = (files("fastervar") / "assets" / "imagenet_classes.txt").read_text().splitlines()
-    return [f"a photo of a {names[c]}" for c in classes]
+def class_prompts(model, classes: Sequence[int]) -> list[str] | None:
+    """CLIP prompts for a class-conditional model's labels, "a photo of a {name}" (ImageNet's names
+    as pytorch/hub lists them, assets/imagenet_classes.txt, for the released VAR models); None when
+    the model does not say what its classes are."""
+    names = model.class_names()
+    return None if names is None else [f"a photo of a {names[c]}" for c in classes]

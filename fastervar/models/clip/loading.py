@@ -49,6 +49,19 @@ class ClipJudge:
         return self.model.image_features(pixels)
 
 
+def clip_identity(folder: str | Path) -> str:
+    """What identifies a CLIP folder for caches: its config and its weight files' names, sizes and
+    modification times (hashing gigabytes of weights on every run would cost more than it saves)."""
+    import hashlib
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> ClipJudge:
     folder = Path(folder)
     if not folder.is_dir():

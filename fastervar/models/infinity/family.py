@@ -130,6 +130,11 @@ class InfinityModel(nn.Module):
         return h * self.vae.cfg.patch_size, w * self.vae.cfg.patch_size
 
     @staticmethod
+    def class_names() -> None:
+        """A text-to-image model has prompts, not classes."""
+        return None
+
+    @staticmethod
     def default_settings() -> SamplingSettings:
         return DEFAULT_SETTINGS
 

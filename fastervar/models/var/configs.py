@@ -158,6 +158,10 @@ def _named() -> dict[str, ModelConfig]:
 NAMED_CONFIGS: dict[str, ModelConfig] = _named()
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
 def get_config(name: str) -> ModelConfig:
     """Look up a named configuration, with an error that lists the known names."""
     try:

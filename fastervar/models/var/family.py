@@ -79,6 +79,17 @@ class VARModel(nn.Module):
     def grid(self, step: int) -> tuple[int, int]:
         return self.patch_nums[step], self.patch_nums[step]
 
+    def class_names(self) -> list[str] | None:
+        """What each class label depicts, for prompting CLIP: ImageNet's 1000 classes for the released
+        models, Fashion-MNIST's for the shipped ones; None for a model trained on other data."""
+        if self.var.num_classes == 1000:
+            from importlib.resources import files
+            return (files("fastervar") / "assets" / "imagenet_classes.txt").read_text().splitlines()
+        if self.cfg.name.startswith("fashion-"):
+            from .configs import FASHION_MNIST_CLASSES
+            return list(FASHION_MNIST_CLASSES)
+        return None
+
     @staticmethod
     def default_settings() -> SamplingSettings:
         """Upstream VAR's FID recipe."""
