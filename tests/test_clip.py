@@ -301,3 +301,28 @@ def test_calibrate_clip_bad_input_is_one_line(tmp_path):
                                   str(tmp_path), "--out", str(tmp_path / "p.json")])
     assert_bad_input(r, "no config.json")
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.slow
+def test_bench_with_clip_adds_its_columns_and_weighs_clip_fd_at_equal_speed(tmp_path):
+    """`bench --clip` on the embedded model: every variant gets a CLIP score ('a photo of a {class
+    name}'), the others paired CLIP similarity and CLIP-FD, and the equal-speed table shows them."""
+    from click.testing import CliRunner
+
+    from fastervar.bench.report import equal_speed_table
+    from fastervar.cli import main
+    clip, _ = _folder(tmp_path, "quick_gelu", True)
+    r = CliRunner().invoke(main, ["bench", "--model", "fashion-tiny", "--no-bundle", "--images", "20",
+                                  "--batch-size", "20", "--clip", str(clip), "--out", str(tmp_path / "b"),
+                                  "--json", str(tmp_path / "b.json")])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = result["variants"]
+    assert all(0 <= row["clip_score"] <= 100 for row in rows.values())
+    assert "paired_clip_similarity" not in rows["baseline"]
+    others = [row for name, row in rows.items() if name != "baseline"]
+    assert others and all(0 < row["paired_clip_similarity"] <= 1 and row["clip_fd"] >= 0 for row in others)
+    assert "CLIP-FD" in r.output and "CLIP-FD" in equal_speed_table(result["equal_speed"])
+    r = CliRunner().invoke(main, ["bench", "--model", "fashion-tiny", "--no-bundle", "--clip", str(tmp_path / "none"),
+                                  "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "not a folder" in r.output and not (tmp_path / "c").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -65,6 +66,10 @@ def test_an_interrupted_calibration_resumes_without_judging_again(calibrated, tm
             raise KeyboardInterrupt
         return judge(self, profile)
 
+    # the uninterrupted run's measurements and clock (its speed check is timed), without its judgements
+    shutil.copytree(calibrated / "cache", tmp_path / "cache")
+    for f in (tmp_path / "cache").glob("judged-*.json"):
+        f.unlink()
     args = ("calibrate", "--model", "tiny", "--random-weights", "--classes", "0,3,5", "--seeds", "0,1",
             "--target-speedup", "1.2", "--batch-size", "6", "--cache-dir", str(tmp_path / "cache"))
     monkeypatch.setattr(Searcher, "_judge", lambda self, p: counted(self, p, stop_after=5))

@@ -79,11 +79,12 @@ def environment(model, pipelines: dict) -> dict:
 def bench(model: FamilyModel, profile: Profile, pipelines: dict, settings: SamplingSettings, images: int, seed: int,
           batch_size: int, out_dir: Path, quality: str, peers: bool = True,
           compare: Sequence[Profile] = (), reps: int = 1, judge: JudgeFiles | None = None,
-          bank=None) -> tuple[dict, Path]:
+          bank=None, clip_dir: Path | None = None, texts: list[str] | None = None) -> tuple[dict, Path]:
     """Run every variant and write the report; `quality` is full (with `judge`), paired or none (speed only).
     `pipelines` names the runtime variants (bundle: as `fastervar run` runs it; bundle-steps: one
     engine per step graph, so the per-step times show; bundle-identity: the identity profile
-    exported). `bank`, a text model's prompt set, is what the images are drawn from."""
+    exported). `bank`, a text model's prompt set, is what the images are drawn from, `texts` its
+    prompts' text if known; `clip_dir` a CLIP folder that scores every variant (see `run_bench`)."""
     for pipe in pipelines.values():
         check_bundle_settings(pipe, settings)
     variants = make_variants(model, profile, pipelines, peers, compare)
@@ -91,8 +92,14 @@ def bench(model: FamilyModel, profile: Profile, pipelines: dict, settings: Sampl
         raise FastervarError("bench quality 'full' needs a judge")
     scorer = quality_judge(judge) if quality == "full" else None
     prompts = bench_classes(model.cfg.var.num_classes, images) if bank is None else bench_prompts(len(bank), images)
+    clip = per_image = None
+    if clip_dir is not None:
+        from ..evaluate.clip_metrics import ClipFeatures, class_prompts
+        from ..models.clip.loading import load_clip
+        clip = ClipFeatures(load_clip(clip_dir, model.device))
+        per_image = class_prompts(model, prompts) if bank is None else texts and [texts[p] for p in prompts]
     result, samples = run_bench(model, variants, prompts, settings, seed, batch_size, paired=quality != "none",
-                                judge=scorer, reps=reps, bank=bank)
+                                judge=scorer, reps=reps, bank=bank, clip=clip, clip_texts=per_image)
     config = model.spec().config
     result.update(model=config, profile=profile.name, quality=quality, settings=settings.__dict__,
                   judge=judge.name if scorer else None,

@@ -15,7 +15,10 @@ from ..utils.images import save_png, tile_grid
 COLUMNS = [("seconds_per_image", "s/image", "{:.4f}"), ("speedup_total", "speedup", "{:.2f}x"),
            ("speedup_transformer", "steps speedup", "{:.2f}x"), ("peak_memory_mib", "peak MiB", "{:.0f}"),
            ("paired_psnr", "PSNR", "{:.2f}"), ("paired_ssim", "SSIM", "{:.3f}"),
-           ("class_accuracy", "class acc", "{:.3f}"), ("frechet_distance", "FD", "{:.1f}")]
+           ("class_accuracy", "class acc", "{:.3f}"), ("frechet_distance", "FD", "{:.1f}"),
+           ("clip_score", "CLIP score", "{:.3f}"), ("paired_clip_similarity", "CLIP sim", "{:.4f}"),
+           ("clip_fd", "CLIP-FD", "{:.4f}")]
+_CLIP = ("clip_score", "paired_clip_similarity", "clip_fd")
 
 
 def table(result: dict) -> str:
@@ -42,29 +45,43 @@ def equal_speed(result: dict, tolerance: float = 0.1) -> list[dict]:
                 and abs(r["speedup_total"] / p["speedup_total"] - 1) <= tolerance]
         for name, r in near or [(None, {})]:
             row = {"peer": peer, "peer_speedup": p["speedup_total"], "ours": name, "ours_speedup": r.get("speedup_total")}
-            for key in ("paired_ssim", "frechet_distance", "class_accuracy"):
+            for key in ("paired_ssim", "frechet_distance", "class_accuracy", *_CLIP):
                 row[f"peer_{key}"], row[f"ours_{key}"] = p.get(key), r.get(key)
+            # closer to the baseline on every measure there is: SSIM, and FD and CLIP-FD where measured
             row["ours_better"] = None if name is None or r.get("paired_ssim") is None else bool(
                 r["paired_ssim"] > p["paired_ssim"]
-                and (r.get("frechet_distance") is None or r["frechet_distance"] < p["frechet_distance"]))
+                and (r.get("frechet_distance") is None or r["frechet_distance"] < p["frechet_distance"])
+                and (r.get("clip_fd") is None or p.get("clip_fd") is None or r["clip_fd"] < p["clip_fd"]))
             out.append(row)
     return out
 
 
 def equal_speed_table(rows: list[dict]) -> str:
-    """Markdown for `equal_speed`: ours beside each peer, with a plain verdict."""
-    lines = ["| peer | speedup | SSIM | FD | class acc | ours | speedup | SSIM | FD | class acc | ours better |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    """Markdown for `equal_speed`: ours beside each peer, with a plain verdict; the CLIP columns
+    where a CLIP judged them."""
+    clip = any(r.get(f"{side}_{k}") is not None for r in rows for side in ("peer", "ours") for k in _CLIP)
+    extra = " CLIP score | CLIP sim | CLIP-FD |" if clip else ""
+    lines = [(f"| peer | speedup | SSIM | FD | class acc |{extra} ours | speedup | SSIM | FD | class acc |{extra} "
+              "ours better |"),
+             "|---|---:|---:|---:|---:|" + ("---:|" * 3 if clip else "") + "---|---:|---:|---:|---:|"
+             + ("---:|" * 3 if clip else "") + "---|"]
 
     def f(v, fmt: str) -> str:
         return "" if v is None else fmt.format(v)
+
+    def clip_cells(r: dict, side: str) -> str:
+        return (f" {f(r[f'{side}_clip_score'], '{:.3f}')} | {f(r[f'{side}_paired_clip_similarity'], '{:.4f}')} | "
+                f"{f(r[f'{side}_clip_fd'], '{:.4f}')} |") if clip else ""
     for r in rows:
-        verdict = {None: "no variant of ours within 10%", True: "yes (higher SSIM, lower FD)",
+        verdict = {None: "no variant of ours within 10%",
+                   True: "yes (higher SSIM, lower FD" + (", lower CLIP-FD)" if clip else ")"),
                    False: "no"}[r["ours_better"]]
         lines.append(f"| {r['peer']} | {f(r['peer_speedup'], '{:.2f}x')} | {f(r['peer_paired_ssim'], '{:.3f}')} | "
-                     f"{f(r['peer_frechet_distance'], '{:.1f}')} | {f(r['peer_class_accuracy'], '{:.3f}')} | "
+                     f"{f(r['peer_frechet_distance'], '{:.1f}')} | {f(r['peer_class_accuracy'], '{:.3f}')} |"
+                     f"{clip_cells(r, 'peer')} "
                      f"{r['ours'] or '-'} | {f(r['ours_speedup'], '{:.2f}x')} | {f(r['ours_paired_ssim'], '{:.3f}')} | "
-                     f"{f(r['ours_frechet_distance'], '{:.1f}')} | {f(r['ours_class_accuracy'], '{:.3f}')} | {verdict} |")
+                     f"{f(r['ours_frechet_distance'], '{:.1f}')} | {f(r['ours_class_accuracy'], '{:.3f}')} |"
+                     f"{clip_cells(r, 'ours')} {verdict} |")
     return "\n".join(lines)
 
 

@@ -68,11 +68,14 @@ def _runner(v: Variant, settings: SamplingSettings, bank=None):
 
 def run_bench(model: FamilyModel, variants: list[Variant], classes: list[int], settings: SamplingSettings,
               seed: int, batch_size: int, paired: bool = True, judge=None,
-              progress: bool = True, reps: int = 1, bank=None) -> tuple[dict, dict[str, np.ndarray]]:
+              progress: bool = True, reps: int = 1, bank=None, clip=None,
+              clip_texts: list[str] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Time every variant through the timing harness; `paired` adds PSNR/SSIM against the
     baseline's images, `judge` (the evaluator) class accuracy and FD/KID. `reps` passes over the
     prompts are timed (times are medians per pass; ratios the median of the passes' ratios).
-    `classes` are class labels, or with `bank` (a text model's prompt set) rows of it.
+    `classes` are class labels, or with `bank` (a text model's prompt set) rows of it. With `clip`
+    (`evaluate.clip_metrics.ClipFeatures`), paired CLIP similarity and CLIP-FD against the
+    baseline, and with each image's prompt text (`clip_texts`) its CLIP score.
     Returns the figures and the first images of each variant."""
     runners = {v.name: _runner(v, settings, bank) for v in variants}
     runs = interleaved(runners, batches(classes, seed, batch_size), reps=reps, memory=True,
@@ -96,6 +99,13 @@ def run_bench(model: FamilyModel, variants: list[Variant], classes: list[int], s
             row.update(paired_psnr=mean_psnr(base_imgs, imgs), paired_ssim=float(ssim(base_imgs, imgs).mean()))
         if judge is not None:
             row.update(judge(imgs, classes))
+        if clip is not None:
+            from ..evaluate.clip_metrics import clip_fd, clip_scores, paired_clip_similarity
+            if clip_texts:
+                row["clip_score"] = float(clip_scores(clip, list(imgs), clip_texts).mean())
+            if v.name != "baseline":
+                row.update(paired_clip_similarity=float(paired_clip_similarity(clip, list(imgs), list(base_imgs)).mean()),
+                           clip_fd=clip_fd(clip, list(imgs), list(base_imgs)))
         out["variants"][v.name] = row
         images[v.name] = imgs[:10]
     return out, images

@@ -61,10 +61,13 @@ from .workload import (
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for bench.json, report.md and plots.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write bench.json here.")
+@click.option("--clip", "clip_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="A Hugging Face CLIP folder: CLIP score (prompt texts, or 'a photo of a {class name}'), paired CLIP "
+                   "similarity and CLIP-FD against the baseline for every variant, and in the equal-speed table.")
 def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cfg, top_k, top_p, prompts,
           prompts_file, text_encoder, text_embeddings, aspect, pn, tau, profile_spec, bundle_path, identity_path,
           no_bundle, compare_bundles, no_peers, compare_specs, provider, judge_dir, images, seed, batch_size, reps,
-          out_dir, json_path) -> None:
+          out_dir, json_path, clip_dir) -> None:
     """Baseline, accelerated (torch), the bundle and the identity bundle (runtime) and the peers,
     side by side, on the same prompts and noise. A text-to-image model (Infinity) runs the torch
     variants only: its export comes later."""
@@ -76,18 +79,21 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
 
     if json_path:
         check_writable_parent(json_path)
+    if clip_dir is not None:                  # a bad folder fails before any export or timing
+        from ..models.clip.loading import load_clip
+        load_clip(clip_dir)
     if (bundle_path or identity_path or compare_bundles) and no_bundle:
         raise FastervarError("--bundle/--identity-bundle/--compare-bundle and --no-bundle contradict each other")
     text_given = text_flags_given()
     is_text = is_text_model(model_name, var_checkpoint, text_given)
     reject_other_kind(is_text, text_given, ["--judge"] if judge_dir else [])
-    bank = None
+    bank = texts = None
     if is_text:
         if bundle_path or identity_path or compare_bundles or provider != "cpu":
             raise FastervarError("bundles of text-to-image models are not exported yet: bench them in torch "
                                  "(leave out --bundle/--identity-bundle/--compare-bundle/--provider)")
         no_bundle = True
-        bank, _ = prompt_set(TextArgs(prompts, prompts_file, text_encoder, text_embeddings, (aspect,), pn, tau))
+        bank, texts = prompt_set(TextArgs(prompts, prompts_file, text_encoder, text_embeddings, (aspect,), pn, tau))
         model, = load_text_models(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
                                   TextArgs(aspects=(aspect,), pn=pn))
     else:
@@ -110,7 +116,8 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     # a text model has no judge; paired closeness to its baseline says what each variant changed
     quality = "paired" if is_text else ("none" if random_weights else ("full" if found else "paired"))
     result, report = run_bench(model, profile, pipelines, sampling_, images, seed, batch_size, Path(out_dir), quality,
-                               peers=not no_peers, compare=compare, reps=reps, judge=found, bank=bank)
+                               peers=not no_peers, compare=compare, reps=reps, judge=found, bank=bank,
+                               clip_dir=clip_dir, texts=texts)
     click.echo(table(result))
     if result.get("attribution"):
         click.echo("\n" + attribution_line(result))
