@@ -195,3 +195,32 @@ def test_evaluate_clip_scores_each_side_against_its_prompt_text(tmp_path):
     assert ev["clip_score_baseline"] == pytest.approx(json.loads((tmp_path / "s.json").read_text())["clip_score"],
                                                       abs=1e-6)
     assert 0 <= ev["clip_score"] <= 100 and 0 < ev["paired_clip_similarity"] <= 1
+
+
+@pytest.mark.slow
+def test_calibrate_with_clip_on_infinity_keeps_the_clip_score(tmp_path, files):
+    """`calibrate --clip --max-clip-drop` on the tiny Infinity with prompt texts (a T5 folder): the
+    profile's CLIP-score drop is within the limit and the report shows it; with embeddings there is
+    no text to score, and the limit is refused in one line before any work."""
+    transformers = pytest.importorskip("transformers", reason="transformers builds the tiny T5 and CLIP folders")
+    from tests.test_t5 import _tokenizer
+
+    from .test_clip import _folder
+    clip, _ = _folder(tmp_path, "gelu", True)
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
+    transformers.T5EncoderModel(cfg).eval().save_pretrained(tmp_path / "t5")
+    _tokenizer().save(str(tmp_path / "t5" / "tokenizer.json"))
+    (tmp_path / "p.txt").write_text("a red cat on the grass\nthe dog\n")
+    r = cli("calibrate", "--model", "infinity-tiny", "--random-weights", "--pn", "0.06M", "--text-encoder",
+            tmp_path / "t5", "--prompts", tmp_path / "p.txt", "--seeds", "0,1", "--batch-size", "4",
+            "--max-quality-drop", "0.6", "--cost-model", "flops", "--clip", clip, "--max-clip-drop", "0.5",
+            "--out", tmp_path / "p.json", "--cache-dir", tmp_path / "cache")
+    assert r.exit_code == 0, r.output
+    p = load(tmp_path / "p.json")
+    assert p.measured["clip_score_drop"] <= 0.5 and p.calibration["target"]["max_clip_drop"] == 0.5
+    assert "CLIP score may drop by at most" in (tmp_path / "p-report" / "report.md").read_text()
+    r = cli("calibrate", *model_args(files), "--text-embeddings", files / "emb.npz", "--max-quality-drop", "0.6",
+            "--clip", clip, "--max-clip-drop", "0.5", "--out", tmp_path / "q.json", "--cache-dir", tmp_path / "c2")
+    assert r.exit_code == 2 and "prompts' text" in r.output and not (tmp_path / "c2").exists()
