@@ -274,14 +274,10 @@ def test_generate_refuses_mixed_families_in_one_line(infinity_files, tiny_files,
 
 
 def test_prompt_strings_through_a_t5_folder_give_the_embeddings_images(tmp_path):
-    transformers = pytest.importorskip("transformers", reason="transformers builds the tiny T5 folder")
+    pytest.importorskip("transformers", reason="transformers builds the tiny T5 folder")
     from fastervar.models.text.t5 import TextEncoder
-    from tests.test_t5 import _tokenizer
-    torch.manual_seed(0)
-    cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
-    transformers.T5EncoderModel(cfg).eval().save_pretrained(tmp_path / "t5")
-    _tokenizer().save(str(tmp_path / "t5" / "tokenizer.json"))
+    from tests.test_t5 import tiny_t5_folder
+    tiny_t5_folder(tmp_path / "t5")
     prompts = ["a red cat on the grass", "the dog"]
     common = ["--model", "infinity-tiny", "--random-weights", "--pn", "0.06M"]
     r = cli("generate", *common, "--text-encoder", tmp_path / "t5", "--prompt", prompts[0], "--prompt", prompts[1],

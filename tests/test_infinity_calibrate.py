@@ -170,16 +170,12 @@ def test_evaluate_with_clip_compares_each_image_with_its_baseline(files, tmp_pat
 def test_evaluate_clip_scores_each_side_against_its_prompt_text(tmp_path):
     """With prompt texts (a T5 folder), `evaluate --clip` gives each side's CLIP score; the
     baseline's equals what `clip-score` gives on `generate`'s images for the same prompts."""
-    transformers = pytest.importorskip("transformers", reason="transformers builds the tiny T5 and CLIP folders")
-    from tests.test_t5 import _tokenizer
+    pytest.importorskip("transformers", reason="transformers builds the tiny T5 and CLIP folders")
+    from tests.test_t5 import tiny_t5_folder
 
     from .test_clip import _folder
     clip, _ = _folder(tmp_path, "gelu", True)
-    torch.manual_seed(0)
-    cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
-    transformers.T5EncoderModel(cfg).eval().save_pretrained(tmp_path / "t5")
-    _tokenizer().save(str(tmp_path / "t5" / "tokenizer.json"))
+    tiny_t5_folder(tmp_path / "t5")
     prompts = ["a red cat on the grass", "the dog"]
     (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
     common = ["--model", "infinity-tiny", "--random-weights", "--pn", "0.06M", "--text-encoder", tmp_path / "t5",
@@ -202,16 +198,12 @@ def test_calibrate_with_clip_on_infinity_keeps_the_clip_score(tmp_path, files):
     """`calibrate --clip --max-clip-drop` on the tiny Infinity with prompt texts (a T5 folder): the
     profile's CLIP-score drop is within the limit and the report shows it; with embeddings there is
     no text to score, and the limit is refused in one line before any work."""
-    transformers = pytest.importorskip("transformers", reason="transformers builds the tiny T5 and CLIP folders")
-    from tests.test_t5 import _tokenizer
+    pytest.importorskip("transformers", reason="transformers builds the tiny T5 and CLIP folders")
+    from tests.test_t5 import tiny_t5_folder
 
     from .test_clip import _folder
     clip, _ = _folder(tmp_path, "gelu", True)
-    torch.manual_seed(0)
-    cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
-    transformers.T5EncoderModel(cfg).eval().save_pretrained(tmp_path / "t5")
-    _tokenizer().save(str(tmp_path / "t5" / "tokenizer.json"))
+    tiny_t5_folder(tmp_path / "t5")
     (tmp_path / "p.txt").write_text("a red cat on the grass\nthe dog\n")
     r = cli("calibrate", "--model", "infinity-tiny", "--random-weights", "--pn", "0.06M", "--text-encoder",
             tmp_path / "t5", "--prompts", tmp_path / "p.txt", "--seeds", "0,1", "--batch-size", "4",

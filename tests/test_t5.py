@@ -29,6 +29,18 @@ def _tokenizer() -> tokenizers.Tokenizer:
     return tok
 
 
+def tiny_t5_folder(dest):
+    """A tiny Flan-T5-shaped encoder folder (transformers' layout, our word-level tokenizer) whose
+    width, 256, is the tiny Infinity's text width."""
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=17, d_model=256, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
+    transformers.T5EncoderModel(cfg).eval().save_pretrained(dest)
+    _tokenizer().save(str(dest / "tokenizer.json"))
+    return dest
+
+
 @pytest.fixture(scope="module", params=["gated-gelu", "relu"])
 def folder(request, tmp_path_factory):
     torch.manual_seed(0)
