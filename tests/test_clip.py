@@ -237,14 +237,25 @@ def test_class_prompts_name_what_each_label_depicts():
     assert class_prompts(shipped_model("fashion-16"), [0, 9]) == ["a photo of a T-shirt/top", "a photo of a Ankle boot"]
 
 
-def test_evaluate_clip_on_a_class_model_is_one_line(tmp_path):
+def test_evaluate_clip_on_the_embedded_model_scores_each_side(tmp_path):
+    """`evaluate --clip --profile` on a class model: each side's CLIP score against "a photo of a
+    {class name}" and CLIP-FD to the real images, and their paired similarity; a bad folder is one
+    line before any sampling."""
     from click.testing import CliRunner
 
     from fastervar.cli import main
 
     from .test_cli import assert_bad_input
-    r = CliRunner().invoke(main, ["evaluate", "--model", "fashion-tiny", "--clip", str(tmp_path)])
-    assert_bad_input(r, "judged by its classifier")
+    clip, _ = _folder(tmp_path, "quick_gelu", True)
+    r = CliRunner().invoke(main, ["evaluate", "--model", "fashion-tiny", "--samples-per-class", "2", "--profile",
+                                  "fashion-tiny-calibrated", "--clip", str(clip), "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["clip_score"] == ev["baseline"]["clip_score"] and 0 <= ev["accelerated"]["clip_score"] <= 100
+    assert ev["baseline"]["clip_fd"] > 0 and ev["accelerated"]["clip_fd"] > 0
+    assert 0 < ev["paired_clip_similarity"] <= 1
+    r = CliRunner().invoke(main, ["evaluate", "--model", "fashion-tiny", "--clip", str(tmp_path / "none")])
+    assert_bad_input(r, "not a folder")
 
 
 def _candidates(report) -> list[dict]:

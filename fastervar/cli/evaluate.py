@@ -42,8 +42,9 @@ from .workload import (
 @click.option("--profile", "profile_spec", metavar="PROFILE", help="Also run this profile, interleaved, on the same noise.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 @click.option("--clip", "clip_dir", type=click.Path(path_type=Path), metavar="DIR",
-              help="A Hugging Face CLIP folder: paired CLIP image similarity and CLIP-FD against the baseline, and "
-                   "with prompt texts each side's CLIP score (text-to-image models).")
+              help="A Hugging Face CLIP folder: CLIP score (prompt texts, or 'a photo of a {class name}'), CLIP-FD "
+                   "(to the real images for a class model, to the baseline for a text model) and paired CLIP "
+                   "similarity with --profile.")
 def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
              more_smooth, sampler, batch_size, prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau,
              samples_per_class, features, judge_dir, profile_spec, json_path, clip_dir) -> None:
@@ -66,9 +67,6 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
                        top_k, top_p, sampler, batch_size, samples_per_class or 1, profile_spec, json_path, clip_dir)
         return
     reject_other_kind(False, text_given, [])
-    if clip_dir is not None:
-        raise FastervarError("--clip scores a text-to-image model against its prompts; a class-conditional model is "
-                             "judged by its classifier (--judge)")
     model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
     sampling_ = sampling(model, cfg, top_k, top_p, more_smooth, sampler)
     samples_per_class = samples_per_class or 100
@@ -79,7 +77,12 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     ext = load_extractor(features, found)
     if profile is not None:
         accelerated(model, profile)
-    result = run_evaluate(model, ext, found, sampling_, samples_per_class, seed, batch_size, profile)
+    clip = None
+    if clip_dir is not None:
+        from ..evaluate.clip_metrics import ClipFeatures
+        from ..models.clip.loading import load_clip
+        clip = ClipFeatures(load_clip(clip_dir, model.device))
+    result = run_evaluate(model, ext, found, sampling_, samples_per_class, seed, batch_size, profile, clip=clip)
     result.update(model=model.cfg.name, settings=sampling_.__dict__, samples_per_class=samples_per_class, seed=seed)
     _print_table(result)
     if json_path:

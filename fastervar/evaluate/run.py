@@ -89,9 +89,11 @@ def _side(ext: FeatureExtractor, ref: Reference, passes: list, classes: list[int
 
 def evaluate(model: VARModel, ext: FeatureExtractor, judge: JudgeFiles, settings: SamplingSettings,
              samples_per_class: int, seed: int, batch_size: int, profile: Profile | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, clip=None) -> dict:
     """Generate, then score: the figures `fastervar evaluate --json` writes. With a profile the
-    baseline and the accelerated model run interleaved on the same prompts and noise."""
+    baseline and the accelerated model run interleaved on the same prompts and noise. With `clip`
+    (`clip_metrics.ClipFeatures`), each side's CLIP score ("a photo of a {class name}", where the
+    model names its classes) and CLIP-FD to the real images, and the paired CLIP similarity."""
     check_domain(model)
     ref = Reference.load(judge) if isinstance(ext, ClassifierFeatures) else None
     classes = [c for c in range(model.cfg.var.num_classes) for _ in range(samples_per_class)]
@@ -112,8 +114,22 @@ def evaluate(model: VARModel, ext: FeatureExtractor, judge: JudgeFiles, settings
     ref_scores = distribution_scores(ext, ref, reconstructions(model, real[:n_ref]))
     out.update(reference_frechet_distance=ref_scores["frechet_distance"], reference_kid=ref_scores["kid"],
                reference_samples=n_ref)
+    texts = None
+    if clip is not None:
+        from .clip_metrics import class_prompts, clip_fd, clip_scores
+        texts = class_prompts(model, classes)
+        if texts:
+            base["clip_score"] = out["clip_score"] = float(clip_scores(clip, list(base_images), texts).mean())
+        base["clip_fd"] = out["clip_fd"] = clip_fd(clip, list(base_images), list(real))
     if profile is not None:
         acc, acc_images = _side(ext, ref, runs["accelerated"], classes)
+        if clip is not None:
+            from .clip_metrics import paired_clip_similarity
+            if texts:
+                acc["clip_score"] = float(clip_scores(clip, list(acc_images), texts).mean())
+            acc["clip_fd"] = clip_fd(clip, list(acc_images), list(real))
+            out["paired_clip_similarity"] = float(paired_clip_similarity(clip, list(acc_images),
+                                                                         list(base_images)).mean())
         out.update(profile=profile.name, baseline=base, accelerated=acc,
                    speedup_transformer=speedup(runs["baseline"], runs["accelerated"], "steps"),
                    speedup_total=speedup(runs["baseline"], runs["accelerated"]),
