@@ -17,6 +17,7 @@ from ..accel.accelerated import AcceleratedModel
 from ..accel.presets import peers as peer_profiles
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
+from ..evaluate.clip_metrics import clip_fd, clip_scores, paired_clip_similarity
 from ..evaluate.metrics import mean_psnr, ssim
 from ..models.sampling import SamplingSettings
 from ..models.protocol import FamilyModel
@@ -100,7 +101,6 @@ def run_bench(model: FamilyModel, variants: list[Variant], classes: list[int], s
         if judge is not None:
             row.update(judge(imgs, classes))
         if clip is not None:
-            from ..evaluate.clip_metrics import clip_fd, clip_scores, paired_clip_similarity
             if clip_texts:
                 row["clip_score"] = float(clip_scores(clip, list(imgs), clip_texts).mean())
             if v.name != "baseline":

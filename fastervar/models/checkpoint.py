@@ -56,6 +56,21 @@ def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> State
     return sd
 
 
+def read_hf_config(folder: Path, what: str, named: str = ""):
+    """A Hugging Face folder's config.json, parsed (the caller checks its shape); a missing,
+    unreadable or malformed one is one line (`named` prefixes the folder: the option that gave it)."""
+    where = folder / "config.json"
+    try:
+        d = json.loads(where.read_text())
+    except FileNotFoundError:
+        raise FastervarError(f"{named}{folder}: no config.json (give a Hugging Face {what} folder)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FastervarError(f"{where}: malformed JSON ({exc})") from None
+    except OSError as exc:
+        raise FastervarError(f"cannot read {where}: {exc.strerror or exc}") from None
+    return d
+
+
 def read_hf_weights(folder: Path, what: str) -> StateDict:
     """A Hugging Face folder's tensors: model.safetensors (or its shards), else pytorch_model.bin,
     each read by `read_state_dict` (safetensors, or a pickle with weights_only=True)."""

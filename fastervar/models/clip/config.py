@@ -4,12 +4,12 @@ keys a file leaves out."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import FastervarError
+from ..checkpoint import read_hf_config
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 
@@ -98,14 +98,7 @@ def read_config(folder: Path) -> CLIPConfig:
     """The folder's CLIP architecture; anything else (a missing or malformed config.json, another
     model type) is one line."""
     where = folder / "config.json"
-    try:
-        d = json.loads(where.read_text())
-    except FileNotFoundError:
-        raise FastervarError(f"{folder}: no config.json (give a Hugging Face CLIP folder)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FastervarError(f"{where}: malformed JSON ({exc})") from None
-    except OSError as exc:
-        raise FastervarError(f"cannot read {where}: {exc.strerror or exc}") from None
+    d = read_hf_config(folder, "CLIP")
     if not isinstance(d, dict):
         raise FastervarError(f"{where}: not a config object")
     kind = d.get("model_type")

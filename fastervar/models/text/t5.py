@@ -11,7 +11,6 @@ the rows padding to 512 gives.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -184,15 +183,8 @@ class T5Encoder(nn.Module):
 def load_encoder(folder: str | Path) -> T5Encoder:
     """Strict-load the encoder of a T5 or Flan-T5 folder (decoder weights, if any, are ignored)."""
     folder = Path(folder)
-    try:
-        cfg = T5Config.from_hf(json.loads((folder / "config.json").read_text()), folder / "config.json")
-    except FileNotFoundError:
-        raise FastervarError(f"--text-encoder {folder}: no config.json (give a Hugging Face T5 folder)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FastervarError(f"{folder / 'config.json'}: malformed JSON ({exc})") from None
-    except OSError as exc:
-        raise FastervarError(f"cannot read {folder / 'config.json'}: {exc.strerror or exc}") from None
-    from ..checkpoint import read_hf_weights
+    from ..checkpoint import read_hf_config, read_hf_weights
+    cfg = T5Config.from_hf(read_hf_config(folder, "T5", named="--text-encoder "), folder / "config.json")
     found = read_hf_weights(folder, "T5")
     model = T5Encoder(cfg)
     want = {f"encoder.{k}": v.shape for k, v in model.state_dict().items()}
