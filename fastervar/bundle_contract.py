@@ -29,8 +29,11 @@ import numpy as np
 from .errors import FastervarError
 from .utils.hashing import file_sha256
 
-# 2: noise is one uniform per token, (B, n); bundles of format 1 took (B, n, V) and must be re-exported
-FORMAT = "fastervar-bundle/2"
+# 2: noise is one uniform per token, (B, n); bundles of format 1 took (B, n, V) and must be re-exported.
+# 3: a bundle names its conditioning (class labels, or text embeddings), and a text bundle holds one
+# set of graphs per aspect; format 2 bundles (class-conditional, one set) are still read.
+FORMAT = "fastervar-bundle/3"
+READABLE_FORMATS = ("fastervar-bundle/2", FORMAT)
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -43,12 +46,22 @@ MAX_LATENT = 1 << 26
 
 # -- tensor names ------------------------------------------------------------------------------
 LABELS = "labels"          # (B,) int64 class indices
+TEXT = "text"              # (B, T, C) float32 prompt embeddings, zero beyond each prompt's length
+TEXT_LENGTHS = "text_lengths"   # (B,) int64 each prompt's length in tokens, 1..T
 F_HAT = "f_hat"            # (B, C, H, W) the accumulated latent
 NOISE = "noise"            # (B, n) one uniform per sampled token of the step
 TOKENS = "tokens"          # (B, n) int64 the step's tokens
 IMAGES = "images"          # (B, H, W, 3) uint8
 LOGITS = "logits"          # a step's raw logits: an output only graphs traced to check numerics have
 OUT = "out."               # a step graph's output `out.X` is the input `X` of the later graphs
+
+
+CONDITIONING = {"class": (LABELS,), "text": (TEXT, TEXT_LENGTHS)}
+
+
+def condition_names(kind: str) -> tuple[str, ...]:
+    """The request tensors a bundle conditioned on `kind` reads, in graph order."""
+    return CONDITIONING[kind]
 
 
 def output(name: str) -> str:
@@ -119,21 +132,58 @@ class EngineSpec:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A checked bundle, seen at one aspect: a text bundle holds one set of engines per aspect
+    (`at_aspect` picks another); a class-conditional bundle has one set and no aspects."""
+
     root: Path
     data: dict[str, Any]
     engines: list[EngineSpec]
+    chain: EngineSpec | None = None          # all steps and the decoder as one graph, where exported
+    aspect: str | None = None
 
     @property
-    def num_classes(self) -> int:
-        return int(self.data["model"]["num_classes"])
+    def conditioning(self) -> str:
+        """'class' (labels in) or 'text' (prompt embeddings and lengths in)."""
+        return str(self.data["model"].get("conditioning", {"kind": "class"})["kind"])
 
     @property
-    def vocab_size(self) -> int:
-        return int(self.data["model"]["vocab_size"])
+    def condition_names(self) -> tuple[str, ...]:
+        return condition_names(self.conditioning)
 
     @property
-    def patch_nums(self) -> list[int]:
-        return list(self.data["model"]["patch_nums"])
+    def num_classes(self) -> int | None:
+        n = self.data["model"].get("num_classes")
+        return None if n is None else int(n)
+
+    @property
+    def text_channels(self) -> int | None:
+        """The width of the prompt embeddings a text bundle takes."""
+        c = self.data["model"].get("conditioning", {}).get("channels")
+        return None if c is None else int(c)
+
+    @property
+    def max_text_length(self) -> int | None:
+        n = self.data["model"].get("conditioning", {}).get("max_length")
+        return None if n is None else int(n)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.data["steps"])
+
+    @property
+    def aspects(self) -> list[str]:
+        """The aspects a text bundle draws, default first; [] for a class-conditional bundle."""
+        return [a["name"] for a in self.data.get("aspects") or []]
+
+    def at_aspect(self, name: str) -> Manifest:
+        """The same bundle seen at aspect `name` (e.g. '1:1')."""
+        for a in self.data.get("aspects") or []:
+            if a["name"] == name:
+                raw = a.get("chain")
+                return Manifest(self.root, self.data, [_engine_spec(e) for e in a["engines"]],
+                                _engine_spec(raw) if raw else None, name)
+        have = ", ".join(self.aspects) or "none: it is not a text bundle"
+        raise BundleError(f"bundle {self.root} has no aspect {name!r}; it holds {have}")
 
     @property
     def max_batch(self) -> int:
@@ -150,12 +200,6 @@ class Manifest:
     @property
     def decoder(self) -> EngineSpec:
         return self.engines[-1]
-
-    @property
-    def chain(self) -> EngineSpec | None:
-        """All steps and the decoder as one graph (absent from bundles that did not export it)."""
-        raw = self.data.get("chain")
-        return _engine_spec(raw) if raw else None
 
     @property
     def latent(self) -> tuple[list[int], str]:
@@ -187,7 +231,7 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> Manifest:
         raise BundleError(f"{path} is not valid JSON ({exc})") from None
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
         got = data.get("format") if isinstance(data, dict) else None
         raise BundleError(f"{path}: bundle format {_show(got)} is not supported; this runtime reads {FORMAT!r} "
                           f"(re-export the bundle with this version of fastervar)")
@@ -354,55 +398,85 @@ def _tensor_table(root: Path, weights: dict) -> dict[str, dict]:
     return table
 
 
-def _chain_order(engines: list[EngineSpec]) -> None:
+def _chain_order(engines: list[EngineSpec], request: tuple[str, ...], where: str = "") -> None:
     """Each step reads the request's tensors or what an earlier step hands on; the decoder reads
     the latent and writes images."""
     steps, decoder = engines[:-1], engines[-1]
     if not steps:
-        raise _Invalid("engines has no scale-step engine")
+        raise _Invalid(f"{where}engines has no scale-step engine")
     order = [e.step for e in steps]
     if order != sorted(set(order)):
-        raise _Invalid(f"engines must list each step once, in order; got steps {order}")
-    available = {LABELS, F_HAT, NOISE}
+        raise _Invalid(f"{where}engines must list each step once, in order; got steps {order}")
+    available = {*request, F_HAT, NOISE}
     for i, e in enumerate(steps):
-        where = f"engines[{i}]"
+        at = f"{where}engines[{i}]"
         for name, kind in ((F_HAT, "inputs"), (NOISE, "inputs"), (TOKENS, "outputs"), (output(F_HAT), "outputs")):
             if e.spec(name, kind) is None:
-                raise _Invalid(f"{where} ({e.name}) has no {kind[:-1]} {name!r}")
+                raise _Invalid(f"{at} ({e.name}) has no {kind[:-1]} {name!r}")
         noise = e.spec(NOISE)["shape"]
         if len(noise) != 2 or not _is_int(noise[1]) or not 1 <= noise[1] <= MAX_NOISE:
-            raise _Invalid(f"{where}: input {NOISE!r} must have shape [batch, n] with 1 <= n <= {MAX_NOISE}, "
+            raise _Invalid(f"{at}: input {NOISE!r} must have shape [batch, n] with 1 <= n <= {MAX_NOISE}, "
                            f"got {noise}")
         missing = [s["name"] for s in e.inputs if s["name"] not in available]
         if missing:
-            raise _Invalid(f"{where} ({e.name}) reads {missing[0]!r}, which no earlier step provides")
+            raise _Invalid(f"{at} ({e.name}) reads {missing[0]!r}, which no earlier step provides")
         available |= {state_name(s["name"]) for s in e.outputs if state_name(s["name"])}
     latent = steps[0].spec(F_HAT)["shape"]
     if (len(latent) < 2 or not all(_is_int(d) and d > 0 for d in latent[1:])
             or math.prod(latent[1:]) > MAX_LATENT):
-        raise _Invalid(f"engines[0]: input {F_HAT!r} must have a batch axis and fixed sizes (at most {MAX_LATENT} "
-                       f"values), got {latent}")
+        raise _Invalid(f"{where}engines[0]: input {F_HAT!r} must have a batch axis and fixed sizes (at most "
+                       f"{MAX_LATENT} values), got {latent}")
     if [s["name"] for s in decoder.inputs] != [F_HAT] or decoder.spec(IMAGES, "outputs") is None:
         raise _Invalid(f"the last engine ({decoder.name}) must be the decoder: {F_HAT!r} in, {IMAGES!r} out")
 
 
-def _check_chain(raw: Any, root: Path, tensors: dict, steps: list[EngineSpec], patch_nums: list[int]) -> None:
-    chain = _engine(raw, "chain", root, tensors, len(patch_nums), decoder=True)
-    want_in = {LABELS} | {step_noise(e.step) for e in steps}
+def _check_chain(raw: Any, where: str, root: Path, tensors: dict, steps: list[EngineSpec], num_steps: int,
+                 request: tuple[str, ...]) -> EngineSpec:
+    chain = _engine(raw, where, root, tensors, num_steps, decoder=True)
+    want_in = set(request) | {step_noise(e.step) for e in steps}
     want_out = {IMAGES} | {step_tokens(e.step) for e in steps}
     got_in, got_out = {s["name"] for s in chain.inputs}, {s["name"] for s in chain.outputs}
     if got_in != want_in or not want_out <= got_out:
-        raise _Invalid(f"chain's tensors do not match its steps: inputs {sorted(got_in)}, outputs {sorted(got_out)}")
+        raise _Invalid(f"{where}'s tensors do not match its steps: inputs {sorted(got_in)}, outputs {sorted(got_out)}")
+    return chain
+
+
+def _engine_set(holder: dict, where: str, root: Path, tensors: dict, num_steps: int,
+                request: tuple[str, ...]) -> tuple[list[EngineSpec], EngineSpec | None]:
+    """One set of engines (steps, then the decoder) and its joined graph, checked."""
+    raw = _list(holder, "engines", where, lambda v: isinstance(v, dict), "an engine")
+    prefix = f"{where}." if where else ""
+    if not raw:
+        raise _Invalid(f"field {prefix}engines is empty")
+    engines = [_engine(e, f"{prefix}engines[{i}]", root, tensors, num_steps, decoder=i == len(raw) - 1)
+               for i, e in enumerate(raw)]
+    _chain_order(engines, request, prefix)
+    chain = None
+    if holder.get("chain") is not None:
+        chain = _check_chain(holder["chain"], f"{prefix}chain", root, tensors, engines[:-1], num_steps, request)
+    return engines, chain
+
+
+def _conditioning(model: dict) -> str:
+    """The model's conditioning kind, with the fields that kind needs checked."""
+    cond = _field(model, "conditioning", "model", lambda v: isinstance(v, dict), "an object", optional=True)
+    kind = "class" if cond is None else _field(cond, "kind", "model.conditioning", lambda v: v in CONDITIONING,
+                                               f"one of {', '.join(CONDITIONING)}")
+    if kind == "class":
+        _field(model, "num_classes", "model", lambda v: _is_int(v) and v > 0, "a positive integer")
+    else:
+        for key in ("channels", "max_length"):
+            _field(cond, key, "model.conditioning", lambda v: _is_int(v) and v > 0, "a positive integer")
+    return kind
 
 
 def _check(root: Path, data: dict) -> Manifest:
     model = _field(data, "model", "", lambda v: isinstance(v, dict), "an object")
     _field(model, "config", "model", lambda v: isinstance(v, str), "a model name")
-    _field(model, "num_classes", "model", lambda v: _is_int(v) and v > 0, "a positive integer")
-    _field(model, "vocab_size", "model", lambda v: _is_int(v) and v > 0, "a positive integer")
-    patch_nums = _list(model, "patch_nums", "model", lambda v: _is_int(v) and v > 0, "a positive integer")
-    if not patch_nums:
-        raise _Invalid("field model.patch_nums is empty")
+    kind = _conditioning(model)
+    steps = _list(data, "steps", "", lambda v: isinstance(v, dict), "a step")
+    if not steps:
+        raise _Invalid("field steps is empty")
     profile = _field(data, "profile", "", lambda v: isinstance(v, dict), "an object")
     _field(profile, "name", "profile", lambda v: isinstance(v, str), "a name")
     _list(_field(profile, "json", "profile", lambda v: isinstance(v, dict), "the profile as an object"),
@@ -416,21 +490,28 @@ def _check(root: Path, data: dict) -> Manifest:
     _field(data, "max_batch", "", lambda v: _is_int(v) and v >= 1, "a positive integer")
     weights = _field(data, "weights", "", lambda v: isinstance(v, dict), "an object")
     tensors = _tensor_table(root, weights)
-    raw = _list(data, "engines", "", lambda v: isinstance(v, dict), "an engine")
-    if not raw:
-        raise _Invalid("field engines is empty")
-    engines = [_engine(e, f"engines[{i}]", root, tensors, len(patch_nums), decoder=i == len(raw) - 1)
-               for i, e in enumerate(raw)]
-    _chain_order(engines)
-    if data.get("chain") is not None:
-        _check_chain(data["chain"], root, tensors, engines[:-1], patch_nums)
-    return Manifest(root, data, engines)
+    request = condition_names(kind)
+    if kind == "class":
+        engines, chain = _engine_set(data, "", root, tensors, len(steps), request)
+        return Manifest(root, data, engines, chain)
+    aspects = _list(data, "aspects", "", lambda v: isinstance(v, dict), "an aspect")
+    if not aspects:
+        raise _Invalid("field aspects is empty: a text bundle holds at least one aspect")
+    names = [_field(a, "name", f"aspects[{i}]", lambda v: isinstance(v, str) and v, "a name like '1:1'")
+             for i, a in enumerate(aspects)]
+    if len(set(names)) != len(names):
+        raise _Invalid("field aspects names an aspect twice")
+    for i, a in enumerate(aspects):
+        _field(a, "h_div_w", f"aspects[{i}]", lambda v: _is_num(v) and v > 0, "a positive number")
+        _engine_set(a, f"aspects[{i}]", root, tensors, len(steps), request)
+    return Manifest(root, data, [], None).at_aspect(names[0])
 
 
 def _files(manifest: Manifest) -> list[tuple[str, str]]:
-    """(file, digest) of everything the manifest names."""
-    engines = manifest.engines + ([manifest.chain] if manifest.chain else [])
+    """(file, digest) of everything the manifest names, at every aspect."""
+    views = [manifest.at_aspect(a) for a in manifest.aspects] or [manifest]
+    engines = [e for v in views for e in v.engines + ([v.chain] if v.chain else [])]
     files = [(manifest.weights["file"], manifest.weights["sha256"])]
     files += [(e.graph, e.sha256) for e in engines]
     files += [(e.plan, e.plan_sha256) for e in engines if e.plan]
-    return files
+    return list(dict.fromkeys(files))

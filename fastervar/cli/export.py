@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from .app import main
-from .options import guidance_options, load_profile, model_options, settings
+from .options import guidance_options, load_profile, model_options
+from .workload import TextArgs, is_text_model, load_text_models, reject_other_kind, sampling, text_flags_given
 
 
 @main.command()
@@ -25,10 +28,18 @@ from .options import guidance_options, load_profile, model_options, settings
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Largest batch the TensorRT plans are optimised for; the runtime chunks larger requests.")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT plans (needs tensorrt and an NVIDIA GPU).")
-@guidance_options
+@functools.partial(guidance_options, per_family=True)
+@click.option("--aspect", multiple=True, default=("1:1",), show_default=True,
+              help="Text-to-image: height:width, snapped to Infinity's templates; repeat for several (one set of "
+                   "step graphs each, sharing the weights).")
+@click.option("--pn", default="1M", show_default=True, type=click.Choice(["0.06M", "0.25M", "0.60M", "1M"]),
+              help="Text-to-image: the pixel budget.")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="Text-to-image: the logit temperature baked in.")
 def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, profile_spec, out_dir, precision,
-           decoder_precision, calib_images, max_batch, tensorrt, cfg, top_k, top_p) -> None:
-    """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`."""
+           decoder_precision, calib_images, max_batch, tensorrt, cfg, top_k, top_p, aspect, pn, tau) -> None:
+    """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`.
+    A text-to-image model's bundle takes prompt embeddings and holds each --aspect asked."""
     import time
 
     from ..export.bundle import check_target, export_bundle
@@ -39,16 +50,24 @@ def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, p
     from ..utils.machine import int8_note
 
     t0 = time.perf_counter()
-    sampling = settings(cfg, top_k, top_p, False, "portable")
     check_target(out_dir)
+    text_given = text_flags_given()
+    text = is_text_model(model_name, var_checkpoint, text_given)
+    reject_other_kind(text, text_given, [])
     if "int8" in (precision, decoder_precision) and (note := int8_note()):
         click.echo(f"note: {note}", err=True)
-    model = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device)
+    if text:
+        model, *others = load_text_models(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
+                                          TextArgs(aspects=aspect, pn=pn, tau=tau))
+    else:
+        model, others = resolve_model(model_name, var_checkpoint, vae_checkpoint, random_weights, device), []
     profile = identity(model) if profile_spec == "identity" else load_profile(profile_spec, model)
     sha = weights_sha256(model)
-    check_against(profile, model, sha if profile.model.get("weights_sha256") else None)
-    path = export_bundle(model, profile, out_dir, sampling, precision, max_batch, sha, tensorrt,
-                         decoder_precision=decoder_precision, calib_images=calib_images)
+    for view in [model, *others]:
+        check_against(profile, view, sha if profile.model.get("weights_sha256") else None)
+    path = export_bundle(model, profile, out_dir, sampling(model, cfg, top_k, top_p, tau=tau if text else None),
+                         precision, max_batch, sha, tensorrt, decoder_precision=decoder_precision,
+                         calib_images=calib_images, aspects=others)
     size = sum(f.stat().st_size for f in path.iterdir())
     weights = sum(t.numel() * t.element_size() for part in model.state_parts() for t in part.state_dict().values())
     peak = peak_resident_bytes()

@@ -13,6 +13,7 @@ import copy
 import io
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ from ..bundle_contract import (
     F_HAT,
     FORMAT,
     IMAGES,
-    LABELS,
     MANIFEST,
     NOISE,
     PRECISIONS,
@@ -38,14 +38,21 @@ from ..bundle_contract import (
     step_tokens,
 )
 from ..errors import FastervarError
+from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
-from ..models.var.family import VARModel
-from ..profile import Profile, model_identity
+from ..profile import Profile, aspect_name, model_identity
 from ..utils.atomic import atomic_dir
 from ..utils.hashing import file_sha256
 from .chain import join_chain
 from .fold import ConstantBinder
-from .graphs import DecoderGraph, StepGraph, StepIO, example_steps, plan_io
+from .graphs import (
+    DecoderGraph,
+    StepGraph,
+    StepIO,
+    example_steps,
+    plan_io,
+    request_names,
+)
 from .quantize import calibration_latents, quantize_decoder, quantize_linears
 from .weights import WeightStore
 
@@ -53,7 +60,9 @@ OPSET = 17
 DECODER_PRECISIONS = ("fp32", "int8")
 # Graphs are traced at the first batch size; a run at the second tells which axes scale with the
 # batch (rows = 2 x batch). The second is 1: it records shapes only, so it should cost the least memory.
+# Prompts are as long as the matching entry of _EXAMPLE_TEXT, which tells the text axis apart.
 _EXAMPLE_BATCHES = (2, 1)
+_EXAMPLE_TEXT = (7, 5)
 
 
 Shape = tuple[tuple[int, ...], torch.dtype]
@@ -68,6 +77,8 @@ def _symbolic(name: str, a: tuple[int, ...], b: tuple[int, ...]) -> list:
             dims.append("batch")
         elif (x, y) == tuple(2 * n for n in _EXAMPLE_BATCHES):
             dims.append("rows")
+        elif (x, y) == _EXAMPLE_TEXT:
+            dims.append("text")
         else:
             raise FastervarError(f"internal: axis {i} of {name} scales oddly with the batch ({x} vs {y})")
     return dims
@@ -137,20 +148,28 @@ def _compact(graph: onnx.GraphProto) -> None:
     del graph.value_info[:]
 
 
-def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: SamplingSettings,
+def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, settings: SamplingSettings,
                   precision: str = "fp32", max_batch: int = 16, weights_sha256: str | None = None,
                   tensorrt: bool = False, progress: bool = True, decoder_precision: str | None = None,
-                  calib_images: int | None = None) -> Path:
+                  calib_images: int | None = None, aspects: Sequence[FamilyModel] = ()) -> Path:
     """Write a bundle for `model` under `profile` to `out`, atomically; returns its path.
 
-    `precision` int8 quantizes the transformer's linears and, unless `decoder_precision` says fp32,
-    the decoder's convolutions (calibrated on the model's generations, see `calibration_latents`)."""
+    A text model's bundle holds one set of graphs per aspect: `model`'s, then each of `aspects`
+    (the same weights on other aspect templates). `precision` int8 quantizes the transformer's
+    linears and, unless `decoder_precision` says fp32, the decoder's convolutions (calibrated on
+    the model's generations, see `calibration_latents`)."""
     if precision not in PRECISIONS:
         raise FastervarError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     if decoder_precision is not None and (decoder_precision not in DECODER_PRECISIONS or precision == "fp16"):
         raise FastervarError(f"--decoder-precision {decoder_precision} goes with --precision fp32 or int8, "
                              f"and is fp32 or int8")
     decoder = decoder_precision or ("int8" if precision == "int8" else precision)
+    text = model.conditioning()["kind"] == "text"
+    if text and (precision, decoder) != ("fp32", "fp32"):
+        raise FastervarError(f"text-to-image bundles are exported in fp32 for now; --precision {precision} "
+                             f"(and an int8 decoder) are built for class-conditional models only")
+    if aspects and not text:
+        raise FastervarError("only a text-to-image model's bundle holds several aspects")
     if tensorrt and "int8" in (precision, decoder):
         raise FastervarError("TensorRT plans are built from fp32/fp16 graphs; an int8 bundle runs on onnxruntime "
                              "(drop --tensorrt, or export fp16 for TensorRT)")
@@ -163,25 +182,32 @@ def export_bundle(model: VARModel, profile: Profile, out: str | Path, settings: 
         raise FastervarError(f"--max-batch must be at least 1, got {max_batch}")
     check_memory(model, precision)
     # Graphs are traced on the CPU in float32; the caller's model goes back where it was afterwards.
-    where = model.var.head.weight
-    device, dtype, invariant = where.device, where.dtype, model.batch_invariant
+    device, dtype = model.device, model.dtype
+    invariant = getattr(model, "batch_invariant", None)
     model.to("cpu", torch.float32).eval()
-    model.batch_invariant = False         # per-image Python loops would bake the batch size into the graphs
+    if invariant is not None:
+        model.batch_invariant = False     # per-image Python loops would bake the batch size into the graphs
     try:
-        acc = AcceleratedModel(copy.deepcopy(model) if precision == "fp16" else model, profile)
+        views = [AcceleratedModel(copy.deepcopy(model) if precision == "fp16" else model, profile)]
+        views += [AcceleratedModel(m, profile) for m in aspects]
         if precision == "fp16":
             # Half weights traced under autocast: matmuls run in fp16 while autocast keeps softmax and
             # norms in float32, and the logits (hence the whole sampling tail) are float32.
-            acc.cast_(torch.float16)
+            views[0].cast_(torch.float16)
+        for view in views:
+            if view.dynamic:
+                raise FastervarError(f"profile {profile.name!r} decides per image between steps (SkipVAR's rule); "
+                                     f"bundles bake fixed step graphs, so it cannot be exported yet")
         calibration = None
         if decoder == "int8":
-            calibration = calibration_latents(acc, settings, calib_images)
+            calibration = calibration_latents(views[0], settings, calib_images)
         with torch.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16"):
-            _write_bundle(acc, out, settings, (precision, decoder), max_batch, weights_sha256, tensorrt, progress,
+            _write_bundle(views, out, settings, (precision, decoder), max_batch, weights_sha256, tensorrt, progress,
                           calibration)
     finally:
         model.to(device, dtype)
-        model.batch_invariant = invariant
+        if invariant is not None:
+            model.batch_invariant = invariant
     return Path(out)
 
 
@@ -192,7 +218,7 @@ def check_target(out_dir: str | Path) -> None:
         raise FastervarError(f"--out {out_dir} exists and is not a bundle; choose a new or empty directory")
 
 
-def check_memory(model: VARModel, precision: str) -> None:
+def check_memory(model: FamilyModel, precision: str) -> None:
     """Fail before writing anything when the machine cannot hold what export adds to the model:
     one step's state at the example batch, the fp16 copy of the weights, and one weight in flight."""
     from ..memory import available_bytes
@@ -200,10 +226,11 @@ def check_memory(model: VARModel, precision: str) -> None:
     free = available_bytes()
     if free is None:
         return
-    cfg = model.cfg
+    spec = model.spec()
     rows = 2 * _EXAMPLE_BATCHES[0]
-    state = 2 * 2 * cfg.var.depth * rows * cfg.var.seq_len * cfg.var.embed_dim * 4     # caches in and out
-    tensors = [t for part in (model.var, model.vae) for t in part.state_dict().values()]
+    tokens = sum(spec.tokens(k) for k in range(spec.num_steps))
+    state = 2 * 2 * spec.depth * rows * tokens * spec.width * 4     # caches in and out
+    tensors = [t for part in model.state_parts() for t in part.state_dict().values()]
     weights = sum(t.numel() * 4 for t in tensors)
     # fp16 keeps a half copy; int8 quantizes a graph from a staged fp32 copy of its weights
     extra = {"fp16": weights // 2, "int8": 2 * weights}.get(precision, 0)
@@ -214,51 +241,35 @@ def check_memory(model: VARModel, precision: str) -> None:
                              f"available; free memory or use a machine with more")
 
 
-def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSettings, precisions: tuple[str, str],
-                  max_batch: int, weights_sha256: str | None, tensorrt: bool, progress: bool,
-                  calibration: tuple[np.ndarray, dict] | None) -> None:
+def _write_bundle(views: list[AcceleratedModel], out: str | Path, settings: SamplingSettings,
+                  precisions: tuple[str, str], max_batch: int, weights_sha256: str | None, tensorrt: bool,
+                  progress: bool, calibration: tuple[np.ndarray, dict] | None) -> None:
     """Each graph is traced, quantized if asked, bound to the weights file and written before the
-    next is traced. `precisions` is (the steps', the decoder's)."""
-    precision, decoder = precisions
-    ios = plan_io(acc)
-    shapes = [{k: (tuple(v.shape), v.dtype) for k, v in feeds.items()}
-              for feeds in example_steps(acc, ios, settings, _EXAMPLE_BATCHES[1])]
+    next is traced; one set of graphs per view (aspect), all bound to the one weights file.
+    `precisions` is (the steps', the decoder's)."""
+    text = views[0].model.conditioning()["kind"] == "text"
     with atomic_dir(out) as tmp:
         store = WeightStore(tmp / WEIGHTS)
         binder = ConstantBinder(store, OPSET)
-        engines = []
-        bar = tqdm(total=len(ios) + 2, desc="export graphs", disable=not progress)
+        sets = []
         try:
-            examples = example_steps(acc, ios, settings, _EXAMPLE_BATCHES[0])
-            for io_, feeds, other in zip(ios, examples, shapes):
-                ins = [_spec(name, feeds[name], other[name]) for name in io_.inputs]
-                outs = [_spec(name, feeds[name], other[name]) for name in io_.outputs]
-                graph, params = _trace(StepGraph(acc, io_, settings), tuple(feeds[n] for n in io_.inputs), ins, outs)
-                del feeds
-                if precision == "int8" and not quantize_linears(graph):
-                    raise FastervarError(f"int8 quantization of step {io_.step} failed: its graph has no "
-                                         f"transformer linear layer to quantize")
-                engines.append(_engine(f"step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params, precision))
-                bar.update()
-            dec, other = next(examples), shapes[-1]
-            ins, outs = [_spec(F_HAT, dec[F_HAT], other[F_HAT])], [_spec(IMAGES, dec[IMAGES], other[IMAGES])]
-            graph, params = _trace(DecoderGraph(acc), (dec[F_HAT],), ins, outs)
-            del dec
-            if decoder == "int8":
-                graph, params = quantize_decoder(graph, params, calibration[0], OPSET), {}
-            engines.append(_engine("decoder", None, graph, ins, outs, tmp, binder, params, decoder))
-            bar.update()
-            chain = _chain_engine(ios, engines, tmp)
-            bar.update()
+            for acc in views:
+                prefix = aspect_name(acc.spec().aspect).replace(":", "x") + "-" if text else ""
+                sets.append(_write_set(acc, prefix, tmp, binder, settings, precisions, progress, calibration))
         finally:
-            bar.close()                   # ends its line, so an error message starts on its own
             store.close()
         if tensorrt:
-            _build_plans(tmp, engines, max_batch, precision == "fp16", progress)
-        manifest = _manifest(acc.model, acc.profile, settings, precision, max_batch, weights_sha256, ios, engines,
-                             store, tmp)
+            _build_plans(tmp, [e for ios, engines, chain in sets for e in engines], max_batch,
+                         precisions[0] == "fp16", progress)
+        acc = views[0]
+        manifest = _manifest(acc, settings, precisions[0], max_batch, weights_sha256, sets[0][0], store, tmp)
         manifest["decoder_calibration"] = calibration[1] if calibration else None
-        manifest["chain"] = chain
+        if text:
+            manifest["aspects"] = [{"name": aspect_name(v.spec().aspect), "h_div_w": v.spec().aspect,
+                                    "grids": [list(g) for g in v.spec().grids], "engines": engines, "chain": chain}
+                                   for v, (_, engines, chain) in zip(views, sets)]
+        else:
+            manifest["engines"], manifest["chain"] = sets[0][1], sets[0][2]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         try:
             read_manifest(tmp, verify=False)       # what export wrote must be what the runtime accepts
@@ -266,18 +277,56 @@ def _write_bundle(acc: AcceleratedModel, out: str | Path, settings: SamplingSett
             raise FastervarError(f"internal: export wrote a bundle the contract refuses: {exc}") from None
 
 
-def _chain_engine(ios: list[StepIO], engines: list[dict], root: Path) -> dict:
+def _write_set(acc: AcceleratedModel, prefix: str, tmp: Path, binder: ConstantBinder, settings: SamplingSettings,
+               precisions: tuple[str, str], progress: bool,
+               calibration: tuple[np.ndarray, dict] | None) -> tuple[list[StepIO], list[dict], dict]:
+    """One aspect's step graphs, decoder graph and joined graph, written under `prefix`."""
+    precision, decoder = precisions
+    ios = plan_io(acc)
+    shapes = [{k: (tuple(v.shape), v.dtype) for k, v in feeds.items()}
+              for feeds in example_steps(acc, ios, settings, _EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1])]
+    engines = []
+    bar = tqdm(total=len(ios) + 2, desc=f"export graphs {prefix.rstrip('-')}".rstrip(), disable=not progress)
+    try:
+        examples = example_steps(acc, ios, settings, _EXAMPLE_BATCHES[0], _EXAMPLE_TEXT[0])
+        for io_, feeds, other in zip(ios, examples, shapes):
+            ins = [_spec(name, feeds[name], other[name]) for name in io_.inputs]
+            outs = [_spec(name, feeds[name], other[name]) for name in io_.outputs]
+            graph, params = _trace(StepGraph(acc, io_, settings), tuple(feeds[n] for n in io_.inputs), ins, outs)
+            del feeds
+            if precision == "int8" and not quantize_linears(graph):
+                raise FastervarError(f"int8 quantization of step {io_.step} failed: its graph has no "
+                                     f"transformer linear layer to quantize")
+            engines.append(_engine(f"{prefix}step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params,
+                                   precision))
+            bar.update()
+        dec, other = next(examples), shapes[-1]
+        ins, outs = [_spec(F_HAT, dec[F_HAT], other[F_HAT])], [_spec(IMAGES, dec[IMAGES], other[IMAGES])]
+        graph, params = _trace(DecoderGraph(acc), (dec[F_HAT],), ins, outs)
+        del dec
+        if decoder == "int8":
+            graph, params = quantize_decoder(graph, params, calibration[0], OPSET), {}
+        engines.append(_engine(f"{prefix}decoder", None, graph, ins, outs, tmp, binder, params, decoder))
+        bar.update()
+        chain = _chain_engine(ios, engines, tmp, request_names(acc), f"{prefix}chain")
+        bar.update()
+    finally:
+        bar.close()                   # ends its line, so an error message starts on its own
+    return ios, engines, chain
+
+
+def _chain_engine(ios: list[StepIO], engines: list[dict], root: Path, request: tuple[str, ...], name: str) -> dict:
     """The step graphs and the decoder joined into one graph (chain.py), with their specs."""
     steps, decoder = engines[:-1], engines[-1]
-    model = join_chain(root, ios, [e["graph"] for e in steps], decoder["graph"])
-    ins = [_named(steps[0]["inputs"], LABELS)]
+    model = join_chain(root, ios, [e["graph"] for e in steps], decoder["graph"], request)
+    ins = [_named(steps[0]["inputs"], r) for r in request]
     outs = [_named(decoder["outputs"], IMAGES)]
     for io_, e in zip(ios, steps):
         ins.append({**_named(e["inputs"], NOISE), "name": step_noise(io_.step)})
         outs.append({**_named(e["outputs"], TOKENS), "name": step_tokens(io_.step)})
     used = list(dict.fromkeys(w for e in engines for w in e["initializers"]))
     mixed = {e["precision"] for e in engines}
-    return _save("chain", None, model, ins, outs, root, used, mixed.pop() if len(mixed) == 1 else "mixed")
+    return _save(name, None, model, ins, outs, root, used, mixed.pop() if len(mixed) == 1 else "mixed")
 
 
 def _named(specs: list[dict], name: str) -> dict:
@@ -318,25 +367,23 @@ def _build_plans(root: Path, engines: list[dict], max_batch: int, fp16: bool, pr
         e["plan"], e["plan_sha256"] = plan.name, file_sha256(plan)
 
 
-def _manifest(model: VARModel, profile: Profile, settings: SamplingSettings, precision: str, max_batch: int,
-              weights_sha256: str | None, ios: list[StepIO], engines: list[dict], store: WeightStore,
-              root: Path) -> dict:
-    cfg = model.cfg
+def _manifest(acc: AcceleratedModel, settings: SamplingSettings, precision: str, max_batch: int,
+              weights_sha256: str | None, ios: list[StepIO], store: WeightStore, root: Path) -> dict:
+    """Everything but the engines, which the caller adds (top level, or per aspect)."""
+    model, profile = acc.model, acc.profile
     executed = {io.step for io in ios}
     return {
         "format": FORMAT,
         "created_by": f"fastervar {__version__}, torch {torch.__version__}, onnx {onnx.__version__}",
-        "model": {**model_identity(cfg, weights_sha256), "architecture": cfg.to_dict(), "num_classes": cfg.var.num_classes,
-                  "vocab_size": cfg.vae.vocab_size, "patch_nums": list(cfg.var.patch_nums)},
+        "model": {**model_identity(model, weights_sha256), **model.describe(), "conditioning": model.conditioning()},
         "profile": {"name": profile.name, "calibrated": profile.calibrated, "json": profile.to_dict()},
         "sampler": {"name": "portable", "cfg": settings.cfg, "top_k": settings.top_k, "top_p": settings.top_p,
-                    "more_smooth": settings.more_smooth},
+                    "more_smooth": settings.more_smooth, "tau": settings.tau},
         "precision": precision,
         "opset": OPSET,
         "max_batch": max_batch,
-        "steps": [{"step": k, "tokens": n * n, "mode": p.mode, "executed": k in executed}
-                  for k, (n, p) in enumerate(zip(cfg.var.patch_nums, profile.steps))],
+        "steps": [{"step": k, "tokens": acc.tokens_at(k), "mode": p.mode, "executed": k in executed}
+                  for k, p in enumerate(profile.steps)],
         "weights": {"file": WEIGHTS, "sha256": file_sha256(root / WEIGHTS), "bytes": (root / WEIGHTS).stat().st_size,
                     "tensors": store.tensors},
-        "engines": engines,
     }

@@ -1,7 +1,7 @@
 """The whole generation as one graph, joined from the step graphs and the decoder graph already written.
 
-Every executed step and the decoder in one graph: labels and each step's noise in, images and
-tokens out. One session then holds (and prepacks) each weight once, and a batch is one call.
+Every executed step and the decoder in one graph: the condition (labels, or prompt embeddings and
+lengths) and each step's noise in, images and tokens out. One session then holds (and prepacks) each weight once, and a batch is one call.
 Joining the written graphs, instead of tracing the whole generation again, costs no more memory
 than one graph: a trace of the full generation keeps every step's activations alive at once.
 A step's state input reads the value the step that made it wrote, by the same names the runtime
@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from ..bundle_contract import F_HAT, IMAGES, LABELS, NOISE, TOKENS, state_name, step_noise, step_tokens
+from ..bundle_contract import F_HAT, IMAGES, NOISE, TOKENS, state_name, step_noise, step_tokens
 from ..errors import FastervarError
 from .graphs import StepIO
 
@@ -60,21 +60,23 @@ def _value_info(graph: onnx.GraphProto, name: str, new_name: str) -> onnx.ValueI
     raise FastervarError(f"internal: graph {graph.name!r} has no input or output {name!r}")
 
 
-def join_chain(root: Path, ios: list[StepIO], steps: list[str], decoder: str) -> onnx.ModelProto:
-    """One model from the step graphs (files under root, in `ios` order) and the decoder graph."""
+def join_chain(root: Path, ios: list[StepIO], steps: list[str], decoder: str,
+               request: tuple[str, ...]) -> onnx.ModelProto:
+    """One model from the step graphs (files under root, in `ios` order) and the decoder graph;
+    `request` names the condition's tensors, the first with the batch axis first."""
     first = onnx.load(str(root / steps[0]), load_external_data=False)
     chain = helper.make_graph([], "chain", [], [])
-    chain.input.append(_value_info(first.graph, LABELS, LABELS))
+    chain.input.extend(_value_info(first.graph, name, name) for name in request)
     f_hat = _value_info(first.graph, F_HAT, F_HAT)
     dims = [d.dim_value for d in f_hat.type.tensor_type.shape.dim[1:]]
     chain.node.extend([
-        helper.make_node("Shape", [LABELS], ["init/batch"]),
+        helper.make_node("Shape", [request[0]], ["init/batch"], start=0, end=1),
         helper.make_node("Constant", [], ["init/dims"], value=helper.make_tensor("dims", TensorProto.INT64, [3], dims)),
         helper.make_node("Concat", ["init/batch", "init/dims"], ["init/shape"], axis=0),
         helper.make_node("ConstantOfShape", ["init/shape"], ["init/f_hat"],
                          value=helper.make_tensor("zero", f_hat.type.tensor_type.elem_type, [1], [0])),
     ])
-    state = {LABELS: LABELS, F_HAT: "init/f_hat"}
+    state = {**{name: name for name in request}, F_HAT: "init/f_hat"}
     seen: set[str] = set()
     opsets: dict[str, int] = {}                  # quantized graphs may import more domains
     ir_version = first.ir_version

@@ -1,7 +1,8 @@
 """The traceable modules behind a bundle's graphs, and the state each step reads and writes.
 
-A step graph is one accelerated scale step with its profile baked in: it takes the class labels,
-the accumulated latent, the step's noise (one uniform per token) and whatever state earlier steps left (KV caches,
+A step graph is one accelerated scale step with its profile baked in: it takes the condition (class
+labels, or prompt embeddings and their lengths), the accumulated latent, the step's noise (one uniform
+per sampled value) and whatever state earlier steps left (KV caches,
 cached block outputs or sublayer branches for restoration), and returns the new latent, the tokens
 and only the state a later step still reads. State travels by name: a graph output `out.NAME`
 becomes the input `NAME` of the next graph that needs it.
@@ -19,12 +20,12 @@ from ..accel.accelerated import AcceleratedModel, AccelState
 from ..bundle_contract import (
     F_HAT,
     IMAGES,
-    LABELS,
     LOGITS,
     NOISE,
     TOKENS,
     branch_names,
     cache_names,
+    condition_names,
     hidden_name,
     is_restore_state,
     output,
@@ -42,14 +43,20 @@ class StepIO:
     outputs: list[str]
 
 
+def request_names(acc: AcceleratedModel) -> tuple[str, ...]:
+    """The request tensors the graphs of this model take (its conditioning)."""
+    return condition_names(acc.model.conditioning()["kind"])
+
+
 def plan_io(acc: AcceleratedModel) -> list[StepIO]:
     """Inputs and outputs of every executed step; state nobody reads later is not output."""
     depth = acc.depth
+    request = list(request_names(acc))
     steps = acc.profile.steps
     executed = [k for k, p in enumerate(steps) if p.mode != "skip"]
     reads: dict[int, list[str]] = {}
     for n, k in enumerate(executed):
-        names = [LABELS, F_HAT, NOISE] + (cache_names(depth) if n > 0 else [])
+        names = request + [F_HAT, NOISE] + (cache_names(depth) if n > 0 else [])
         p = steps[k]
         if p.mode == "reduce" and p.restore_level == "block":
             names.append(hidden_name(p.restore_from))
@@ -73,6 +80,7 @@ class StepGraph(nn.Module):
         super().__init__()
         self.acc, self.io, self.settings = acc, io, settings
         self.model = acc.model                       # registers the weights for the exporter
+        self.request = request_names(acc)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feed = dict(zip(self.io.inputs, tensors))
@@ -88,7 +96,8 @@ class StepGraph(nn.Module):
             names = branch_names(j, depth)
             if any(n in feed for n in names):         # None for blocks the step does not reduce
                 state.branches[j] = [(feed.get(names[2 * i]), feed.get(names[2 * i + 1])) for i in range(depth)]
-        cond = self.acc.condition(feed[LABELS], guided=True)
+        inputs = self.acc.model.condition_inputs(tuple(feed[n] for n in self.request))
+        cond = self.acc.condition(inputs, guided=self.acc.runs_guidance(self.settings))
         state, result = self.acc.step(self.io.step, state, cond, feed[NOISE], self.settings)
         produced = {TOKENS: result.tokens, LOGITS: result.logits, output(F_HAT): state.f_hat}
         for name, t in zip(kv, [t for pair in state.caches for t in pair]):
@@ -115,17 +124,17 @@ class DecoderGraph(nn.Module):
 
 @torch.no_grad()
 def example_steps(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings,
-                  batch: int) -> Iterator[dict[str, torch.Tensor]]:
+                  batch: int, text_length: int) -> Iterator[dict[str, torch.Tensor]]:
     """Real tensors for each graph's inputs and outputs at one batch size, by running the steps:
     one dict per executed step, then the decoder's. Tracing needs example inputs, and running the
-    steps gives every output's shape. Only the state a later step reads is kept, so the memory is
+    steps gives every output's shape; prompts are `text_length` tokens long at most. Only the state a later step reads is kept, so the memory is
     that of one step's state, not of the whole generation's.
     """
-    labels = torch.arange(batch) % acc.model.cfg.var.num_classes
     noise_gen = torch.Generator().manual_seed(0)
-    state: dict[str, torch.Tensor] = {LABELS: labels, F_HAT: acc.init_state(batch).f_hat}
+    state = dict(zip(request_names(acc), acc.model.example_condition(batch, text_length)))
+    state[F_HAT] = acc.init_state(batch).f_hat
     for io in ios:
-        state[NOISE] = torch.rand(batch, acc.tokens_at(io.step), generator=noise_gen)
+        state[NOISE] = torch.rand(batch, acc.noise_at(io.step), generator=noise_gen)
         ins = {name: state[name] for name in io.inputs}
         outs = dict(zip(io.outputs, StepGraph(acc, io, settings)(*ins.values())))
         yield {**ins, **outs}

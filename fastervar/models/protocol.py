@@ -125,6 +125,16 @@ class FamilyModel(StepModel, Protocol):
 
     def linear_shape(self, name: str) -> tuple[int, int]: ...
 
+    # what a bundle's graphs take: the conditioning's kind and sizes, and `condition`'s input
+    # built from the request tensors (class labels; or prompt embeddings and their lengths)
+    def conditioning(self) -> dict[str, Any]: ...
+
+    def condition_inputs(self, tensors: tuple[torch.Tensor, ...]) -> Any: ...
+
+    def example_condition(self, batch: int, text_length: int) -> tuple[torch.Tensor, ...]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
 
 def slice_rows(t: torch.Tensor, batch: int, guidance: str) -> torch.Tensor:
     """A guided tensor's rows for an unguided step: the conditional half (cond-only) or the null

@@ -1,7 +1,8 @@
 """Chain a bundle's step engines and decoder into images, with the portable sampler's noise.
 
 Torch-free: numpy in, numpy out. State flows between engines by name (an engine output `out.X` is
-the input `X` of later engines), labels and noise come from the request, and requests larger than
+the input `X` of later engines), the condition (labels, or prompt embeddings padded to the batch's
+longest prompt) and noise come from the request, and requests larger than
 the bundle's maximum batch run in chunks, each image still drawing noise from (seed, its index).
 """
 
@@ -19,6 +20,8 @@ from ..bundle_contract import (
     IMAGES,
     LABELS,
     NOISE,
+    TEXT,
+    TEXT_LENGTHS,
     TOKENS,
     Manifest,
     read_manifest,
@@ -28,7 +31,7 @@ from ..bundle_contract import (
 )
 from ..errors import FastervarError
 from ..utils.noise import NoiseKey, batch_uniform, image_keys
-from .sessions import Engine, create_chain_engine, create_engines
+from .sessions import Engine, SharedWeights, check_provider, create_chain_engine, create_engines
 
 
 @dataclass
@@ -44,18 +47,26 @@ class RuntimeResult:
         return sum(self.step_seconds) + self.decode_seconds + self.graph_seconds
 
 
-class Pipeline:
-    """A loaded bundle, ready to generate: `Pipeline.from_bundle(path).generate([3, 7], seed=0)`."""
+Condition = int | np.ndarray       # a class index, or one prompt's (T, C) float32 embeddings
 
-    def __init__(self, manifest: Manifest, engines: list[Engine], provider: str, chain: Engine | None = None):
-        self.manifest, self.provider, self._chain = manifest, provider, chain
-        self._steps = dict(zip([e.step for e in manifest.steps], engines[:-1]))
-        self._decoder = engines[-1] if engines else None
+
+class Pipeline:
+    """A loaded bundle, ready to generate: `Pipeline.from_bundle(path).generate([3, 7], seed=0)`,
+    or for a text bundle `generate_items([(embeddings, seed, index), ...], aspect="1:1")`."""
+
+    def __init__(self, manifest: Manifest, provider: str, threads: int = 0, prepack: bool = False,
+                 chain: bool = False):
+        self.manifest, self.provider = manifest, provider
+        self._threads, self._prepack, self._single = threads, prepack, chain
+        self._weights: SharedWeights | None = None
+        self._sets: dict[str | None, tuple[Manifest, dict[int, Engine], Engine | None, Engine | None]] = {}
+        self._open(manifest.aspect)
 
     @classmethod
     def from_bundle(cls, path: str | Path, provider: str = "cpu", verify: bool = True,
                     threads: int = 0, prepack: bool = False, chain: bool | None = None) -> Pipeline:
-        """Check the bundle (manifest, versions, hashes) and open its engines.
+        """Check the bundle (manifest, versions, hashes) and open its engines (a text bundle's
+        other aspects open when first asked for).
 
         `chain` runs the whole generation as one graph in one session (the default on onnxruntime
         when the bundle has it): fastest, one weight copy, but no per-step timings. Otherwise an
@@ -65,20 +76,36 @@ class Pipeline:
         manifest = read_manifest(path, verify=verify)
         if chain is None:
             chain = manifest.chain is not None and provider in ("cpu", "cuda")
-        if chain:
-            if manifest.chain is None:
-                raise FastervarError(f"bundle {path} has no single-graph engine; re-export it or run its step graphs")
-            return cls(manifest, [], provider, create_chain_engine(manifest, provider, threads))
-        return cls(manifest, create_engines(manifest, provider, threads, prepack), provider)
+        if chain and manifest.chain is None:
+            raise FastervarError(f"bundle {path} has no single-graph engine; re-export it or run its step graphs")
+        check_provider(provider)
+        return cls(manifest, provider, threads, prepack, chain)
+
+    def _open(self, aspect: str | None) -> tuple[Manifest, dict[int, Engine], Engine | None, Engine | None]:
+        if aspect not in self._sets:
+            m = self.manifest if aspect == self.manifest.aspect else self.manifest.at_aspect(aspect)
+            if self._single:
+                self._sets[aspect] = (m, {}, None, create_chain_engine(m, self.provider, self._threads))
+            else:
+                if self._weights is None and self.provider != "tensorrt":     # plans hold their own weights
+                    self._weights = SharedWeights(m)
+                engines = create_engines(m, self.provider, self._threads, self._prepack, self._weights)
+                self._sets[aspect] = (m, dict(zip([e.step for e in m.steps], engines[:-1])), engines[-1], None)
+        return self._sets[aspect]
 
     @property
     def single_graph(self) -> bool:
         """Whether this pipeline runs the whole generation as one graph (no per-step times)."""
-        return self._chain is not None
+        return self._single
 
     @property
-    def num_classes(self) -> int:
+    def num_classes(self) -> int | None:
         return self.manifest.num_classes
+
+    @property
+    def aspects(self) -> list[str]:
+        """The aspects a text bundle draws, default first ([] for a class-conditional bundle)."""
+        return self.manifest.aspects
 
     def generate(self, classes: Sequence[int], seed: int = 0, batch_size: int | None = None,
                  first_index: int = 0) -> RuntimeResult:
@@ -90,19 +117,22 @@ class Pipeline:
         keys = image_keys(seed, range(first_index, first_index + len(classes)))
         return self.generate_items([(c, s, i) for c, (s, i) in zip(classes, keys)], batch_size)
 
-    def generate_items(self, items: Sequence[tuple[int, int, int]], batch_size: int | None = None) -> RuntimeResult:
-        """One image per (class, seed, index) item, in order. Each image depends only on its own
-        item, so items of different requests can share a batch (a server batching requests)."""
-        classes = [int(c) for c, _, _ in items]
+    def generate_items(self, items: Sequence[tuple[Condition, int, int]], batch_size: int | None = None,
+                       aspect: str | None = None) -> RuntimeResult:
+        """One image per (condition, seed, index) item, in order, at `aspect` (a text bundle's;
+        default its first). Each image depends only on its own item, so items of different
+        requests, and prompts of different lengths, can share a batch (a server batching requests)."""
+        if not items:
+            raise FastervarError("no classes given" if self.manifest.conditioning == "class" else "no prompts given")
+        if aspect is not None and aspect not in self.aspects:
+            raise FastervarError(f"aspect {aspect!r} is not in this bundle; it holds "
+                                 f"{', '.join(self.aspects) or 'one shape only (a class-conditional bundle)'}")
+        conds = self._check_conditions([c for c, _, _ in items])
         keys: list[NoiseKey] = [(int(s), int(i)) for _, s, i in items]
-        bad = [c for c in classes if not 0 <= c < self.num_classes]
-        if bad:
-            raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes "
-                                 f"0..{self.num_classes - 1}")
-        if not classes:
-            raise FastervarError("no classes given")
-        chunk = min(batch_size or self.manifest.max_batch, self.manifest.max_batch)
-        parts = [self._chunk(classes[lo:lo + chunk], keys[lo:lo + chunk]) for lo in range(0, len(classes), chunk)]
+        m = self.manifest
+        chunk = min(batch_size or m.max_batch, m.max_batch)
+        view = self._open(aspect if aspect is not None else m.aspect)
+        parts = [self._chunk(view, conds[lo:lo + chunk], keys[lo:lo + chunk]) for lo in range(0, len(conds), chunk)]
         return RuntimeResult(
             images=np.concatenate([p.images for p in parts]),
             tokens=[np.concatenate([p.tokens[k] for p in parts]) for k in range(len(parts[0].tokens))],
@@ -111,19 +141,52 @@ class Pipeline:
             graph_seconds=sum(p.graph_seconds for p in parts),
         )
 
-    def _chunk(self, classes: list[int], keys: Sequence[NoiseKey]) -> RuntimeResult:
-        if self._chain is not None:
-            return self._chain_chunk(classes, keys)
+    def _check_conditions(self, conds: list[Condition]) -> list:
+        """Class indices in range, or prompt embeddings of the bundle's width and a usable length."""
         m = self.manifest
-        b = len(classes)
+        if m.conditioning == "class":
+            if any(isinstance(c, np.ndarray) for c in conds):
+                raise FastervarError("this bundle is class-conditional: give class indices, not prompt embeddings")
+            classes = [int(c) for c in conds]
+            bad = [c for c in classes if not 0 <= c < m.num_classes]
+            if bad:
+                raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes "
+                                     f"0..{m.num_classes - 1}")
+            return classes
+        out = []
+        for c in conds:
+            if not isinstance(c, np.ndarray):
+                raise FastervarError("this bundle is text-to-image: give prompt embeddings (or prompts), not class "
+                                     "indices")
+            if c.ndim != 2 or c.shape[1] != m.text_channels or not 1 <= c.shape[0] <= m.max_text_length:
+                raise FastervarError(f"prompt embeddings must be (tokens, {m.text_channels}) with 1 to "
+                                     f"{m.max_text_length} tokens; got {tuple(c.shape)}")
+            out.append(np.asarray(c, dtype=np.float32))
+        return out
+
+    @staticmethod
+    def _request(m: Manifest, conds: list) -> dict[str, np.ndarray]:
+        """The condition tensors of one batch: labels, or embeddings padded to the longest prompt."""
+        if m.conditioning == "class":
+            return {LABELS: np.asarray(conds, dtype=np.int64)}
+        lengths = np.array([len(c) for c in conds], dtype=np.int64)
+        text = np.zeros((len(conds), int(lengths.max()), m.text_channels), dtype=np.float32)
+        for row, c in zip(text, conds):
+            row[:len(c)] = c
+        return {TEXT: text, TEXT_LENGTHS: lengths}
+
+    def _chunk(self, view, conds: list, keys: Sequence[NoiseKey]) -> RuntimeResult:
+        m, steps, decoder, chain = view
+        if chain is not None:
+            return self._chain_chunk(m, chain, conds, keys)
+        b = len(conds)
         shape, dtype = m.latent
-        state: dict[str, np.ndarray] = {LABELS: np.asarray(classes, dtype=np.int64),
-                                        F_HAT: np.zeros((b, *shape), dtype=dtype)}
+        state: dict[str, np.ndarray] = {**self._request(m, conds), F_HAT: np.zeros((b, *shape), dtype=dtype)}
         specs = {e.step: e for e in m.steps}
         tokens, seconds = [], []
-        for k in range(len(m.patch_nums)):
+        for k in range(m.num_steps):
             t0 = time.perf_counter()
-            engine = self._steps.get(k)
+            engine = steps.get(k)
             if engine is None:
                 tokens.append(np.zeros((b, 0), dtype=np.int64))
             else:
@@ -133,17 +196,16 @@ class Pipeline:
                 state.update({state_name(name): v for name, v in out.items() if state_name(name)})
             seconds.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        images = self._decoder.run({F_HAT: state[F_HAT]})[IMAGES]
+        images = decoder.run({F_HAT: state[F_HAT]})[IMAGES]
         return RuntimeResult(images, tokens, seconds, time.perf_counter() - t0)
 
-    def _chain_chunk(self, classes: list[int], keys: Sequence[NoiseKey]) -> RuntimeResult:
+    def _chain_chunk(self, m: Manifest, chain: Engine, conds: list, keys: Sequence[NoiseKey]) -> RuntimeResult:
         """One call for the whole batch (noise draw included); per-step times stay zero, as one
         graph cannot split them."""
-        m = self.manifest
         t0 = time.perf_counter()
-        feeds = {LABELS: np.asarray(classes, dtype=np.int64)}
+        feeds = self._request(m, conds)
         for e in m.steps:
             feeds[step_noise(e.step)] = batch_uniform(keys, e.step, m.noise_width(e.step))
-        out = self._chain.run(feeds)
-        tokens = [out.get(step_tokens(k), np.zeros((len(classes), 0), dtype=np.int64)) for k in range(len(m.patch_nums))]
-        return RuntimeResult(out[IMAGES], tokens, [0.0] * len(m.patch_nums), 0.0, time.perf_counter() - t0)
+        out = chain.run(feeds)
+        tokens = [out.get(step_tokens(k), np.zeros((len(conds), 0), dtype=np.int64)) for k in range(m.num_steps)]
+        return RuntimeResult(out[IMAGES], tokens, [0.0] * m.num_steps, 0.0, time.perf_counter() - t0)

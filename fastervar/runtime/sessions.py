@@ -124,6 +124,13 @@ def _check_available(provider: str) -> None:
     raise FastervarError(f"provider {provider!r} is not available here; available: {', '.join(have) or 'none'}")
 
 
+def check_provider(provider: str) -> None:
+    """A known provider that this host can run, or one line saying what to install."""
+    if provider not in PROVIDERS:
+        raise FastervarError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    _check_available(provider)
+
+
 def create_chain_engine(manifest: Manifest, provider: str, threads: int = 0) -> Engine:
     """The whole-generation graph in one session. onnxruntime loads its weights itself and repacks
     each matmul weight once, dropping the original, so one copy stays resident and matmuls run at
@@ -134,11 +141,11 @@ def create_chain_engine(manifest: Manifest, provider: str, threads: int = 0) -> 
     return OrtEngine(manifest, manifest.chain, None, provider, threads, prepack=True)
 
 
-def create_engines(manifest: Manifest, provider: str, threads: int = 0, prepack: bool = False) -> list[Engine]:
-    """An engine per graph in the manifest's order, on `provider` (cpu, cuda or tensorrt)."""
-    if provider not in PROVIDERS:
-        raise FastervarError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    _check_available(provider)
+def create_engines(manifest: Manifest, provider: str, threads: int = 0, prepack: bool = False,
+                   weights: SharedWeights | None = None) -> list[Engine]:
+    """An engine per graph in the manifest's order, on `provider` (cpu, cuda or tensorrt), reading
+    `weights` (mapped here if not given: pass one to share it between aspects)."""
+    check_provider(provider)
     if provider == "tensorrt" and all(e.plan for e in manifest.engines):
         from .tensorrt_engine import TensorRTEngine, runtime_available
         if runtime_available() is None:
@@ -146,5 +153,5 @@ def create_engines(manifest: Manifest, provider: str, threads: int = 0, prepack:
     if provider == "tensorrt" and PROVIDERS["tensorrt"] not in _ort().get_available_providers():
         raise FastervarError("provider 'tensorrt': this bundle has no TensorRT plans (export with --tensorrt) "
                              "and onnxruntime here has no TensorRT execution provider")
-    weights = SharedWeights(manifest)
+    weights = weights or SharedWeights(manifest)
     return [OrtEngine(manifest, e, weights, provider, threads, prepack) for e in manifest.engines]

@@ -223,7 +223,7 @@ def trilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, *size) as upstream resamples: 5-D trilinear with depth 1, from a
     channels-last input (the kernel rounds differently on NCHW, e.g. a caller's zeros + codes)."""
     x = x.contiguous(memory_format=torch.channels_last)
-    return F.interpolate(x.unsqueeze(2), size=(1, *size), mode="trilinear").squeeze(2)
+    return F.interpolate(x.unsqueeze(2), size=(1, *size), mode="trilinear")[:, :, 0]     # not squeeze: see TextPool
 
 
 def accumulate(summed: torch.Tensor | None, codes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -11,6 +11,8 @@ as it drives the VAR family, and the accelerator recombines the same pieces.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from torch import nn
 
@@ -23,7 +25,7 @@ from ..text.prompts import TextBatch
 from .bsq import BSQVAE, Decoder, accumulate, next_scale_input, scale_codes, trilinear
 from .configs import spec_of
 from .schedules import PN_STEPS, nearest_template, schedule, templates
-from .transformer import Infinity, RopeTable, TextCondition, ada_layer_norm
+from .transformer import TEXT_MAXLEN, Infinity, RopeTable, TextCondition, ada_layer_norm
 
 # Infinity-2B's published sampling: constant guidance 3 on the logits, temperature 0.5, per-bit top-p.
 DEFAULT_SETTINGS = SamplingSettings(cfg=3.0, top_k=900, top_p=0.97, tau=0.5)
@@ -148,6 +150,28 @@ class InfinityModel(nn.Module):
 
     def is_guided(self, cond: TextCondition, batch: int) -> bool:
         return cond.guided
+
+    def conditioning(self) -> dict:
+        return {"kind": "text", "channels": self.infinity.cfg.text_channels, "max_length": TEXT_MAXLEN}
+
+    @staticmethod
+    def condition_inputs(tensors: tuple[torch.Tensor, ...]) -> TextBatch:
+        """(embeddings, lengths), as `condition` takes them."""
+        return TextBatch(*tensors)
+
+    def example_condition(self, batch: int, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded prompt embeddings of `text_length` tokens, the first prompt that long and the
+        others shorter: tracing sees padding."""
+        gen = torch.Generator().manual_seed(text_length)
+        emb = torch.randn(batch, text_length, self.infinity.cfg.text_channels, generator=gen)
+        lengths = (text_length - torch.arange(batch)).clamp(min=1)
+        emb *= (torch.arange(text_length)[None, :] < lengths[:, None])[..., None]
+        return emb, lengths
+
+    def describe(self) -> dict:
+        """What a bundle's manifest records of the model beyond its identity."""
+        return {"architecture": {"transformer": asdict(self.infinity.cfg), "vae": asdict(self.vae.cfg)},
+                "grids": [list(g) for g in self.schedule]}
 
     def drop_guidance(self, cond: TextCondition, batch: int, guidance: str) -> TextCondition:
         """The null-prompt half alone (null-text), or the prompts alone (cond-only) as SkipVAR's

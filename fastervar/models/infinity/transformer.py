@@ -33,7 +33,7 @@ NORM_EPS = 1e-6
 
 def ada_layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """LayerNorm without affine, then the AdaLN modulation, in upstream's operation order."""
-    x = F.layer_norm(x.float(), (x.shape[-1],), None, None, NORM_EPS)
+    x = F.layer_norm(x.float(), (int(x.shape[-1]),), None, None, NORM_EPS)   # static for export
     return x.mul(scale.add(1)).add_(shift)
 
 
@@ -185,7 +185,7 @@ class TextPool(nn.Module):
         self.ca = CrossAttention(cfg.width, cfg.text_channels, cfg.pool_heads, pool=True)
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.ca(None, text, mask).squeeze(1)
+        return self.ca(None, text, mask)[:, 0]       # not squeeze: it exports as a conditional
 
 
 class HeadNorm(nn.Module):

@@ -109,6 +109,22 @@ class VARModel(nn.Module):
     def is_guided(self, cond: torch.Tensor, batch: int) -> bool:
         return cond.shape[0] != batch
 
+    def conditioning(self) -> dict:
+        return {"kind": "class", "num_classes": self.var.num_classes}
+
+    @staticmethod
+    def condition_inputs(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The labels, as `condition` takes them."""
+        return tensors[0]
+
+    def example_condition(self, batch: int, text_length: int) -> tuple[torch.Tensor]:
+        return (torch.arange(batch) % self.var.num_classes,)
+
+    def describe(self) -> dict:
+        """What a bundle's manifest records of the model beyond its identity."""
+        return {"architecture": self.cfg.to_dict(), "num_classes": self.var.num_classes,
+                "vocab_size": self.cfg.vae.vocab_size, "patch_nums": list(self.patch_nums)}
+
     def drop_guidance(self, cond: torch.Tensor, batch: int, guidance: str) -> torch.Tensor:
         """The class half (cond-only) or the null-class half (null-text) of a guided condition."""
         return slice_rows(cond, batch, guidance)
