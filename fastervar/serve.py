@@ -98,7 +98,7 @@ def info(manifest) -> dict[str, Any]:
     carry (the served page builds its form from it)."""
     d = manifest.data
     return {"model": d["model"]["config"], "profile": d["profile"]["name"], "precision": d["precision"],
-            "num_classes": manifest.num_classes, "patch_nums": manifest.patch_nums, "max_batch": manifest.max_batch,
+            "num_classes": manifest.num_classes, "steps": manifest.num_steps, "max_batch": manifest.max_batch,
             "sampler": d["sampler"], "accepts": {"classes": manifest.num_classes, "seed": True, "index": True}}
 
 
@@ -259,12 +259,21 @@ def start_ray(temp_dir: str | None = None) -> bool:
     return True
 
 
+def _class_bundle(manifest, bundle: str) -> None:
+    """Serving and batch generation take class indices; a text bundle would need prompts encoded
+    inside it, which export does not build yet."""
+    if manifest.conditioning != "class":
+        raise FastervarError(f"{bundle} is a text bundle; serving and generate-batch take class indices (prompts "
+                             f"need the text encoder inside the bundle, not built yet): run it with "
+                             f"`fastervar run --text-embeddings`")
+
+
 def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | str, blocking: bool = True):
     """Start Ray (locally unless RAY_ADDRESS names a cluster) and Serve, and deploy the bundle;
     returns the handle. With `blocking`, serve until interrupted, then shut everything down."""
     from .bundle_contract import read_manifest
     require("serve")
-    read_manifest(options.bundle)                 # a bad bundle is one line here, not a dead replica
+    _class_bundle(read_manifest(options.bundle), options.bundle)   # a bad bundle is one line here, not a dead replica
     start_ray()
     from ray import serve
     serve.start(http_options={"host": host, "port": port})
@@ -326,6 +335,7 @@ def generate_batch(bundle: str, classes: Sequence[int], seed: int, out: str | Pa
     from .bundle_contract import read_manifest
     ray = require("batch")
     manifest = read_manifest(bundle)
+    _class_bundle(manifest, bundle)
     bad = [c for c in classes if not 0 <= c < manifest.num_classes]
     if bad:
         raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes 0..{manifest.num_classes - 1}")

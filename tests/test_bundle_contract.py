@@ -242,7 +242,9 @@ def test_overlapping_tensors_are_refused(made, tmp_path):
 
 def test_the_manifest_export_writes_passes_the_contract(made):
     m = contract.read_manifest(made)
-    assert [e.step for e in m.steps] == list(range(len(m.patch_nums)))
-    z, side = m.data["model"]["architecture"]["vae"]["z_channels"], m.patch_nums[-1]
+    patch_nums = m.data["model"]["patch_nums"]
+    assert m.conditioning == "class" and m.condition_names == (contract.LABELS,) and m.aspects == []
+    assert [e.step for e in m.steps] == list(range(m.num_steps)) and m.num_steps == len(patch_nums)
+    z, side = m.data["model"]["architecture"]["vae"]["z_channels"], patch_nums[-1]
     assert m.latent == ([z, side, side], "float32")
-    assert all(m.noise_width(k) == p * p for k, p in enumerate(m.patch_nums))
+    assert all(m.noise_width(k) == p * p for k, p in enumerate(patch_nums))

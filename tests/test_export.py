@@ -81,7 +81,7 @@ def test_d16_schedule_paper_split_parity(tmp_path):
 def test_bundle_layout_and_weights_stored_once(bundles, embedded):
     _, path = bundles["fashion-tiny-calibrated"]
     man = json.loads((path / "manifest.json").read_text())
-    assert man["format"] == "fastervar-bundle/2" and man["precision"] == "fp32"
+    assert man["format"] == "fastervar-bundle/3" and man["precision"] == "fp32"
     names = [e["name"] for e in man["engines"]]
     assert names == [f"step{k}" for k in range(7)] + ["decoder"]
     for e in man["engines"]:

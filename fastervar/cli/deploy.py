@@ -19,6 +19,13 @@ THREADS = click.option("--threads", type=click.IntRange(min=0), default=0,
 @click.argument("bundle", type=click.Path())
 @click.option("--class", "class_ids", type=int, multiple=True, metavar="N", help="Class index; repeat for more images.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="File of class indices.")
+@click.option("--text-embeddings", type=click.Path(dir_okay=False), metavar="FILE.npz",
+              help="Text bundles: prompts encoded elsewhere, 'embeddings' (N, T, C) float32 zero-padded and "
+                   "'lengths' (N,); one image per row.")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="Text bundles exported with a text encoder: a prompt; repeat for more images.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="Like --prompt, one per line of a file.")
+@click.option("--aspect", help="Text bundles: the aspect to draw, one the bundle holds [default: its first].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 0000.png, ...")
 @PROVIDER
@@ -28,16 +35,43 @@ THREADS = click.option("--threads", type=click.IntRange(min=0), default=0,
               help="Run one engine per step graph instead of the single whole-generation graph (TensorRT plans do).")
 @click.option("--prepack", is_flag=True,
               help="With --step-graphs: let onnxruntime repack weights per graph (faster, one weight copy per graph).")
-def run(bundle, class_ids, classes_file, seed, out_dir, provider, batch_size, threads, step_graphs, prepack) -> None:
-    """Generate with an exported bundle: torch-free, on onnxruntime or TensorRT."""
+def run(bundle, class_ids, classes_file, text_embeddings, prompts, prompts_file, aspect, seed, out_dir, provider,
+        batch_size, threads, step_graphs, prepack) -> None:
+    """Generate with an exported bundle: torch-free, on onnxruntime or TensorRT. A class bundle
+    takes --class/--classes; a text bundle --text-embeddings, at one --aspect it holds."""
+    from ..bundle_contract import read_manifest
     from ..runtime.pipeline import Pipeline
     from ..utils.images import image_folder, write_pngs
+    from ..utils.noise import image_keys
 
-    classes = parse_classes(class_ids, classes_file)
+    manifest = read_manifest(bundle, verify=False)          # the kind of bundle, before anything is read
+    text_given = [f for f, v in (("--text-embeddings", text_embeddings), ("--prompt", prompts),
+                                 ("--prompts", prompts_file), ("--aspect", aspect)) if v]
+    class_given = [f for f, v in (("--class", class_ids), ("--classes", classes_file)) if v]
+    if manifest.conditioning == "class":
+        if text_given:
+            raise FastervarError(f"{bundle} is a class-conditional bundle: {text_given[0]} is for text bundles; "
+                                 f"give --class/--classes")
+        conds = parse_classes(class_ids, classes_file)
+    else:
+        if class_given:
+            raise FastervarError(f"{bundle} is a text-to-image bundle: {class_given[0]} is for class bundles; give "
+                                 f"--text-embeddings FILE.npz")
+        if prompts or prompts_file:
+            raise FastervarError(f"{bundle} has no text encoder, so it cannot encode --prompt/--prompts: give "
+                                 f"--text-embeddings FILE.npz")
+        if not text_embeddings:
+            raise FastervarError("a text bundle needs --text-embeddings FILE.npz (one image per row)")
+        if aspect is not None and aspect not in manifest.aspects:
+            raise FastervarError(f"aspect {aspect!r} is not in {bundle}; it holds {', '.join(manifest.aspects)}")
+        from ..utils.embeddings import read_embeddings
+        emb, lengths = read_embeddings(text_embeddings)
+        conds = [row[:n] for row, n in zip(emb, lengths)]
     with image_folder(out_dir) as stage:
         pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads, prepack=prepack,
                                     chain=False if step_graphs else None)
-        result = pipe.generate(classes, seed=seed, batch_size=batch_size)
+        keys = image_keys(seed, range(len(conds)))
+        result = pipe.generate_items([(c, s, i) for c, (s, i) in zip(conds, keys)], batch_size, aspect)
         paths = write_pngs(result.images, stage)
     click.echo(f"wrote {len(paths)} images to {out_dir} ({result.seconds_total:.2f} s on {provider})")
 

@@ -6,14 +6,13 @@ or from a `--text-embeddings` file, for tests and for users who encode prompts e
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ...errors import FastervarError
+from ...utils.embeddings import read_embeddings
 
 
 @dataclass
@@ -32,23 +31,8 @@ class TextBatch:
 
 def read_text_embeddings(path: str | Path) -> TextBatch:
     """Read a `.npz` with `embeddings` (N, T, C) float32, zero-padded, and `lengths` (N,) int."""
-    p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            if "embeddings" not in data or "lengths" not in data:
-                raise FastervarError(f"{p}: needs arrays 'embeddings' (N, T, C) and 'lengths' (N,); "
-                                     f"found {', '.join(data.files) or 'none'}")
-            emb, lengths = data["embeddings"], data["lengths"]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FastervarError(f"{p}: not a readable .npz file ({str(exc).splitlines()[0] if str(exc) else exc})") \
-            from None
-    if emb.ndim != 3 or emb.dtype != np.float32:
-        raise FastervarError(f"{p}: 'embeddings' must be float32 (N, T, C), got {emb.dtype} {emb.shape}")
-    if lengths.shape != (emb.shape[0],) or not np.issubdtype(lengths.dtype, np.integer):
-        raise FastervarError(f"{p}: 'lengths' must be ({emb.shape[0]},) integers, got {lengths.dtype} {lengths.shape}")
-    if len(lengths) == 0 or lengths.min() < 1 or lengths.max() > emb.shape[1]:
-        raise FastervarError(f"{p}: every length must be in 1..{emb.shape[1]}")
-    return TextBatch(torch.from_numpy(emb.copy()), torch.from_numpy(lengths.astype(np.int64)))
+    emb, lengths = read_embeddings(path)
+    return TextBatch(torch.from_numpy(emb.copy()), torch.from_numpy(lengths))
 
 
 def read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:

@@ -1,0 +1,186 @@
+"""Infinity through export and the torch-free runtime, as a user with released-layout files runs it:
+the runtime's bits equal the torch portable sampler's at every step, for the identity profile and
+both published recipes, on both engines, at two aspects, with prompts of different lengths in one
+batch; and the bad input `run` refuses in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from fastervar import bundle_contract as contract
+from fastervar.accel.accelerated import AcceleratedModel
+from fastervar.accel.presets import template
+from fastervar.cli import main
+from fastervar.models.infinity.checkpoint import random_infinity
+from fastervar.models.sampler import generate_batch
+from fastervar.models.text.prompts import TextBatch
+from fastervar.profile import identity
+from fastervar.runtime.pipeline import Pipeline
+from fastervar.utils.noise import image_keys
+
+ASPECTS = {"1:1": 1.0, "1:2": 0.5}
+LENGTHS = np.array([5, 2, 4])
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Tiny random Infinity saved in upstream's layout, and three prompts of different lengths."""
+    d = tmp_path_factory.mktemp("infinity-export")
+    model = random_infinity("infinity-tiny")
+    torch.save(model.infinity.state_dict(), d / "infinity.pth")
+    torch.save({"vae": model.vae.state_dict()}, d / "vae.pth")
+    emb = np.random.default_rng(0).standard_normal((3, 5, model.infinity.cfg.text_channels)).astype(np.float32)
+    for row, n in zip(emb, LENGTHS):
+        row[n:] = 0
+    np.savez(d / "emb.npz", embeddings=emb, lengths=LENGTHS)
+    return d
+
+
+def model_args(d):
+    return ["--checkpoint", d / "infinity.pth", "--vae-checkpoint", d / "vae.pth", "--pn", "0.06M"]
+
+
+@pytest.fixture(scope="module")
+def bundles(files, tmp_path_factory):
+    """The identity bundle at one aspect; the paper's split and FastVAR's recipe at two."""
+    out = tmp_path_factory.mktemp("bundles")
+    made = {}
+    for profile, aspects in (("identity", ["1:1"]), ("infinity-paper-split", ["1:1", "1:2"]),
+                             ("infinity-fastvar", ["1:1", "1:2"])):
+        flags = [x for a in aspects for x in ("--aspect", a)]
+        r = cli("export", *model_args(files), *flags, "--profile", profile, "--out", out / profile)
+        assert r.exit_code == 0, r.output
+        made[profile] = (out / profile, aspects)
+    return made
+
+
+def _reference(files, profile: str, aspect: str):
+    """The torch portable sampler's tokens and images for the three prompts, seed 0."""
+    from fastervar.models.infinity.checkpoint import resolve_infinity
+    model = resolve_infinity(None, str(files / "infinity.pth"), str(files / "vae.pth"), False, torch.device("cpu"),
+                             ASPECTS[aspect], "0.06M")
+    prof = identity(model) if profile == "identity" else template(profile, model)
+    with np.load(files / "emb.npz") as data:
+        text = TextBatch(torch.from_numpy(data["embeddings"]), torch.from_numpy(data["lengths"]))
+    return generate_batch(AcceleratedModel(model, prof), text, model.default_settings(), image_keys(0, range(3)))
+
+
+@pytest.mark.parametrize("profile", ["identity", "infinity-paper-split", "infinity-fastvar"])
+def test_runtime_bits_equal_the_torch_sampler_at_every_step(files, bundles, profile):
+    path, aspects = bundles[profile]
+    with np.load(files / "emb.npz") as data:
+        prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
+    for aspect in aspects:
+        ref = _reference(files, profile, aspect)
+        for chain in (True, False):
+            pipe = Pipeline.from_bundle(path, chain=chain)
+            got = pipe.generate_items([(p, 0, i) for i, p in enumerate(prompts)], aspect=aspect)
+            for k, (a, b) in enumerate(zip(ref.tokens, got.tokens)):
+                assert np.array_equal(a.numpy(), b), f"{profile} {aspect} chain={chain}: bits differ at step {k}"
+            assert got.images.shape == ref.images.shape
+            assert np.abs(got.images.astype(int) - ref.images.numpy().astype(int)).max() <= 1
+
+
+def test_each_image_depends_only_on_its_own_prompt_and_key(files, bundles):
+    """A prompt padded beside longer ones, alone, or in another batch split draws the same image."""
+    path, _ = bundles["infinity-fastvar"]
+    with np.load(files / "emb.npz") as data:
+        prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
+    pipe = Pipeline.from_bundle(path)
+    together = pipe.generate_items([(p, 0, i) for i, p in enumerate(prompts)], aspect="1:2")
+    alone = pipe.generate_items([(prompts[1], 0, 1)], aspect="1:2")
+    split = pipe.generate_items([(p, 0, i) for i, p in enumerate(prompts)], batch_size=2, aspect="1:2")
+    assert np.abs(together.images[1].astype(int) - alone.images[0].astype(int)).max() <= 1
+    assert all(np.array_equal(a[1], b[0]) for a, b in zip(together.tokens, alone.tokens))
+    assert np.abs(together.images.astype(int) - split.images.astype(int)).max() <= 1
+
+
+def test_the_manifest_names_the_text_condition_and_each_aspect(bundles):
+    m = contract.read_manifest(bundles["infinity-paper-split"][0])
+    assert m.conditioning == "text" and m.condition_names == (contract.TEXT, contract.TEXT_LENGTHS)
+    assert m.aspects == ["1:1", "1:2"] and m.aspect == "1:1" and m.text_channels == 256
+    wide = m.at_aspect("1:2")
+    assert wide.latent[0][1] < wide.latent[0][2] and m.latent[0][1] == m.latent[0][2]
+    text = m.steps[0].spec(contract.TEXT)["shape"]
+    assert text[0] == "batch" and text[1] == "text"                  # any batch, any prompt length
+    weights = {e.graph for e in m.engines} & {e.graph for e in wide.engines}
+    assert not weights                                                # a set of graphs per aspect ...
+    assert set(m.steps[0].initializers) & set(wide.steps[0].initializers)   # ... sharing one weights file
+
+
+def test_run_writes_the_pipelines_images_and_refuses_bad_input_in_one_line(files, bundles, tmp_path):
+    path, _ = bundles["infinity-paper-split"]
+    r = cli("run", path, "--text-embeddings", files / "emb.npz", "--aspect", "1:2", "--seed", "0",
+            "--step-graphs", "--out", tmp_path / "png")
+    assert r.exit_code == 0, r.output
+    with np.load(files / "emb.npz") as data:
+        prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
+    direct = Pipeline.from_bundle(path).generate_items([(p, 0, i) for i, p in enumerate(prompts)], aspect="1:2")
+    for i in range(3):
+        png = np.asarray(Image.open(tmp_path / "png" / f"{i:04d}.png").convert("RGB"))
+        assert np.abs(png.astype(int) - direct.images[i].astype(int)).max() <= 1
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "narrow.npz", embeddings=rng.standard_normal((1, 3, 100)).astype(np.float32), lengths=[3])
+    class_bundle = tmp_path / "class-bundle"
+    r = cli("export", "--model", "fashion-tiny", "--profile", "identity", "--out", class_bundle)
+    assert r.exit_code == 0, r.output
+    for args, message in [
+        (["--text-embeddings", tmp_path / "narrow.npz"], "prompt embeddings must be (tokens, 256)"),
+        (["--prompt", "a red fox"], "has no text encoder"),
+        (["--class", "3"], "is a text-to-image bundle"),
+        (["--text-embeddings", files / "emb.npz", "--aspect", "2:1"], "aspect '2:1' is not in"),
+        ([], "needs --text-embeddings"),
+    ]:
+        r = cli("run", path, *args, "--out", tmp_path / "bad")
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "bad").exists()
+    r = cli("run", class_bundle, "--text-embeddings", files / "emb.npz", "--out", tmp_path / "bad")
+    assert r.exit_code == 2 and "is a class-conditional bundle" in r.output, r.output
+
+
+def test_a_text_bundle_runs_without_torch(files, bundles, tmp_path):
+    path, _ = bundles["infinity-fastvar"]
+    code = ("import sys; sys.modules['torch'] = None; from fastervar.cli import main; "
+            f"main(['run', {str(path)!r}, '--text-embeddings', {str(files / 'emb.npz')!r}, '--aspect', '1:2', "
+            f"'--out', {str(tmp_path / 'png')!r}])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    ref = _reference(files, "infinity-fastvar", "1:2").images.numpy()
+    for i in range(3):
+        png = np.asarray(Image.open(tmp_path / "png" / f"{i:04d}.png").convert("RGB"))
+        assert np.abs(png.astype(int) - ref[i].astype(int)).max() <= 1
+
+
+def test_text_bundle_manifests_are_checked(bundles, tmp_path):
+    import shutil
+    src = bundles["identity"][0]
+
+    def crafted(edit):
+        d = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(src, d)
+        data = json.loads((d / contract.MANIFEST).read_text())
+        edit(data)
+        (d / contract.MANIFEST).write_text(json.dumps(data))
+        return d
+
+    for edit, message in [
+        (lambda m: m["model"]["conditioning"].pop("channels"), "model.conditioning.channels is missing"),
+        (lambda m: m["model"]["conditioning"].update(kind="audio"), "model.conditioning.kind must be one of"),
+        (lambda m: m.update(aspects=[]), "a text bundle holds at least one aspect"),
+        (lambda m: m["aspects"].append(dict(m["aspects"][0])), "names an aspect twice"),
+        (lambda m: m["aspects"][0]["engines"][1]["inputs"][0].update(name="labels"), "reads 'labels', which no"),
+    ]:
+        with pytest.raises(contract.BundleError, match=message.replace("(", r"\(")):
+            contract.read_manifest(crafted(edit), verify=False)
