@@ -48,6 +48,7 @@ MAX_LATENT = 1 << 26
 LABELS = "labels"          # (B,) int64 class indices
 TEXT = "text"              # (B, T, C) float32 prompt embeddings, zero beyond each prompt's length
 TEXT_LENGTHS = "text_lengths"   # (B,) int64 each prompt's length in tokens, 1..T
+TOKEN_IDS = "token_ids"    # (B, T) int64 the prompts' T5 token ids, padded past each length (text encoder)
 F_HAT = "f_hat"            # (B, C, H, W) the accumulated latent
 NOISE = "noise"            # (B, n) one uniform per sampled token of the step
 TOKENS = "tokens"          # (B, n) int64 the step's tokens
@@ -169,6 +170,18 @@ class Manifest:
     @property
     def num_steps(self) -> int:
         return len(self.data["steps"])
+
+    @property
+    def text_encoder(self) -> EngineSpec | None:
+        """The prompt encoder's graph (token ids and lengths in, embeddings out), where exported."""
+        raw = self.data.get("text_encoder")
+        return _engine_spec(raw) if raw else None
+
+    @property
+    def tokenizer(self) -> tuple[Path, int] | None:
+        """The bundled `tokenizer.json` and the longest prompt the encoder takes, in tokens."""
+        raw = self.data.get("text_encoder")
+        return (self.path(raw["tokenizer"]), int(raw["max_length"])) if raw else None
 
     @property
     def aspects(self) -> list[str]:
@@ -504,7 +517,18 @@ def _check(root: Path, data: dict) -> Manifest:
     for i, a in enumerate(aspects):
         _field(a, "h_div_w", f"aspects[{i}]", lambda v: _is_num(v) and v > 0, "a positive number")
         _engine_set(a, f"aspects[{i}]", root, tensors, len(steps), request)
+    if data.get("text_encoder") is not None:
+        _check_text_encoder(data["text_encoder"], root, tensors, len(steps))
     return Manifest(root, data, [], None).at_aspect(names[0])
+
+
+def _check_text_encoder(raw: Any, root: Path, tensors: dict, num_steps: int) -> None:
+    enc = _engine(raw, "text_encoder", root, tensors, num_steps, decoder=True)
+    if [s["name"] for s in enc.inputs] != [TOKEN_IDS, TEXT_LENGTHS] or enc.spec(TEXT, "outputs") is None:
+        raise _Invalid(f"text_encoder must take {TOKEN_IDS!r} and {TEXT_LENGTHS!r} and give {TEXT!r}")
+    _inside(root, raw.get("tokenizer"), "text_encoder.tokenizer")
+    _field(raw, "tokenizer_sha256", "text_encoder", _is_hex64, "a SHA-256 hex digest")
+    _field(raw, "max_length", "text_encoder", lambda v: _is_int(v) and v > 0, "a positive integer")
 
 
 def _files(manifest: Manifest) -> list[tuple[str, str]]:
@@ -514,4 +538,7 @@ def _files(manifest: Manifest) -> list[tuple[str, str]]:
     files = [(manifest.weights["file"], manifest.weights["sha256"])]
     files += [(e.graph, e.sha256) for e in engines]
     files += [(e.plan, e.plan_sha256) for e in engines if e.plan]
+    if manifest.text_encoder is not None:
+        raw = manifest.data["text_encoder"]
+        files += [(raw["graph"], raw["sha256"]), (raw["tokenizer"], raw["tokenizer_sha256"])]
     return list(dict.fromkeys(files))

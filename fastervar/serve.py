@@ -3,8 +3,9 @@ over the torch-free runtime.
 
 We build no cluster layer of our own: Ray schedules replicas and workers, and KubeRay runs it on
 many GPU nodes (deploy/). Each replica or worker holds one `Pipeline`. Concurrent requests are
-batched by `@serve.batch` into one `Pipeline.generate_items` call; an image depends only on its
-own (class, seed, index), so batching never changes what a request gets back. Ray is imported
+batched by `@serve.batch` into one `Pipeline.generate_items` call per aspect; an image depends only
+on its own (class or prompt, seed, index, aspect), so batching never changes what a request gets
+back. Ray is imported
 lazily: the runtime and the rest of the package work without it.
 """
 
@@ -14,7 +15,7 @@ import base64
 import importlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import numpy as np
 from .errors import FastervarError
 from .utils.images import png_bytes
 
-Item = tuple[int, int, int]            # (class, seed, index)
+Item = tuple[int | str, int, int, str | None]     # (class or prompt, seed, index, aspect of a text bundle)
+MAX_PROMPT_CHARS = 2000                 # the page's prompt box holds as much; tokens are checked too
 
 
 class RequestError(FastervarError):
@@ -60,46 +62,107 @@ def _integer(entry: dict, key: str, default: int | None, low: int = 0) -> int:
     return value
 
 
-def parse_request(body: bytes, num_classes: int, max_items: int) -> tuple[list[Item], bool]:
-    """`{"class": 3, "seed": 0, "index": 5}` or a list of them, and whether JSON was asked for
-    (`"format": "json"`, or any list): (items, as_json). Every problem is a RequestError."""
+@dataclass(frozen=True)
+class RequestSchema:
+    """What a POST /generate item may carry for the loaded bundle: a class index below
+    `num_classes`, or (a text bundle) a prompt of at most `max_tokens` tokens, as `count_tokens`
+    counts them, drawn at one of `aspects` (the first by default)."""
+
+    num_classes: int | None = None
+    aspects: tuple[str, ...] = ()
+    max_tokens: int = 0
+    count_tokens: Callable[[str], int] | None = None
+
+    @classmethod
+    def of(cls, pipe) -> RequestSchema:
+        m = pipe.manifest
+        if m.conditioning == "class":
+            return cls(num_classes=m.num_classes)
+        return cls(aspects=tuple(m.aspects), max_tokens=m.tokenizer[1], count_tokens=pipe.count_tokens)
+
+    @property
+    def fields(self) -> set[str]:
+        return {"seed", "index", "format"} | ({"class"} if self.num_classes else {"prompt", "aspect"})
+
+    def example(self) -> str:
+        return '{"class": C, "seed": S, "index": I}' if self.num_classes else '{"prompt": "...", "seed": S, "aspect": A}'
+
+    def condition(self, entry: dict) -> tuple[int | str, str | None]:
+        if self.num_classes:
+            c = _integer(entry, "class", None)
+            if c >= self.num_classes:
+                raise RequestError(f"class index {c} is out of range: this bundle has classes 0..{self.num_classes - 1}")
+            return c, None
+        prompt = entry.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError("field 'prompt' must be non-empty text")
+        n = len(prompt) if len(prompt) > MAX_PROMPT_CHARS else self.count_tokens(prompt)
+        if len(prompt) > MAX_PROMPT_CHARS or n > self.max_tokens:
+            raise RequestError(f"the prompt is too long ({len(prompt)} characters, {n} tokens); at most "
+                               f"{MAX_PROMPT_CHARS} characters and {self.max_tokens} tokens")
+        aspect = entry.get("aspect", self.aspects[0])
+        if aspect not in self.aspects:
+            raise RequestError(f"aspect {aspect!r} is not in this bundle; it holds {', '.join(self.aspects)}")
+        return prompt, aspect
+
+
+def parse_request(body: bytes, schema: RequestSchema, max_items: int) -> tuple[list[Item], bool]:
+    """`{"class": 3, "seed": 0, "index": 5}` (a text bundle: `{"prompt": "...", "seed": 0, "aspect":
+    "1:1"}`) or a list of them, and whether JSON was asked for (`"format": "json"`, or any list):
+    (items, as_json). Every problem is a RequestError."""
     try:
         payload = json.loads(body or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"the body is not JSON: {exc}") from None
     entries = payload if isinstance(payload, list) else [payload]
     if not entries or not all(isinstance(e, dict) for e in entries):
-        raise RequestError('send {"class": C, "seed": S, "index": I} or a non-empty list of them')
+        raise RequestError(f"send {schema.example()} or a non-empty list of them")
     if len(entries) > max_items:
         raise RequestError(f"{len(entries)} items in one request; at most {max_items}")
     items = []
     for e in entries:
-        unknown = set(e) - {"class", "seed", "index", "format"}
+        unknown = set(e) - schema.fields
         if unknown:
             raise RequestError(f"unknown field {min(unknown)!r}")
-        c = _integer(e, "class", None)
-        if c >= num_classes:
-            raise RequestError(f"class index {c} is out of range: this bundle has classes 0..{num_classes - 1}")
+        cond, aspect = schema.condition(e)
         if e.get("format", "png") not in ("png", "json"):
             raise RequestError(f"field 'format' must be png or json, got {e['format']!r}")
-        items.append((c, _integer(e, "seed", 0), _integer(e, "index", 0)))
+        items.append((cond, _integer(e, "seed", 0), _integer(e, "index", 0), aspect))
     as_json = isinstance(payload, list) or any(e.get("format") == "json" for e in entries)
     return items, as_json
 
 
 def item_json(item: Item, image: np.ndarray, tokens: Sequence[np.ndarray]) -> dict[str, Any]:
-    c, s, i = item
-    return {"class": c, "seed": s, "index": i, "png_base64": base64.b64encode(png_bytes(image)).decode(),
+    c, s, i, aspect = item
+    what = {"prompt": c, "aspect": aspect} if isinstance(c, str) else {"class": c}
+    return {**what, "seed": s, "index": i, "png_base64": base64.b64encode(png_bytes(image)).decode(),
             "tokens": [t.tolist() for t in tokens]}
+
+
+def generate_grouped(pipe, items: Sequence[Item]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """Each item's image and tokens, one `generate_items` call per aspect among them."""
+    out: list = [None] * len(items)
+    for aspect in dict.fromkeys(it[3] for it in items):
+        rows = [j for j, it in enumerate(items) if it[3] == aspect]
+        result = pipe.generate_items([items[j][:3] for j in rows], aspect=aspect)
+        for n, j in enumerate(rows):
+            out[j] = (result.images[n], [t[n] for t in result.tokens])
+    return out
 
 
 def info(manifest) -> dict[str, Any]:
     """What GET /info says about the loaded bundle; `accepts` is what a POST /generate item may
     carry (the served page builds its form from it)."""
     d = manifest.data
+    accepts: dict[str, Any] = {"seed": True, "index": True}
+    if manifest.conditioning == "class":
+        accepts["classes"] = manifest.num_classes
+    else:
+        accepts.update(prompt={"max_tokens": manifest.tokenizer[1], "max_chars": MAX_PROMPT_CHARS},
+                       aspects=manifest.aspects)
     return {"model": d["model"]["config"], "profile": d["profile"]["name"], "precision": d["precision"],
             "num_classes": manifest.num_classes, "steps": manifest.num_steps, "max_batch": manifest.max_batch,
-            "sampler": d["sampler"], "accepts": {"classes": manifest.num_classes, "seed": True, "index": True}}
+            "sampler": d["sampler"], "accepts": accepts}
 
 
 def page() -> bytes:
@@ -166,6 +229,7 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
         def __init__(self, opts: ServeOptions):
             from .runtime.pipeline import Pipeline
             self.pipe = Pipeline.from_bundle(opts.bundle, provider=opts.provider, threads=opts.threads)
+            self.schema = RequestSchema.of(self.pipe)
             self.opts = opts
             self.batches: deque[int] = deque(maxlen=1000)       # recent batch sizes, for GET /stats
             self.page = page()
@@ -175,8 +239,7 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
         async def _batched(self, items: list[Item]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
             self.batches.append(len(items))
-            result = self.pipe.generate_items(items)
-            return [(result.images[j], [t[j] for t in result.tokens]) for j in range(len(items))]
+            return generate_grouped(self.pipe, items)
 
         async def generate(self, items: list[Item]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
             """Through the batch queue, one entry per item, so items join other requests' batches."""
@@ -203,7 +266,7 @@ def deployment(options: ServeOptions, replicas: int | str = 1):
                 return JSONResponse({"error": "POST a JSON body to /generate"}, status_code=405)
             try:
                 body = await read_body(request, self.opts.max_body_bytes)
-                items, as_json = parse_request(body, self.pipe.num_classes, self.opts.max_items)
+                items, as_json = parse_request(body, self.schema, self.opts.max_items)
             except BodyTooLarge as exc:
                 return JSONResponse({"error": str(exc)}, status_code=413)
             except RequestError as exc:
@@ -259,13 +322,11 @@ def start_ray(temp_dir: str | None = None) -> bool:
     return True
 
 
-def _class_bundle(manifest, bundle: str) -> None:
-    """Serving and batch generation take class indices; a text bundle would need prompts encoded
-    inside it, which export does not build yet."""
-    if manifest.conditioning != "class":
-        raise FastervarError(f"{bundle} is a text bundle; serving and generate-batch take class indices (prompts "
-                             f"need the text encoder inside the bundle, not built yet): run it with "
-                             f"`fastervar run --text-embeddings`")
+def _servable(manifest, bundle: str) -> None:
+    """A text bundle is served (and batch-generated) from prompts, so it must hold its text encoder."""
+    if manifest.conditioning == "text" and manifest.text_encoder is None:
+        raise FastervarError(f"{bundle} is a text bundle without a text encoder, so it cannot take prompts: "
+                             f"export it with --text-encoder DIR (or run it with `fastervar run --text-embeddings`)")
 
 
 def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | str, blocking: bool = True):
@@ -273,7 +334,7 @@ def serve_bundle(options: ServeOptions, host: str, port: int, replicas: int | st
     returns the handle. With `blocking`, serve until interrupted, then shut everything down."""
     from .bundle_contract import read_manifest
     require("serve")
-    _class_bundle(read_manifest(options.bundle), options.bundle)   # a bad bundle is one line here, not a dead replica
+    _servable(read_manifest(options.bundle), options.bundle)   # a bad bundle is one line here, not a dead replica
     start_ray()
     from ray import serve
     serve.start(http_options={"host": host, "port": port})
@@ -307,15 +368,16 @@ def shutdown() -> None:
 class _BatchWriter:
     """A Ray Data worker: one Pipeline, each batch generated in one call and written atomically."""
 
-    def __init__(self, bundle: str, out: str, provider: str, threads: int):
+    def __init__(self, bundle: str, out: str, provider: str, threads: int, aspect: str | None):
         from .runtime.pipeline import Pipeline
         self.pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads)
-        self.out = Path(out)
+        self.out, self.aspect = Path(out), aspect
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .utils.atomic import atomic_path
-        items = list(zip(batch["class"].tolist(), batch["seed"].tolist(), batch["index"].tolist()))
-        images = self.pipe.generate_items(items).images
+        conds = batch["class"].tolist() if "class" in batch else [str(p) for p in batch["prompt"]]
+        items = list(zip(conds, batch["seed"].tolist(), batch["index"].tolist()))
+        images = self.pipe.generate_items(items, aspect=self.aspect).images
         for (_, _, index), image in zip(items, images):
             with atomic_path(self.out / image_name(index)) as tmp:
                 tmp.write_bytes(png_bytes(image))
@@ -326,29 +388,40 @@ def image_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
-def generate_batch(bundle: str, classes: Sequence[int], seed: int, out: str | Path, concurrency: int = 1,
-                   provider: str = "cpu", threads: int = 0, progress: bool = True) -> tuple[int, int]:
-    """Image i of `classes` (noise key (seed, i)) to OUT/{i:06d}.png on Ray Data; images already
-    there are skipped, so a rerun resumes. Returns (written, skipped)."""
+def generate_batch(bundle: str, conditions: Sequence[int | str], seed: int, out: str | Path, concurrency: int = 1,
+                   provider: str = "cpu", threads: int = 0, progress: bool = True,
+                   aspect: str | None = None) -> tuple[int, int]:
+    """Image i of `conditions` (class indices, or a text bundle's prompts; noise key (seed, i)) to
+    OUT/{i:06d}.png on Ray Data, at `aspect` for a text bundle; images already there are skipped,
+    so a rerun resumes. Returns (written, skipped)."""
     from tqdm.auto import tqdm
 
     from .bundle_contract import read_manifest
     ray = require("batch")
     manifest = read_manifest(bundle)
-    _class_bundle(manifest, bundle)
-    bad = [c for c in classes if not 0 <= c < manifest.num_classes]
-    if bad:
-        raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes 0..{manifest.num_classes - 1}")
+    _servable(manifest, bundle)
+    if manifest.conditioning == "class":
+        bad = [c for c in conditions if not 0 <= c < manifest.num_classes]
+        if bad:
+            raise FastervarError(f"class index {bad[0]} is out of range: this bundle has classes "
+                                 f"0..{manifest.num_classes - 1}")
+        key = "class"
+    else:
+        if aspect is not None and aspect not in manifest.aspects:
+            raise FastervarError(f"aspect {aspect!r} is not in {bundle}; it holds {', '.join(manifest.aspects)}")
+        key = "prompt"
+    if aspect is not None and manifest.conditioning == "class":
+        raise FastervarError(f"{bundle} is a class-conditional bundle: --aspect is for text bundles")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [{"class": int(c), "seed": int(seed), "index": i} for i, c in enumerate(classes)
+    todo = [{key: c, "seed": int(seed), "index": i} for i, c in enumerate(conditions)
             if not (out / image_name(i)).exists()]
-    skipped = len(classes) - len(todo)
+    skipped = len(conditions) - len(todo)
     if not todo:
         return 0, skipped
     started = start_ray()
     ds = ray.data.from_items(todo).map_batches(
-        _BatchWriter, fn_constructor_args=(str(bundle), str(out), provider, threads),
+        _BatchWriter, fn_constructor_args=(str(bundle), str(out), provider, threads, aspect),
         batch_size=manifest.max_batch, concurrency=concurrency, **worker_resources(provider))
     written = 0
     try:

@@ -25,7 +25,7 @@ from fastervar.models.loading import shipped_model
 from fastervar.models.sampling import SamplingSettings
 from fastervar.profiles import resolve
 from fastervar.runtime.pipeline import Pipeline
-from fastervar.serve import RequestError, free_port, image_name, parse_request, png_bytes
+from fastervar.serve import RequestError, RequestSchema, free_port, image_name, parse_request, png_bytes
 
 from .test_cli import assert_bad_input
 
@@ -48,17 +48,37 @@ def test_generate_items_mixes_requests_without_changing_any_image(bundle):
 
 
 def test_parse_request_accepts_one_or_many_and_refuses_the_rest():
-    assert parse_request(b'{"class": 3, "seed": 1, "index": 5}', 10, 64) == ([(3, 1, 5)], False)
-    assert parse_request(b'{"class": 3, "format": "json"}', 10, 64) == ([(3, 0, 0)], True)
-    assert parse_request(b'[{"class": 1}, {"class": 2, "index": 1}]', 10, 64) == ([(1, 0, 0), (2, 0, 1)], True)
+    classes = RequestSchema(num_classes=10)
+    assert parse_request(b'{"class": 3, "seed": 1, "index": 5}', classes, 64) == ([(3, 1, 5, None)], False)
+    assert parse_request(b'{"class": 3, "format": "json"}', classes, 64) == ([(3, 0, 0, None)], True)
+    assert parse_request(b'[{"class": 1}, {"class": 2, "index": 1}]', classes, 64) == \
+        ([(1, 0, 0, None), (2, 0, 1, None)], True)
     for body, message in ((b'{"class": 99}', "class index 99 is out of range"), (b"nope", "not JSON"),
                           (b'{"seed": 1}', "'class' is missing"), (b'{"class": -1}', "integer >= 0"),
                           (b'{"class": true}', "integer >= 0"), (b"[]", "non-empty list"),
                           (b'{"class": 1, "colour": 2}', "unknown field 'colour'"),
                           (b'{"class": 1, "format": "gif"}', "png or json"),
+                          (b'{"prompt": "a cat"}', "unknown field 'prompt'"),
                           (json.dumps([{"class": 1}] * 65).encode(), "at most 64")):
         with pytest.raises(RequestError, match=message):
-            parse_request(body, 10, 64)
+            parse_request(body, classes, 64)
+
+
+def test_parse_request_for_a_text_bundle_takes_prompts_and_aspects():
+    text = RequestSchema(aspects=("1:1", "1:2"), max_tokens=6, count_tokens=lambda p: len(p.split()) + 1)
+    assert parse_request(b'{"prompt": "a red fox", "seed": 2}', text, 64) == ([("a red fox", 2, 0, "1:1")], False)
+    assert parse_request(b'[{"prompt": "dog", "aspect": "1:2", "index": 3}]', text, 64) == \
+        ([("dog", 0, 3, "1:2")], True)
+    for body, message in ((b'{"prompt": ""}', "'prompt' must be non-empty text"),
+                          (b'{"prompt": "   "}', "'prompt' must be non-empty text"),
+                          (b'{"prompt": 3}', "'prompt' must be non-empty text"),
+                          (b'{"seed": 1}', "'prompt' must be non-empty text"),
+                          (b'{"prompt": "one two three four five six"}', "too long .* 7 tokens"),
+                          (json.dumps({"prompt": "x" * 2001}).encode(), "at most 2000 characters"),
+                          (b'{"prompt": "dog", "aspect": "2:1"}', "aspect '2:1' is not in this bundle"),
+                          (b'{"class": 3}', "unknown field 'class'")):
+        with pytest.raises(RequestError, match=message):
+            parse_request(body, text, 64)
 
 
 def test_without_ray_serve_names_the_extra(bundle, monkeypatch):
@@ -147,6 +167,22 @@ def _ours(root: str) -> list[int]:
     return pids
 
 
+@pytest.fixture(scope="module")
+def text_bundle(tmp_path_factory) -> Path:
+    """A tiny Infinity bundle at two aspects that takes prompts as text (a tiny T5 inside)."""
+    from .test_t5 import tiny_t5_folder
+    d = tmp_path_factory.mktemp("tb")
+    t5 = tiny_t5_folder(d / "t5")
+    r = CliRunner().invoke(main, ["export", "--model", "infinity-tiny", "--random-weights", "--pn", "0.06M",
+                                  "--aspect", "1:1", "--aspect", "1:2", "--profile", "infinity-paper-split",
+                                  "--text-encoder", str(t5), "--max-batch", "8", "--out", str(d / "bundle")])
+    assert r.exit_code == 0, r.output
+    return d / "bundle"
+
+
+PROMPTS = ["a red fox", "the cat", "a red fox jumps over the lazy dog", "dog"]
+
+
 @pytest.fixture
 def ray_root(monkeypatch, request):
     needs = request.node.get_closest_marker("needs")
@@ -186,7 +222,7 @@ def test_serve_batches_concurrent_requests_and_answers_like_direct_generation(bu
         assert all(np.array_equal(np.asarray(got["tokens"][k]), direct.tokens[k][j]) for k in range(len(direct.tokens)))
     status, body = _post(url + "/generate", {"class": 3, "seed": 0, "index": 3})
     assert status == 200 and body == png_bytes(direct.images[3])
-    via_handle = handle.generate.remote([(5, 0, 5), (7, 2, 27)]).result(timeout_s=60)
+    via_handle = handle.generate.remote([(5, 0, 5, None), (7, 2, 27, None)]).result(timeout_s=60)
     assert np.array_equal(via_handle[0][0], direct.images[5]) and np.array_equal(via_handle[1][0], direct.images[27])
     with urllib.request.urlopen(url + "/stats", timeout=30) as r:
         assert max(json.loads(r.read())["batches"]) > 1      # concurrent requests shared a batch
@@ -198,6 +234,42 @@ def test_serve_batches_concurrent_requests_and_answers_like_direct_generation(bu
     assert status == 413 and "at most 65536" in json.loads(body)["error"]
     status, _ = _post(url + "/generate", {"class": 2})
     assert status == 200
+    shutdown()
+    assert not _ours(ray_root), "Ray processes were left running"
+
+
+@pytest.mark.slow
+@pytest.mark.needs("ray.serve", "starlette")
+def test_serve_takes_prompts_and_answers_what_fastervar_run_draws(text_bundle, ray_root, tmp_path):
+    """16 concurrent prompt requests at two aspects: each PNG is `fastervar run`'s for the same
+    (prompt, seed, aspect); an empty or over-long prompt and an unknown aspect are 400s and the
+    replica keeps serving."""
+    from fastervar.serve import ServeOptions, serve_bundle, shutdown
+
+    port = free_port()
+    serve_bundle(ServeOptions(str(text_bundle), batch_wait_ms=50), "127.0.0.1", port, 1, blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(url + "/info", timeout=30) as r:
+        accepts = json.loads(r.read())["accepts"]
+    assert accepts["aspects"] == ["1:1", "1:2"] and accepts["prompt"]["max_tokens"] == 512
+    items = [(PROMPTS[i % 4], i // 8, 0, ("1:1", "1:2")[i % 2]) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda it: _post(url + "/generate", {"prompt": it[0], "seed": it[1],
+                                                                     "aspect": it[3]}), items))
+    for (prompt, seed, _, aspect), (status, body) in zip(items, answers):
+        assert status == 200, body
+        out = tmp_path / f"{prompt}-{seed}-{aspect}".replace(" ", "_").replace(":", "x")
+        if not out.exists():
+            r = CliRunner().invoke(main, ["run", str(text_bundle), "--prompt", prompt, "--seed", str(seed),
+                                          "--aspect", aspect, "--out", str(out)])
+            assert r.exit_code == 0, r.output
+        assert body == (out / "0000.png").read_bytes(), (prompt, seed, aspect)
+    for bad, message in (({"prompt": ""}, "non-empty text"), ({"prompt": "dog " * 600}, "the prompt is too long"),
+                         ({"prompt": "dog", "aspect": "2:1"}, "aspect '2:1' is not in this bundle")):
+        status, body = _post(url + "/generate", bad)
+        assert status == 400 and message in json.loads(body)["error"], body
+        status, _ = _post(url + "/generate", {"prompt": "dog"})
+        assert status == 200
     shutdown()
     assert not _ours(ray_root), "Ray processes were left running"
 
@@ -315,3 +387,72 @@ def test_the_served_page_draws_what_fastervar_run_draws_in_a_real_browser(bundle
         browser.quit()
         shutdown()
     assert not _ours(ray_root), "Ray processes were left running"
+
+
+@pytest.mark.slow
+@pytest.mark.needs("ray.serve", "starlette")
+def test_the_served_page_takes_a_typed_prompt_in_a_real_browser(text_bundle, ray_root, tmp_path):
+    """Headless Chromium types a prompt, picks an aspect and a seed, clicks Generate: the image's
+    pixels are `fastervar run --prompt`'s for the same key."""
+    from PIL import Image
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from fastervar.serve import ServeOptions, serve_bundle, shutdown
+
+    browser = _browser(tmp_path)
+    try:
+        port = free_port()
+        serve_bundle(ServeOptions(str(text_bundle)), "127.0.0.1", port, 1, blocking=False)
+        browser.set_page_load_timeout(60)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: not b.find_element("id", "generate").get_attribute("disabled"))
+        assert not browser.find_element("id", "prompt").get_attribute("class").count("hidden")
+        browser.find_element("id", "prompt").send_keys("a red fox")
+        Select(browser.find_element("id", "aspect")).select_by_value("1:2")
+        seed = browser.find_element("id", "seed")
+        seed.clear()
+        seed.send_keys("3")
+        browser.find_element("id", "generate").click()
+        wait.until(lambda b: b.find_element("id", "time").text.startswith("generated in")
+                   or b.find_element("id", "error").text)
+        assert not browser.find_element("id", "error").text
+        rgba = browser.execute_script(
+            "const img = document.getElementById('image'); const c = document.createElement('canvas');"
+            "c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
+            "g.drawImage(img, 0, 0); return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)];")
+        shot = tmp_path / "page.png"
+        browser.save_screenshot(str(shot))
+        keep = os.environ.get("FASTERVAR_SCREENSHOTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / "served-page-prompt.png")
+        out = tmp_path / "run"
+        r = CliRunner().invoke(main, ["run", str(text_bundle), "--prompt", "a red fox", "--aspect", "1:2", "--seed",
+                                      "3", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        ours = np.asarray(Image.open(out / "0000.png").convert("RGBA"))
+        w, h, data = rgba
+        assert (h, w) == ours.shape[:2] and w > h                       # 1:2 is wider than tall
+        assert np.array_equal(np.asarray(data, dtype=np.uint8).reshape(h, w, 4), ours)
+        browser.find_element("id", "prompt").clear()                    # an empty prompt: its one line, shown
+        browser.find_element("id", "generate").click()
+        wait.until(lambda b: b.find_element("id", "error").text)
+        assert "non-empty text" in browser.find_element("id", "error").text
+    finally:
+        browser.quit()
+        shutdown()
+    assert not _ours(ray_root), "Ray processes were left running"
+
+
+@pytest.mark.slow
+@pytest.mark.needs("ray.data")
+def test_generate_batch_reads_a_prompts_file_for_a_text_bundle(text_bundle, ray_root, tmp_path):
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS * 3) + "\n")
+    r = CliRunner().invoke(main, ["generate-batch", str(text_bundle), "--prompts", str(tmp_path / "prompts.txt"),
+                                  "--aspect", "1:2", "--seed", "5", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    direct = Pipeline.from_bundle(text_bundle).generate_items([(p, 5, i) for i, p in enumerate(PROMPTS * 3)],
+                                                              aspect="1:2")
+    for i in range(12):
+        assert (tmp_path / "out" / image_name(i)).read_bytes() == png_bytes(direct.images[i]), f"image {i}"

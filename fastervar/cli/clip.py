@@ -43,7 +43,7 @@ def clip_score(images_dir: Path, prompts_file: str, clip_dir: Path, json_out: st
     from ..evaluate.clip_metrics import ClipFeatures, clip_scores
     from ..models.clip.loading import load_clip
     from ..models.loading import resolve_device
-    from ..models.text.prompts import read_prompts
+    from ..utils.tokens import read_prompts
     if json_out:
         check_writable_parent(json_out)
     prompts = read_prompts((), prompts_file)

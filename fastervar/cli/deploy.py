@@ -23,7 +23,7 @@ THREADS = click.option("--threads", type=click.IntRange(min=0), default=0,
               help="Text bundles: prompts encoded elsewhere, 'embeddings' (N, T, C) float32 zero-padded and "
                    "'lengths' (N,); one image per row.")
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
-              help="Text bundles exported with a text encoder: a prompt; repeat for more images.")
+              help="Text bundles exported with --text-encoder: a prompt; repeat for more images.")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="Like --prompt, one per line of a file.")
 @click.option("--aspect", help="Text bundles: the aspect to draw, one the bundle holds [default: its first].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -38,7 +38,8 @@ THREADS = click.option("--threads", type=click.IntRange(min=0), default=0,
 def run(bundle, class_ids, classes_file, text_embeddings, prompts, prompts_file, aspect, seed, out_dir, provider,
         batch_size, threads, step_graphs, prepack) -> None:
     """Generate with an exported bundle: torch-free, on onnxruntime or TensorRT. A class bundle
-    takes --class/--classes; a text bundle --text-embeddings, at one --aspect it holds."""
+    takes --class/--classes; a text bundle --prompt/--prompts (when it holds a text encoder) or
+    --text-embeddings, at one --aspect it holds."""
     from ..bundle_contract import read_manifest
     from ..runtime.pipeline import Pipeline
     from ..utils.images import image_folder, write_pngs
@@ -57,16 +58,24 @@ def run(bundle, class_ids, classes_file, text_embeddings, prompts, prompts_file,
         if class_given:
             raise FastervarError(f"{bundle} is a text-to-image bundle: {class_given[0]} is for class bundles; give "
                                  f"--text-embeddings FILE.npz")
-        if prompts or prompts_file:
+        if (prompts or prompts_file) and manifest.text_encoder is None:
             raise FastervarError(f"{bundle} has no text encoder, so it cannot encode --prompt/--prompts: give "
-                                 f"--text-embeddings FILE.npz")
-        if not text_embeddings:
-            raise FastervarError("a text bundle needs --text-embeddings FILE.npz (one image per row)")
+                                 f"--text-embeddings FILE.npz, or export with --text-encoder DIR")
+        if (prompts or prompts_file) and text_embeddings:
+            raise FastervarError("--text-embeddings already holds the prompts: give it without --prompt/--prompts")
         if aspect is not None and aspect not in manifest.aspects:
             raise FastervarError(f"aspect {aspect!r} is not in {bundle}; it holds {', '.join(manifest.aspects)}")
-        from ..utils.embeddings import read_embeddings
-        emb, lengths = read_embeddings(text_embeddings)
-        conds = [row[:n] for row, n in zip(emb, lengths)]
+        if text_embeddings:
+            from ..utils.embeddings import read_embeddings
+            emb, lengths = read_embeddings(text_embeddings)
+            conds = [row[:n] for row, n in zip(emb, lengths)]
+        else:
+            from ..utils.tokens import read_prompts
+            conds = read_prompts(prompts, prompts_file)
+            if not conds:
+                raise FastervarError("a text bundle needs --prompt TEXT, --prompts FILE or --text-embeddings FILE.npz"
+                                     if manifest.text_encoder else
+                                     "a text bundle needs --text-embeddings FILE.npz (one image per row)")
     with image_folder(out_dir) as stage:
         pipe = Pipeline.from_bundle(bundle, provider=provider, threads=threads, prepack=prepack,
                                     chain=False if step_graphs else None)
@@ -113,17 +122,23 @@ def serve(bundle, host, port, provider, replicas, batch_wait_ms, max_body_bytes,
 @main.command("generate-batch")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), required=True,
-              help="File of class indices; image i is the i-th.")
+              help="File of class indices (a text bundle: of prompts, one per line); image i is the i-th.")
+@click.option("--aspect", help="Text bundles: the aspect to draw, one the bundle holds [default: its first].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for 000000.png, ...")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Ray Data workers, one Pipeline each.")
 @PROVIDER
 @THREADS
-def generate_batch(bundle, prompts_file, seed, out_dir, concurrency, provider, threads) -> None:
+def generate_batch(bundle, prompts_file, aspect, seed, out_dir, concurrency, provider, threads) -> None:
     """Generate many images on Ray Data; rerun the same command to resume (existing images are kept).
     With --provider cuda or tensorrt each worker is given a GPU."""
+    from ..bundle_contract import read_manifest
     from ..serve import generate_batch as run_batch
+    from ..utils.tokens import read_prompts
 
-    classes = parse_classes((), prompts_file)
-    written, skipped = run_batch(bundle, classes, seed, out_dir, concurrency, provider, threads)
+    text = read_manifest(bundle, verify=False).conditioning == "text"
+    conds = read_prompts((), prompts_file) if text else parse_classes((), prompts_file)
+    if not conds:
+        raise FastervarError(f"--prompts {prompts_file} holds no prompts")
+    written, skipped = run_batch(bundle, conds, seed, out_dir, concurrency, provider, threads, aspect=aspect)
     click.echo(f"wrote {written} images to {out_dir}" + (f" ({skipped} already there)" if skipped else ""))

@@ -36,8 +36,12 @@ from .workload import TextArgs, is_text_model, load_text_models, reject_other_ki
               help="Text-to-image: the pixel budget.")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="Text-to-image: the logit temperature baked in.")
+@click.option("--text-encoder", type=click.Path(file_okay=False), metavar="DIR",
+              help="Text-to-image: a Flan-T5 folder (config.json, weights, tokenizer.json) whose encoder goes into "
+                   "the bundle as a graph, so `run --prompt` and `serve` take prompts as text.")
 def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, profile_spec, out_dir, precision,
-           decoder_precision, calib_images, max_batch, tensorrt, cfg, top_k, top_p, aspect, pn, tau) -> None:
+           decoder_precision, calib_images, max_batch, tensorrt, cfg, top_k, top_p, aspect, pn, tau,
+           text_encoder) -> None:
     """Bake a profile into per-step ONNX graphs and a decoder graph: a bundle for `fastervar run`.
     A text-to-image model's bundle takes prompt embeddings and holds each --aspect asked."""
     import time
@@ -67,7 +71,7 @@ def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, p
         check_against(profile, view, sha if profile.model.get("weights_sha256") else None)
     path = export_bundle(model, profile, out_dir, sampling(model, cfg, top_k, top_p, tau=tau if text else None),
                          precision, max_batch, sha, tensorrt, decoder_precision=decoder_precision,
-                         calib_images=calib_images, aspects=others)
+                         calib_images=calib_images, aspects=others, text_encoder=text_encoder)
     size = sum(f.stat().st_size for f in path.iterdir())
     weights = sum(t.numel() * t.element_size() for part in model.state_parts() for t in part.state_dict().values())
     peak = peak_resident_bytes()

@@ -94,7 +94,8 @@ def load_text_models(model_name: str | None, checkpoint: str | None, vae_checkpo
 
 def prompt_set(text: TextArgs):
     """(bank, texts): the prompts encoded (or read as embeddings), and their texts if given."""
-    from ..models.text.prompts import read_prompts, text_batch
+    from ..models.text.prompts import text_batch
+    from ..utils.tokens import read_prompts
     texts = read_prompts(text.prompts, text.prompts_file)
     return text_batch(texts, text.text_encoder, text.text_embeddings), (texts or None)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,9 @@ from ..bundle_contract import (
     MANIFEST,
     NOISE,
     PRECISIONS,
+    TEXT,
+    TEXT_LENGTHS,
+    TOKEN_IDS,
     TOKENS,
     WEIGHTS,
     BundleError,
@@ -49,6 +53,8 @@ from .graphs import (
     DecoderGraph,
     StepGraph,
     StepIO,
+    TextEncoderGraph,
+    example_prompts,
     example_steps,
     plan_io,
     request_names,
@@ -151,13 +157,15 @@ def _compact(graph: onnx.GraphProto) -> None:
 def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, settings: SamplingSettings,
                   precision: str = "fp32", max_batch: int = 16, weights_sha256: str | None = None,
                   tensorrt: bool = False, progress: bool = True, decoder_precision: str | None = None,
-                  calib_images: int | None = None, aspects: Sequence[FamilyModel] = ()) -> Path:
+                  calib_images: int | None = None, aspects: Sequence[FamilyModel] = (),
+                  text_encoder: str | Path | None = None) -> Path:
     """Write a bundle for `model` under `profile` to `out`, atomically; returns its path.
 
     A text model's bundle holds one set of graphs per aspect: `model`'s, then each of `aspects`
     (the same weights on other aspect templates). `precision` int8 quantizes the transformer's
     linears and, unless `decoder_precision` says fp32, the decoder's convolutions (calibrated on
-    the model's generations, see `calibration_latents`)."""
+    the model's generations, see `calibration_latents`). `text_encoder`, a T5 folder, adds its
+    encoder as a graph and its tokenizer, so the bundle takes prompts as text."""
     if precision not in PRECISIONS:
         raise FastervarError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     if decoder_precision is not None and (decoder_precision not in DECODER_PRECISIONS or precision == "fp16"):
@@ -170,6 +178,9 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
                              f"(and an int8 decoder) are built for class-conditional models only")
     if aspects and not text:
         raise FastervarError("only a text-to-image model's bundle holds several aspects")
+    if text_encoder is not None and not text:
+        raise FastervarError("--text-encoder is for text-to-image models; this one takes class labels")
+    encoder = None if text_encoder is None else _load_text_encoder(Path(text_encoder), model)
     if tensorrt and "int8" in (precision, decoder):
         raise FastervarError("TensorRT plans are built from fp32/fp16 graphs; an int8 bundle runs on onnxruntime "
                              "(drop --tensorrt, or export fp16 for TensorRT)")
@@ -203,12 +214,25 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
             calibration = calibration_latents(views[0], settings, calib_images)
         with torch.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16"):
             _write_bundle(views, out, settings, (precision, decoder), max_batch, weights_sha256, tensorrt, progress,
-                          calibration)
+                          calibration, encoder)
     finally:
         model.to(device, dtype)
         if invariant is not None:
             model.batch_invariant = invariant
     return Path(out)
+
+
+def _load_text_encoder(folder: Path, model: FamilyModel):
+    """The T5 encoder of `folder` and its tokenizer file, checked against the model's text width."""
+    from ..models.text.t5 import load_encoder
+    if not (folder / "tokenizer.json").is_file():
+        raise FastervarError(f"--text-encoder {folder}: no tokenizer.json (save the tokenizer with the model)")
+    encoder = load_encoder(folder)
+    want = model.conditioning()["channels"]
+    if encoder.cfg.d_model != want:
+        raise FastervarError(f"--text-encoder {folder}: its embeddings are {encoder.cfg.d_model} wide; the model "
+                             f"takes {want}")
+    return encoder, folder / "tokenizer.json"
 
 
 def check_target(out_dir: str | Path) -> None:
@@ -243,9 +267,10 @@ def check_memory(model: FamilyModel, precision: str) -> None:
 
 def _write_bundle(views: list[AcceleratedModel], out: str | Path, settings: SamplingSettings,
                   precisions: tuple[str, str], max_batch: int, weights_sha256: str | None, tensorrt: bool,
-                  progress: bool, calibration: tuple[np.ndarray, dict] | None) -> None:
+                  progress: bool, calibration: tuple[np.ndarray, dict] | None, encoder=None) -> None:
     """Each graph is traced, quantized if asked, bound to the weights file and written before the
-    next is traced; one set of graphs per view (aspect), all bound to the one weights file.
+    next is traced; one set of graphs per view (aspect), all bound to the one weights file, and
+    the text encoder's graph when `encoder` (a T5 encoder and its tokenizer file) is given.
     `precisions` is (the steps', the decoder's)."""
     text = views[0].model.conditioning()["kind"] == "text"
     with atomic_dir(out) as tmp:
@@ -256,6 +281,7 @@ def _write_bundle(views: list[AcceleratedModel], out: str | Path, settings: Samp
             for acc in views:
                 prefix = aspect_name(acc.spec().aspect).replace(":", "x") + "-" if text else ""
                 sets.append(_write_set(acc, prefix, tmp, binder, settings, precisions, progress, calibration))
+            text_encoder = None if encoder is None else _write_text_encoder(*encoder, tmp, binder, views[0])
         finally:
             store.close()
         if tensorrt:
@@ -264,6 +290,7 @@ def _write_bundle(views: list[AcceleratedModel], out: str | Path, settings: Samp
         acc = views[0]
         manifest = _manifest(acc, settings, precisions[0], max_batch, weights_sha256, sets[0][0], store, tmp)
         manifest["decoder_calibration"] = calibration[1] if calibration else None
+        manifest["text_encoder"] = text_encoder
         if text:
             manifest["aspects"] = [{"name": aspect_name(v.spec().aspect), "h_div_w": v.spec().aspect,
                                     "grids": [list(g) for g in v.spec().grids], "engines": engines, "chain": chain}
@@ -313,6 +340,27 @@ def _write_set(acc: AcceleratedModel, prefix: str, tmp: Path, binder: ConstantBi
     finally:
         bar.close()                   # ends its line, so an error message starts on its own
     return ios, engines, chain
+
+
+def _write_text_encoder(encoder: torch.nn.Module, tokenizer: Path, root: Path, binder: ConstantBinder,
+                        acc: AcceleratedModel) -> dict:
+    """The T5 encoder as a graph (token ids and lengths in, the step graphs' embeddings out), in
+    fp32, and a copy of its tokenizer."""
+    encoder.to("cpu", torch.float32).eval()
+    graph_module = TextEncoderGraph(encoder)
+    vocab = encoder.cfg.vocab_size
+    ids, lengths = example_prompts(vocab, _EXAMPLE_BATCHES[0], _EXAMPLE_TEXT[0])
+    with torch.no_grad():
+        small = graph_module(*example_prompts(vocab, _EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1]))
+        text = graph_module(ids, lengths)
+    ins = [_spec(TOKEN_IDS, ids, ((_EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1]), ids.dtype)),
+           _spec(TEXT_LENGTHS, lengths, ((_EXAMPLE_BATCHES[1],), lengths.dtype))]
+    outs = [_spec(TEXT, text, (tuple(small.shape), small.dtype))]
+    graph, params = _trace(graph_module, (ids, lengths), ins, outs)
+    entry = _engine("text_encoder", None, graph, ins, outs, root, binder, params, "fp32")
+    shutil.copyfile(tokenizer, root / "tokenizer.json")
+    return {**entry, "tokenizer": "tokenizer.json", "tokenizer_sha256": file_sha256(root / "tokenizer.json"),
+            "max_length": acc.model.conditioning()["max_length"]}
 
 
 def _chain_engine(ios: list[StepIO], engines: list[dict], root: Path, request: tuple[str, ...], name: str) -> dict:

@@ -15,7 +15,15 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from ..bundle_contract import F_HAT, IMAGES, NOISE, TOKENS, state_name, step_noise, step_tokens
+from ..bundle_contract import (
+    F_HAT,
+    IMAGES,
+    NOISE,
+    TOKENS,
+    state_name,
+    step_noise,
+    step_tokens,
+)
 from ..errors import FastervarError
 from .graphs import StepIO
 

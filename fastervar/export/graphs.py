@@ -145,3 +145,20 @@ def example_steps(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSe
     f_hat = state.pop(F_HAT)
     state.clear()
     yield {F_HAT: f_hat, IMAGES: DecoderGraph(acc)(f_hat)}
+
+
+class TextEncoderGraph(nn.Module):
+    """Prompt token ids (padded) and lengths to the embeddings the step graphs take."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embed(ids, lengths)
+
+
+def example_prompts(vocab: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of `batch` prompts, the first `length` long, the others shorter."""
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(length))
+    return ids, (length - torch.arange(batch)).clamp(min=1)

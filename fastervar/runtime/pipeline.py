@@ -22,6 +22,7 @@ from ..bundle_contract import (
     NOISE,
     TEXT,
     TEXT_LENGTHS,
+    TOKEN_IDS,
     TOKENS,
     Manifest,
     read_manifest,
@@ -31,7 +32,15 @@ from ..bundle_contract import (
 )
 from ..errors import FastervarError
 from ..utils.noise import NoiseKey, batch_uniform, image_keys
-from .sessions import Engine, SharedWeights, check_provider, create_chain_engine, create_engines
+from ..utils.tokens import PromptTokenizer
+from .sessions import (
+    Engine,
+    OrtEngine,
+    SharedWeights,
+    check_provider,
+    create_chain_engine,
+    create_engines,
+)
 
 
 @dataclass
@@ -47,7 +56,7 @@ class RuntimeResult:
         return sum(self.step_seconds) + self.decode_seconds + self.graph_seconds
 
 
-Condition = int | np.ndarray       # a class index, or one prompt's (T, C) float32 embeddings
+Condition = int | str | np.ndarray   # a class index, a prompt, or one prompt's (T, C) float32 embeddings
 
 
 class Pipeline:
@@ -61,6 +70,7 @@ class Pipeline:
         self._weights: SharedWeights | None = None
         self._sets: dict[str | None, tuple[Manifest, dict[int, Engine], Engine | None, Engine | None]] = {}
         self._open(manifest.aspect)
+        self._encoder: tuple[PromptTokenizer, Engine] | None = None
 
     @classmethod
     def from_bundle(cls, path: str | Path, provider: str = "cpu", verify: bool = True,
@@ -107,6 +117,46 @@ class Pipeline:
         """The aspects a text bundle draws, default first ([] for a class-conditional bundle)."""
         return self.manifest.aspects
 
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether the bundle holds a text encoder, so prompts may be given as text."""
+        return self.manifest.text_encoder is not None
+
+    def count_tokens(self, prompt: str) -> int:
+        """How many tokens the bundle's tokenizer makes of `prompt`, before any cut."""
+        return self._text_encoder()[0].count(prompt)
+
+    def _text_encoder(self) -> tuple[PromptTokenizer, Engine]:
+        m = self.manifest
+        if m.text_encoder is None:
+            raise FastervarError(f"bundle {m.root} has no text encoder (export it with --text-encoder DIR), so it "
+                                 f"cannot encode prompts: give prompt embeddings")
+        if self._encoder is None:
+            path, max_length = m.tokenizer
+            provider = self.provider if self.provider in ("cpu", "cuda") else "cpu"
+            self._encoder = (PromptTokenizer.from_file(path, max_length),
+                             OrtEngine(m, m.text_encoder, self._weights, provider, self._threads))
+        return self._encoder
+
+    def encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Each prompt's (tokens, C) embeddings from the bundle's text encoder, in batches of at
+        most the bundle's maximum; a prompt's embeddings do not depend on its batch."""
+        m = self.manifest
+        tokenizer, engine = self._text_encoder()
+        bad = next((p for p in prompts if not isinstance(p, str) or not p.strip()), None)
+        if bad is not None:
+            raise FastervarError(f"a prompt must be non-empty text, got {bad!r}")
+        out = []
+        for lo in range(0, len(prompts), m.max_batch):
+            ids = tokenizer.ids(list(prompts[lo:lo + m.max_batch]))
+            lengths = np.array([len(i) for i in ids], dtype=np.int64)
+            batch = np.zeros((len(ids), int(lengths.max())), dtype=np.int64)
+            for row, i in zip(batch, ids):
+                row[:len(i)] = i
+            text = engine.run({TOKEN_IDS: batch, TEXT_LENGTHS: lengths})[TEXT]
+            out += [t[:n] for t, n in zip(text, lengths)]
+        return out
+
     def generate(self, classes: Sequence[int], seed: int = 0, batch_size: int | None = None,
                  first_index: int = 0) -> RuntimeResult:
         """One image per class index, in order; batches above the exported maximum are chunked.
@@ -124,12 +174,17 @@ class Pipeline:
         requests, and prompts of different lengths, can share a batch (a server batching requests)."""
         if not items:
             raise FastervarError("no classes given" if self.manifest.conditioning == "class" else "no prompts given")
+        m = self.manifest
         if aspect is not None and aspect not in self.aspects:
             raise FastervarError(f"aspect {aspect!r} is not in this bundle; it holds "
                                  f"{', '.join(self.aspects) or 'one shape only (a class-conditional bundle)'}")
-        conds = self._check_conditions([c for c, _, _ in items])
+        conds = [c for c, _, _ in items]
+        texts = [i for i, c in enumerate(conds) if isinstance(c, str)]
+        if texts and m.conditioning == "text":
+            for i, e in zip(texts, self.encode([conds[i] for i in texts])):
+                conds[i] = e
+        conds = self._check_conditions(conds)
         keys: list[NoiseKey] = [(int(s), int(i)) for _, s, i in items]
-        m = self.manifest
         chunk = min(batch_size or m.max_batch, m.max_batch)
         view = self._open(aspect if aspect is not None else m.aspect)
         parts = [self._chunk(view, conds[lo:lo + chunk], keys[lo:lo + chunk]) for lo in range(0, len(conds), chunk)]
@@ -145,8 +200,8 @@ class Pipeline:
         """Class indices in range, or prompt embeddings of the bundle's width and a usable length."""
         m = self.manifest
         if m.conditioning == "class":
-            if any(isinstance(c, np.ndarray) for c in conds):
-                raise FastervarError("this bundle is class-conditional: give class indices, not prompt embeddings")
+            if any(isinstance(c, np.ndarray | str) for c in conds):
+                raise FastervarError("this bundle is class-conditional: give class indices, not prompts")
             classes = [int(c) for c in conds]
             bad = [c for c in classes if not 0 <= c < m.num_classes]
             if bad:

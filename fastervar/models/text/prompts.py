@@ -35,17 +35,6 @@ def read_text_embeddings(path: str | Path) -> TextBatch:
     return TextBatch(torch.from_numpy(emb.copy()), torch.from_numpy(lengths))
 
 
-def read_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> list[str]:
-    """`--prompt` values, then the non-empty lines of `--prompts FILE`, in order."""
-    out = list(prompts)
-    if prompts_file:
-        try:
-            out += [line.strip() for line in Path(prompts_file).read_text().splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FastervarError(f"cannot read --prompts file {prompts_file}: {exc}") from None
-    return out
-
-
 def text_batch(prompts: list[str], text_encoder: str | None, embeddings_file: str | None) -> TextBatch:
     """The prompts encoded by the T5 folder, or the rows of an embeddings file (which then stand
     for the images, in order, and take no prompts)."""

@@ -12,7 +12,6 @@ the rows padding to 512 gives.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import FastervarError
+from ...utils.tokens import PromptTokenizer
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,12 @@ class T5Encoder(nn.Module):
             x = blk(x, bias)
         return self.final_layer_norm(x)
 
+    def embed(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids padded past each prompt's length to (B, L, d_model) embeddings, zero past
+        it: what Infinity reads, and what a bundle's text-encoder graph computes."""
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        return self(ids, mask).masked_fill(~mask[..., None], 0.0)
+
 
 
 
@@ -210,39 +216,17 @@ class TextEncoder:
     """Prompts to (embeddings, lengths) as `--text-embeddings` files hold them: (N, T, C) float32,
     zero past each prompt's true length (its tokens and `</s>`, at most `max_length`)."""
 
-    def __init__(self, encoder: T5Encoder, tokenizer, max_length: int = 512):
-        self.encoder, self.tokenizer, self.max_length = encoder, tokenizer, max_length
-        self._eos = tokenizer.token_to_id("</s>")
-        self._warned = False
+    def __init__(self, encoder: T5Encoder, tokenizer: PromptTokenizer):
+        self.encoder, self.tokenizer = encoder, tokenizer
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int = 512) -> TextEncoder:
-        from tokenizers import Tokenizer
-
         folder = Path(folder)
-        if not (folder / "tokenizer.json").is_file():
-            raise FastervarError(f"--text-encoder {folder}: no tokenizer.json (save the tokenizer with the model)")
-        try:
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        except Exception as exc:  # noqa: BLE001 -- tokenizers raises untyped errors for bad files
-            raise FastervarError(f"{folder / 'tokenizer.json'}: not a tokenizer ({str(exc).splitlines()[0]})") from None
-        return cls(load_encoder(folder), tokenizer, max_length)
+        tokenizer = PromptTokenizer.from_file(folder / "tokenizer.json", max_length)
+        return cls(load_encoder(folder), tokenizer)
 
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
-        """Each prompt's ids; one longer than `max_length` keeps its first `max_length - 1` tokens
-        and its closing `</s>`, as Hugging Face's T5 tokenizer truncates (warned once)."""
-        out = []
-        for prompt, enc in zip(prompts, self.tokenizer.encode_batch(prompts)):
-            ids = list(enc.ids)
-            if len(ids) > self.max_length:
-                if not self._warned:
-                    warnings.warn(f"a prompt of {len(ids)} tokens is longer than the encoder's {self.max_length}; "
-                                  f"it is cut to its first {self.max_length - 1} and </s> "
-                                  f"({prompt[:40]!r}...)", stacklevel=2)
-                    self._warned = True
-                ids = ids[: self.max_length - 1] + ids[-1:] if ids[-1] == self._eos else ids[: self.max_length]
-            out.append(ids)
-        return out
+        return self.tokenizer.ids(prompts)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -250,9 +234,7 @@ class TextEncoder:
         lengths = np.array([len(i) for i in ids], dtype=np.int64)
         width = int(lengths.max())
         batch = torch.zeros(len(ids), width, dtype=torch.long)
-        mask = torch.zeros(len(ids), width, dtype=torch.bool)
         for r, row in enumerate(ids):
             batch[r, :len(row)] = torch.tensor(row)
-            mask[r, :len(row)] = True
-        hidden = self.encoder(batch, mask).masked_fill(~mask[..., None], 0.0)
+        hidden = self.encoder.embed(batch, torch.from_numpy(lengths))
         return hidden.numpy().astype(np.float32), lengths
