@@ -184,3 +184,51 @@ def test_text_bundle_manifests_are_checked(bundles, tmp_path):
     ]:
         with pytest.raises(contract.BundleError, match=message.replace("(", r"\(")):
             contract.read_manifest(crafted(edit), verify=False)
+
+
+def test_int8_logits_stay_close_to_fp32_and_bits_agree():
+    """int8 block linears (self- and cross-attention, FFN, AdaLN, step input) against fp32 on the
+    same step inputs: logits within 3% (relative L2), bits agreeing at step 0 on 97% or more."""
+    from fastervar.export.closeness import closeness
+    model = random_infinity("infinity-tiny")
+    model.use_schedule(1.0, "0.06M")
+    acc = AcceleratedModel(model.eval(), template("infinity-paper-split", model))
+    rows = closeness(acc, model.default_settings(), "int8", batch=4)
+    assert len(rows) == model.num_steps
+    assert all(r.logits_rel_error < 0.03 for r in rows), rows
+    assert rows[0].token_agreement >= 0.97 and all(r.token_agreement >= 0.95 for r in rows), rows
+
+
+def test_int8_bundle_quantizes_every_block_linear_and_keeps_images_batch_invariant(files, tmp_path):
+    import onnx
+    out = tmp_path / "int8"
+    r = cli("export", *model_args(files), "--profile", "infinity-paper-split", "--precision", "int8",
+            "--calib-embeddings", files / "emb.npz", "--out", out)
+    assert r.exit_code == 0, r.output
+    m = contract.read_manifest(out)
+    assert m.data["precision"] == "int8" and m.decoder.precision == "int8"
+    assert m.data["decoder_calibration"]["source"] == "prompts" and m.data["decoder_calibration"]["images"] == 3
+    ops = [n.op_type for n in onnx.load(str(out / m.steps[1].graph), load_external_data=False).graph.node]
+    depth = random_infinity("infinity-tiny").depth
+    # per block: qkv, proj, cross q, cross kv, cross proj, fc1, fc2 (and the shared AdaLN, step input)
+    assert ops.count("MatMulInteger") >= 7 * depth, ops.count("MatMulInteger")
+    with np.load(files / "emb.npz") as data:
+        prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
+    pipe = Pipeline.from_bundle(out)
+    together = pipe.generate_items([(p, 0, i) for i, p in enumerate(prompts)])
+    alone = pipe.generate_items([(prompts[2], 0, 2)])
+    assert all(np.array_equal(a[2], b[0]) for a, b in zip(together.tokens, alone.tokens))
+    assert np.array_equal(together.images[2], alone.images[0])
+
+
+def test_export_refuses_what_text_bundles_do_not_support_in_one_line(files, tmp_path):
+    for args, message in [
+        (["--precision", "fp16"], "text-to-image bundles are exported in fp32 or int8"),
+        (["--precision", "int8"], "calibrates on its generations from prompts"),
+        (["--text-encoder", tmp_path], "no tokenizer.json"),
+    ]:
+        r = cli("export", *model_args(files), "--profile", "identity", *args, "--out", tmp_path / "b")
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "b").exists()
+    r = cli("export", "--model", "fashion-tiny", "--profile", "identity", "--aspect", "1:2", "--out", tmp_path / "b")
+    assert r.exit_code == 2 and "--aspect is for text-to-image models" in r.output, r.output

@@ -111,7 +111,7 @@ def test_int8_exports_that_cannot_complete_write_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr("onnxruntime.quantization.quantize_static", refuse)
     assert_bad_input(run(*base, "--out", str(out), "--precision", "int8", "--calib-images", "2"),
                      "int8 quantization of the decoder failed: Conv node 'x' has an unsupported input")
-    monkeypatch.setattr(quantize_mod, "linear_matmuls", lambda model: [])
+    monkeypatch.setattr(quantize_mod, "linear_matmuls", lambda model, pattern: [])
     assert_bad_input(run(*base, "--out", str(out), "--precision", "int8", "--decoder-precision", "fp32"),
                      "int8 quantization of step 0 failed")
     assert not out.exists() and not any(p.name.startswith(".b") for p in tmp_path.iterdir())

@@ -158,14 +158,15 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
                   precision: str = "fp32", max_batch: int = 16, weights_sha256: str | None = None,
                   tensorrt: bool = False, progress: bool = True, decoder_precision: str | None = None,
                   calib_images: int | None = None, aspects: Sequence[FamilyModel] = (),
-                  text_encoder: str | Path | None = None) -> Path:
+                  text_encoder: str | Path | None = None, calib_prompts=None) -> Path:
     """Write a bundle for `model` under `profile` to `out`, atomically; returns its path.
 
     A text model's bundle holds one set of graphs per aspect: `model`'s, then each of `aspects`
     (the same weights on other aspect templates). `precision` int8 quantizes the transformer's
     linears and, unless `decoder_precision` says fp32, the decoder's convolutions (calibrated on
-    the model's generations, see `calibration_latents`). `text_encoder`, a T5 folder, adds its
-    encoder as a graph and its tokenizer, so the bundle takes prompts as text."""
+    the model's generations, see `calibration_latents`: a text model's from `calib_prompts`, a
+    TextBatch). `text_encoder`, a T5 folder, adds its encoder as a graph and its tokenizer, so the
+    bundle takes prompts as text."""
     if precision not in PRECISIONS:
         raise FastervarError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     if decoder_precision is not None and (decoder_precision not in DECODER_PRECISIONS or precision == "fp16"):
@@ -173,9 +174,9 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
                              f"and is fp32 or int8")
     decoder = decoder_precision or ("int8" if precision == "int8" else precision)
     text = model.conditioning()["kind"] == "text"
-    if text and (precision, decoder) != ("fp32", "fp32"):
-        raise FastervarError(f"text-to-image bundles are exported in fp32 for now; --precision {precision} "
-                             f"(and an int8 decoder) are built for class-conditional models only")
+    if text and precision == "fp16":
+        raise FastervarError("text-to-image bundles are exported in fp32 or int8; fp16 is built for "
+                             "class-conditional models only")
     if aspects and not text:
         raise FastervarError("only a text-to-image model's bundle holds several aspects")
     if text_encoder is not None and not text:
@@ -211,7 +212,7 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
                                      f"bundles bake fixed step graphs, so it cannot be exported yet")
         calibration = None
         if decoder == "int8":
-            calibration = calibration_latents(views[0], settings, calib_images)
+            calibration = calibration_latents(views[0], settings, calib_images, prompts=calib_prompts)
         with torch.autocast("cpu", dtype=torch.float16, enabled=precision == "fp16"):
             _write_bundle(views, out, settings, (precision, decoder), max_batch, weights_sha256, tensorrt, progress,
                           calibration, encoder)
@@ -321,7 +322,7 @@ def _write_set(acc: AcceleratedModel, prefix: str, tmp: Path, binder: ConstantBi
             outs = [_spec(name, feeds[name], other[name]) for name in io_.outputs]
             graph, params = _trace(StepGraph(acc, io_, settings), tuple(feeds[n] for n in io_.inputs), ins, outs)
             del feeds
-            if precision == "int8" and not quantize_linears(graph):
+            if precision == "int8" and not quantize_linears(graph, acc.model.INT8_LINEARS):
                 raise FastervarError(f"int8 quantization of step {io_.step} failed: its graph has no "
                                      f"transformer linear layer to quantize")
             engines.append(_engine(f"{prefix}step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params,

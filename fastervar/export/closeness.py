@@ -61,12 +61,12 @@ def closeness(acc: AcceleratedModel, settings: SamplingSettings, precision: str,
         half = AcceleratedModel(copy.deepcopy(acc.model), acc.profile).cast_(torch.float16)
     ios = plan_io(acc)
     out = []
-    for io, feeds in zip(ios, example_steps(acc, ios, settings, batch)):
+    for io, feeds in zip(ios, example_steps(acc, ios, settings, batch, text_length=8)):
         graph, params = _probe(acc, io, settings, feeds)
         state = {n: feeds[n].numpy() for n in io.inputs}
         ref = _run(graph, state | params)
         if precision == "int8":
-            quantize_linears(graph)
+            quantize_linears(graph, acc.model.INT8_LINEARS)
             got = _run(graph, state | params)
         else:
             with torch.autocast("cpu", dtype=torch.float16):

@@ -38,11 +38,9 @@ from ..errors import FastervarError
 from .fold import ConstantBinder
 from .weights import WeightStore
 
-# Parameters whose MatMuls (and Gemms) are quantized: each block's four linears and its AdaLN
-# projection, and the step-input projection. The head and its AdaLN are left out on purpose: the
-# logits, which sampling reads, stay fp32.
-LINEAR_WEIGHT = re.compile(r"(^|\.)var\.(blocks\.\d+\.(attn\.mat_qkv|attn\.proj|ffn\.fc1|ffn\.fc2|ada_lin\.1)"
-                           r"|word_embed)\.weight$")
+# Which parameters' MatMuls (and Gemms) are quantized is the family's `INT8_LINEARS` pattern over the
+# traced parameter names: the blocks' linears, their AdaLN projection and the step-input projection.
+# The head and its AdaLN are left out on purpose: the logits, which sampling reads, stay fp32.
 # A weight is K x N (inputs x outputs): its scales reduce over the K rows, one per output channel.
 WEIGHT_SCALE_AXIS = 0
 _PASS_THROUGH = {"Transpose", "Cast", "Identity"}
@@ -55,9 +53,11 @@ def _plain_gemm(node: onnx.NodeProto) -> bool:
     return attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
 
 
-def linear_matmuls(model: onnx.ModelProto) -> list[int]:
+def linear_matmuls(model: onnx.ModelProto, pattern: str) -> list[int]:
     """Positions of the MatMul and plain Gemm nodes of a traced graph (weights still inputs) that
-    multiply by a transformer linear weight, possibly transposed or cast on the way."""
+    multiply by a transformer linear weight (a parameter name `pattern` matches), possibly
+    transposed or cast on the way."""
+    linear = re.compile(pattern)
     made_by = {o: n for n in model.graph.node for o in n.output}
     out = []
     for i, node in enumerate(model.graph.node):
@@ -66,7 +66,7 @@ def linear_matmuls(model: onnx.ModelProto) -> list[int]:
         name, producer = node.input[1], made_by.get(node.input[1])
         while producer is not None and producer.op_type in _PASS_THROUGH:
             name, producer = producer.input[0], made_by.get(producer.input[0])
-        if producer is None and LINEAR_WEIGHT.search(name):
+        if producer is None and linear.search(name):
             out.append(i)
     return out
 
@@ -80,11 +80,11 @@ def _constants(graph: onnx.GraphProto) -> dict[str, str]:
     return names
 
 
-def quantize_linears(model: onnx.ModelProto) -> int:
-    """Rewrite, in place and before binding, every transformer linear MatMul or Gemm into int8 (see
-    the module docstring); returns how many were rewritten."""
+def quantize_linears(model: onnx.ModelProto, pattern: str) -> int:
+    """Rewrite, in place and before binding, every transformer linear MatMul or Gemm (weights named
+    by `pattern`) into int8 (see the module docstring); returns how many were rewritten."""
     graph = model.graph
-    targets = set(linear_matmuls(model))
+    targets = set(linear_matmuls(model, pattern))
     if not targets:
         return 0
     c = _constants(graph)
@@ -206,20 +206,31 @@ def quantize_decoder(model: onnx.ModelProto, params: Mapping[str, np.ndarray], l
     return out
 
 
-def calibration_latents(acc, settings, calib_images: int | None, seed: int = 0) -> tuple[np.ndarray, dict]:
+def calibration_latents(acc, settings, calib_images: int | None, seed: int = 0,
+                        prompts=None) -> tuple[np.ndarray, dict]:
     """Final latents of the model's own generations under the exported profile, and how they were
-    drawn: the profile's calibration prompts when it has them and `calib_images` is not given,
-    else `calib_images` prompts spread over the classes (16 by default)."""
+    drawn. A class model: the profile's calibration prompts when it has them and `calib_images` is
+    not given, else `calib_images` prompts spread over the classes (16 by default). A text model:
+    the rows of `prompts` (a TextBatch), cycled or cut to `calib_images`."""
     from ..models.sampler import generate
 
     cal = acc.profile.calibration or {}
-    if calib_images is None and cal.get("classes") and cal.get("seeds"):
+    n = 16 if calib_images is None else calib_images
+    if acc.model.conditioning()["kind"] == "text":
+        if prompts is None or len(prompts) == 0:
+            raise FastervarError("an int8 decoder of a text-to-image model calibrates on its generations from "
+                                 "prompts: give --calib-embeddings F.npz or --text-encoder DIR, or "
+                                 "--decoder-precision fp32")
+        n = len(prompts) if calib_images is None else calib_images
+        rows = [i % len(prompts) for i in range(n)]
+        parts = [generate(acc, prompts.rows(rows), settings, seed=seed).f_hat] if n else []
+        how = {"source": "prompts", "prompts": n, "seeds": [seed]}
+    elif calib_images is None and cal.get("classes") and cal.get("seeds"):
         parts = [generate(acc, list(cal["classes"]), settings, seed=s).f_hat for s in cal["seeds"]]
         how = {"source": "the profile's calibration prompts", "classes": list(cal["classes"]),
                "seeds": list(cal["seeds"])}
     else:
-        n = 16 if calib_images is None else calib_images
-        classes = [(7 * i) % acc.model.cfg.var.num_classes for i in range(n)]
+        classes = [(7 * i) % acc.model.conditioning()["num_classes"] for i in range(n)]
         parts = [generate(acc, classes, settings, seed=seed).f_hat] if n else []
         how = {"source": "--calib-images", "classes": classes, "seeds": [seed]}
     latents = np.concatenate([p.float().cpu().numpy() for p in parts]) if parts else np.zeros((0,), np.float32)

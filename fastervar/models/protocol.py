@@ -91,6 +91,7 @@ class FamilyModel(StepModel, Protocol):
 
     family: str
     depth: int
+    INT8_LINEARS: str            # a regex over traced parameter names: the linears int8 bundles quantize
 
     def state_parts(self) -> tuple[torch.nn.Module, ...]: ...
 

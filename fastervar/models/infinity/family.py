@@ -151,6 +151,11 @@ class InfinityModel(nn.Module):
     def is_guided(self, cond: TextCondition, batch: int) -> bool:
         return cond.guided
 
+    # the linears an int8 bundle quantizes, by traced parameter name (see export/quantize.py): every
+    # block's self- and cross-attention and FFN linears, the shared AdaLN projection, the step input
+    INT8_LINEARS = (r"(^|\.)infinity\.(block_chunks\.\d+\.module\.\d+\.(sa\.(mat_qkv|proj)|ca\.(mat_q|mat_kv|proj)"
+                    r"|ffn\.(fc1|fc2))|shared_ada_lin\.1|word_embed)\.weight$")
+
     def conditioning(self) -> dict:
         return {"kind": "text", "channels": self.infinity.cfg.text_channels, "max_length": TEXT_MAXLEN}
 

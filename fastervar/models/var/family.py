@@ -109,6 +109,10 @@ class VARModel(nn.Module):
     def is_guided(self, cond: torch.Tensor, batch: int) -> bool:
         return cond.shape[0] != batch
 
+    # the linears an int8 bundle quantizes, by traced parameter name (see export/quantize.py)
+    INT8_LINEARS = (r"(^|\.)var\.(blocks\.\d+\.(attn\.mat_qkv|attn\.proj|ffn\.fc1|ffn\.fc2|ada_lin\.1)"
+                    r"|word_embed)\.weight$")
+
     def conditioning(self) -> dict:
         return {"kind": "class", "num_classes": self.var.num_classes}
 
