@@ -13,6 +13,12 @@ second copy of the weights), at each precision:
 
     python benchmarks/export_cost.py --models d16 --from-files out/d16files --precisions fp32,int8 \\
         --project "" --json benchmarks/results/export_cost_files_cpu.json
+
+Infinity-2B at full depth (8.8 GB of fp32 weights), from its files, at the 0.06M budget and one aspect:
+
+    python benchmarks/export_cost.py --models infinity-2b --from-files out/inf2b --profiles \\
+        infinity-paper-split,identity --precisions fp32,int8 --project "" \\
+        --json benchmarks/results/export_cost_infinity2b_cpu.json
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,33 +40,58 @@ from fastervar.memory import available_bytes
 from fastervar.models.var.configs import get_config
 from fastervar.models.var.family import VARModel
 
+INFINITY_SHAPE = ["--pn", "0.06M", "--aspect", "1:1"]      # what an Infinity export is asked for here
+
 
 def weight_bytes(name: str) -> int:
     """The fp32 bytes of a named model's tensors, counted on the meta device (no memory)."""
     with torch.device("meta"):
-        model = VARModel(get_config(name))
-    return sum(t.numel() * 4 for part in (model.var, model.vae) for t in part.state_dict().values())
+        if name.startswith("infinity"):
+            from fastervar.models.infinity.bsq import BSQVAE
+            from fastervar.models.infinity.configs import INFINITY_CONFIGS
+            from fastervar.models.infinity.transformer import Infinity
+            t_cfg, v_cfg = INFINITY_CONFIGS[name]
+            parts = (Infinity(t_cfg), BSQVAE(v_cfg))
+        else:
+            model = VARModel(get_config(name))
+            parts = (model.var, model.vae)
+    return sum(t.numel() * 4 for part in parts for t in part.state_dict().values())
 
 
 def write_files(model: str, folder: Path) -> list[str]:
     """The model's seeded random weights as two files in upstream's layout and names (written once),
     so that an export reads checkpoints as users have them; returns the export's options for them."""
-    var, vae = folder / f"var_{model}.pth", folder / "vae_ch160v4096z32.pth"
-    if not (var.exists() and vae.exists()):
-        from fastervar.models.loading import random_model
+    if model.startswith("infinity"):
+        main, vae = folder / f"{model.replace('-', '_')}_reg.pth", folder / "infinity_vae_d32reg.pth"
+    else:
+        main, vae = folder / f"var_{model}.pth", folder / "vae_ch160v4096z32.pth"
+    if not (main.exists() and vae.exists()):
         folder.mkdir(parents=True, exist_ok=True)
-        m = random_model(model)
-        torch.save(m.var.state_dict(), var)
-        torch.save(m.vae.state_dict(), vae)
+        if model.startswith("infinity"):
+            from fastervar.models.infinity.checkpoint import random_infinity
+            m = random_infinity(model)
+            torch.save(m.infinity.state_dict(), main)
+            torch.save({"vae": m.vae.state_dict()}, vae)
+        else:
+            from fastervar.models.loading import random_model
+            m = random_model(model)
+            torch.save(m.var.state_dict(), main)
+            torch.save(m.vae.state_dict(), vae)
         del m
-    return ["--checkpoint", str(var), "--vae-checkpoint", str(vae)]
+    return ["--checkpoint", str(main), "--vae-checkpoint", str(vae)]
 
 
-def export_once(model: str, profile: str, out: Path, files: Path | None = None, precision: str = "fp32") -> dict:
-    """One export in a child process: its wall time, peak RSS and bundle size."""
+def export_once(model: str, profile: str, out: Path, files: Path | None = None, precision: str = "fp32",
+                extra: Sequence[str] = ()) -> dict:
+    """One export in a child process, with `extra` options: its wall time, peak RSS and bundle size.
+    An int8 Infinity export without them keeps its decoder fp32 (its calibration needs prompts)."""
     exe = Path(sys.executable).with_name("fastervar")
     source = ["--model", model, "--random-weights"] if files is None else write_files(model, files)
-    cmd = [str(exe), "export", *source, "--profile", profile, "--precision", precision, "--out", str(out)]
+    shape = INFINITY_SHAPE if model.startswith("infinity") else []
+    if not extra and model.startswith("infinity") and precision == "int8":
+        extra = ["--decoder-precision", "fp32"]
+    cmd = [str(exe), "export", *source, *shape, "--profile", profile, "--precision", precision, *extra,
+           "--out", str(out)]
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = child.stdout.read()

@@ -94,13 +94,15 @@ class TorchRunner:
 
 
 class PipelineRunner:
-    """An exported bundle on the torch-free runtime."""
+    """An exported bundle on the torch-free runtime; for a text bundle, `prompts` (one (T, C)
+    embedding array per prompt) are what a batch's labels index."""
 
-    def __init__(self, pipeline):
-        self.pipeline = pipeline
+    def __init__(self, pipeline, prompts: Sequence[np.ndarray] | None = None):
+        self.pipeline, self.prompts = pipeline, prompts
 
     def __call__(self, batch: Batch) -> Run:
-        r = self.pipeline.generate_items([(c, s, i) for c, (s, i) in zip(batch.labels, batch.keys)])
+        conds = batch.labels if self.prompts is None else [self.prompts[c] for c in batch.labels]
+        r = self.pipeline.generate_items([(c, s, i) for c, (s, i) in zip(conds, batch.keys)])
         return Run(r.images, r.tokens, r.step_seconds, r.decode_seconds, r.graph_seconds)
 
 
