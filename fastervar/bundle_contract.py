@@ -2,7 +2,9 @@
 
 A bundle is a directory with `manifest.json`, one ONNX graph per executed scale step, a decoder
 graph, usually the whole generation joined into one graph, one shared weights file and, optionally,
-TensorRT plans. This module holds every tensor name the graphs exchange, the manifest's schema,
+TensorRT plans. A text-to-image bundle takes prompt embeddings instead of class labels and holds
+one such set of graphs per aspect (all reading the one weights file), and optionally its text
+encoder's graph with the tokenizer. This module holds every tensor name the graphs exchange, the manifest's schema,
 and the checks that make a bundle safe to open:
 - every path it names is relative and resolves inside the bundle (no absolute paths, no `..`, no
   symlink that leaves it);

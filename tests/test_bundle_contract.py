@@ -248,3 +248,16 @@ def test_the_manifest_export_writes_passes_the_contract(made):
     z, side = m.data["model"]["architecture"]["vae"]["z_channels"], patch_nums[-1]
     assert m.latent == ([z, side, side], "float32")
     assert all(m.noise_width(k) == p * p for k, p in enumerate(patch_nums))
+
+
+def test_a_format_2_bundle_still_loads_as_class_conditional(made, tmp_path):
+    """Format 3 added text bundles; a VAR bundle written before it (no `conditioning`) runs as is."""
+    def edit(m):
+        m["format"] = "fastervar-bundle/2"
+        m["model"].pop("conditioning")
+    m = contract.read_manifest(_craft(made, tmp_path, edit))
+    assert m.conditioning == "class" and m.num_classes == 10 and m.aspects == []
+    with pytest.raises(contract.BundleError, match="has no aspect '1:1'"):
+        m.at_aspect("1:1")
+    with pytest.raises(contract.BundleError, match="model.num_classes is missing"):
+        contract.read_manifest(_craft(made, tmp_path / "x", lambda m: m["model"].pop("num_classes")))
