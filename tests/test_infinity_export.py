@@ -5,26 +5,43 @@ batch; and the bad input `run` refuses in one line."""
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from fastervar import bundle_contract as contract
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.accel.presets import template
 from fastervar.cli import main
+from fastervar.errors import FastervarError
 from fastervar.models.infinity.checkpoint import random_infinity
 from fastervar.models.sampler import generate_batch
 from fastervar.models.text.prompts import TextBatch
 from fastervar.profile import identity
 from fastervar.runtime.pipeline import Pipeline
 from fastervar.utils.noise import image_keys
+
+from .test_bundle_contract import (
+    _OPENED_OUTSIDE,
+    _WATCH,
+    ODD_VALUES,
+    _apply,
+    _fresh,
+    _outside_refs,
+    _parent,
+    _paths,
+)
 
 ASPECTS = {"1:1": 1.0, "1:2": 0.5}
 LENGTHS = np.array([5, 2, 4])
@@ -54,12 +71,16 @@ def model_args(d):
 
 @pytest.fixture(scope="module")
 def bundles(files, tmp_path_factory):
-    """The identity bundle at one aspect; the paper's split and FastVAR's recipe at two."""
+    """The identity bundle at one aspect, with a tiny T5 encoder inside; the paper's split and
+    FastVAR's recipe at two aspects."""
+    from .test_t5 import tiny_t5_folder
     out = tmp_path_factory.mktemp("bundles")
+    t5 = tiny_t5_folder(out / "t5")
     made = {}
     for profile, aspects in (("identity", ["1:1"]), ("infinity-paper-split", ["1:1", "1:2"]),
                              ("infinity-fastvar", ["1:1", "1:2"])):
         flags = [x for a in aspects for x in ("--aspect", a)]
+        flags += ["--text-encoder", t5] if profile == "identity" else []
         r = cli("export", *model_args(files), *flags, "--profile", profile, "--out", out / profile)
         assert r.exit_code == 0, r.output
         made[profile] = (out / profile, aspects)
@@ -232,3 +253,68 @@ def test_export_refuses_what_text_bundles_do_not_support_in_one_line(files, tmp_
         assert not (tmp_path / "b").exists()
     r = cli("export", "--model", "fashion-tiny", "--profile", "identity", "--aspect", "1:2", "--out", tmp_path / "b")
     assert r.exit_code == 2 and "--aspect is for text-to-image models" in r.output, r.output
+
+
+@st.composite
+def text_mutations(draw, manifest: dict):
+    """A damaged text manifest (any field deleted or retyped, a path pointed outside) and the links
+    to make beside it."""
+    m = copy.deepcopy(manifest)
+    links: dict[str, str] = {}
+    kind = draw(st.sampled_from(["delete", "retype", "path", "link"]))
+    if kind in ("delete", "retype"):
+        path = draw(st.sampled_from(_paths(m)))
+        if kind == "delete":
+            del _parent(m, path)[path[-1]]
+        else:
+            _parent(m, path)[path[-1]] = draw(st.sampled_from(ODD_VALUES))
+    elif kind == "path":
+        fields = [("weights", "file"), ("text_encoder", "graph"), ("text_encoder", "tokenizer"),
+                  ("aspects", 0, "chain", "graph")]
+        fields += [("aspects", 0, "engines", i, "graph") for i in range(len(m["aspects"][0]["engines"]))]
+        path = draw(st.sampled_from(fields))
+        _parent(m, path)[path[-1]] = draw(st.sampled_from(_outside_refs(Path("OUTSIDE"))))
+        links["link-out"] = "OUTSIDE/tokenizer.json"
+    else:
+        victim = draw(st.sampled_from(["weights.bin", "1x1-step0.onnx", "1x1-chain.onnx", "tokenizer.json",
+                                       "text_encoder.onnx"]))
+        links[victim] = f"OUTSIDE/{victim}"
+    return m, links
+
+
+@pytest.fixture(scope="module")
+def text_made(bundles, tmp_path_factory):
+    """The identity text bundle, and beside it an 'outside' copy a damaged manifest might reach."""
+    root = tmp_path_factory.mktemp("text-contract")
+    shutil.copytree(bundles["identity"][0], root / "bundle")
+    shutil.copytree(bundles["identity"][0], root / "outside")
+    return root / "bundle"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_text_manifests_load_or_fail_in_one_line_and_never_open_outside(text_made, tmp_path, data):
+    outside = text_made.parent / "outside"
+    base = json.loads((text_made / contract.MANIFEST).read_text())
+    manifest, links = data.draw(text_mutations(base))
+    bundle = _fresh(text_made, tmp_path / "b")
+    _apply(bundle, outside, manifest, links)
+    _OPENED_OUTSIDE.clear()
+    _WATCH[:] = [outside.resolve()]
+    try:
+        pipe = Pipeline.from_bundle(bundle, chain=data.draw(st.sampled_from([None, False])))
+        result = pipe.generate_items([("a red fox", 0, 0)])
+    except FastervarError as exc:
+        assert str(exc) and "\n" not in str(exc), str(exc)
+        event("refused")
+    else:
+        event("loaded and ran")
+        assert result.images.shape[0] == 1
+        data_ = json.loads((bundle / contract.MANIFEST).read_text())
+        names = [data_["weights"]["file"], data_["text_encoder"]["graph"], data_["text_encoder"]["tokenizer"]]
+        names += [e["graph"] for a in data_["aspects"] for e in a["engines"]]
+        assert all((bundle / n).resolve().is_relative_to(bundle.resolve()) for n in names)
+    finally:
+        _WATCH.clear()
+    assert not _OPENED_OUTSIDE, f"opened outside the bundle: {_OPENED_OUTSIDE}"
