@@ -321,6 +321,33 @@ def _browser(tmp_path):
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
+def _generate(browser, wait) -> None:
+    """Click Generate and wait for the image (or the server's one line, which fails the test)."""
+    browser.find_element("id", "generate").click()
+    wait.until(lambda b: b.find_element("id", "time").text.startswith("generated in")
+               or b.find_element("id", "error").text)
+    assert not browser.find_element("id", "error").text
+
+
+def _pixels(browser) -> list:
+    """[width, height, RGBA bytes] of the image the page shows, as the browser decoded it."""
+    return browser.execute_script(
+        "const img = document.getElementById('image'); const c = document.createElement('canvas');"
+        "c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
+        "g.drawImage(img, 0, 0); return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)];")
+
+
+def _screenshot(browser, tmp_path: Path, name: str) -> Path:
+    """The page's screenshot, kept under FASTERVAR_SCREENSHOTS as `name` when that is set."""
+    shot = tmp_path / "page.png"
+    browser.save_screenshot(str(shot))
+    keep = os.environ.get("FASTERVAR_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / name)
+    return shot
+
+
 @pytest.mark.slow
 @pytest.mark.needs("ray.serve", "starlette")
 def test_the_served_page_draws_what_fastervar_run_draws_in_a_real_browser(bundle, ray_root, tmp_path):
@@ -342,24 +369,13 @@ def test_the_served_page_draws_what_fastervar_run_draws_in_a_real_browser(bundle
         seed = browser.find_element("id", "seed")
         seed.clear()
         seed.send_keys("2")
-        browser.find_element("id", "generate").click()
-        wait.until(lambda b: b.find_element("id", "time").text.startswith("generated in")
-                   or b.find_element("id", "error").text)
-        assert not browser.find_element("id", "error").text
+        _generate(browser, wait)
         png = base64.b64decode(browser.execute_async_script(
             "const done = arguments[0];"
             "fetch(document.getElementById('image').src).then(r => r.arrayBuffer()).then(buf => {"
             "  let s = ''; for (const b of new Uint8Array(buf)) s += String.fromCharCode(b); done(btoa(s)); });"))
-        rgba = browser.execute_script(
-            "const img = document.getElementById('image'); const c = document.createElement('canvas');"
-            "c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
-            "g.drawImage(img, 0, 0); return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)];")
-        shot = tmp_path / "page.png"
-        browser.save_screenshot(str(shot))
-        keep = os.environ.get("FASTERVAR_SCREENSHOTS")
-        if keep:
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(keep) / "served-page.png")
+        rgba = _pixels(browser)
+        shot = _screenshot(browser, tmp_path, "served-page.png")
         # the same key through the CLI's runtime
         out = tmp_path / "run"
         r = CliRunner().invoke(main, ["run", str(bundle), "--class", "3", "--seed", "2", "--out", str(out)])
@@ -413,20 +429,9 @@ def test_the_served_page_takes_a_typed_prompt_in_a_real_browser(text_bundle, ray
         seed = browser.find_element("id", "seed")
         seed.clear()
         seed.send_keys("3")
-        browser.find_element("id", "generate").click()
-        wait.until(lambda b: b.find_element("id", "time").text.startswith("generated in")
-                   or b.find_element("id", "error").text)
-        assert not browser.find_element("id", "error").text
-        rgba = browser.execute_script(
-            "const img = document.getElementById('image'); const c = document.createElement('canvas');"
-            "c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
-            "g.drawImage(img, 0, 0); return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)];")
-        shot = tmp_path / "page.png"
-        browser.save_screenshot(str(shot))
-        keep = os.environ.get("FASTERVAR_SCREENSHOTS")
-        if keep:
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(keep) / "served-page-prompt.png")
+        _generate(browser, wait)
+        rgba = _pixels(browser)
+        _screenshot(browser, tmp_path, "served-page-prompt.png")
         out = tmp_path / "run"
         r = CliRunner().invoke(main, ["run", str(text_bundle), "--prompt", "a red fox", "--aspect", "1:2", "--seed",
                                       "3", "--out", str(out)])
