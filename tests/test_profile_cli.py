@@ -75,13 +75,14 @@ def test_an_interrupted_calibration_resumes_without_judging_again(calibrated, tm
     monkeypatch.setattr(Searcher, "_judge", lambda self, p: counted(self, p, stop_after=5))
     r = run(*args, "--out", str(tmp_path / "p.json"))
     assert r.exit_code != 0 and not (tmp_path / "p.json").exists()
-    (judged,) = (tmp_path / "cache").glob("judged-*.json")
+    (judged,) = (tmp_path / "cache").glob("judged-*.json")      # the search's: nothing held out was judged yet
     assert len(json.loads(judged.read_text())["payload"]) == 5
     calls.clear()
     monkeypatch.setattr(Searcher, "_judge", lambda self, p: counted(self, p))
     r = run(*args, "--out", str(tmp_path / "p.json"))
     assert r.exit_code == 0, r.output
-    assert len(json.loads(judged.read_text())["payload"]) == 5 + len(calls)
+    both = sorted((tmp_path / "cache").glob("judged-*.json"))      # and the held-out images' judgements
+    assert len(both) == 2 and sum(len(json.loads(f.read_text())["payload"]) for f in both) == 5 + len(calls)
     assert [s.__dict__ for s in load(tmp_path / "p.json").steps] == [s.__dict__ for s in load(calibrated / "p.json").steps]
     calls.clear()                                    # everything judged: a third run runs no candidate
     r = run(*args, "--out", str(tmp_path / "q.json"))

@@ -10,8 +10,9 @@ import torch
 from .. import __version__
 from ..errors import FastervarError
 from ..evaluate.judge import JudgeFiles
-from ..models.sampling import SamplingSettings
+from ..evaluate.promises import beside, measured
 from ..models.protocol import FamilyModel
+from ..models.sampling import SamplingSettings
 from ..profile import Profile
 from ..utils.machine import environment as machine_environment
 from .report import equal_speed, write_report
@@ -107,5 +108,7 @@ def bench(model: FamilyModel, profile: Profile, pipelines: dict, settings: Sampl
     if quality != "none":
         result["equal_speed"] = equal_speed(result)
     result["attribution"] = attribution(result)
+    rows = result["variants"]
+    result["promised"] = beside(profile, measured(rows["baseline"], rows["accelerated"]))
     report = write_report(result, out_dir, samples, f"fastervar bench: {config}, profile {profile.name}")
     return result, report

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluate.promises import lines
 from ..utils.atomic import atomic_path
 from ..utils.images import save_png, tile_grid
 
@@ -189,6 +190,7 @@ def write_report(result: dict, out_dir: Path, sample_images: dict[str, np.ndarra
           ("Speedups are the baseline's time over the variant's, both measured in this run. Paired PSNR/SSIM "
            "compare each variant's image with the baseline's for the same prompt and noise."), "",
           table(result), "", *([attribution_line(result), ""] if result.get("attribution") else []),
+          *(["```", *lines(result["promised"], result["images"]), "```", ""] if result.get("promised") else []),
           *_equal_speed_section(result), "## Per-step time (seconds, all images)", "", step_table(result), "",
           "![per-step time](steps.png)", "", "![speed against quality](front.png)", "",
           "## Same seeds, every variant", "", "Rows, top to bottom: " + ", ".join(rows) + ".", "",

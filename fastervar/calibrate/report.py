@@ -80,9 +80,41 @@ def plot_front(tried: list[Candidate], chosen: Candidate, dest: Path) -> None:
     _save(fig, dest)
 
 
+def limits_table(measured: dict, max_quality_drop: float | None, max_accuracy_drop: float | None,
+                 max_clip_drop: float | None) -> list[str]:
+    """The chosen profile's measures on the search and held-out images, each as estimate with the
+    distance to its one-sided confidence bound, beside the limit it had to keep, and what margin
+    the search's size bought."""
+    search, held = measured["search"], measured.get("held_out")
+    rows = [("paired SSIM", "paired_ssim", max_quality_drop and f"drop <= {max_quality_drop:g}"),
+            ("class accuracy", "class_accuracy", max_accuracy_drop is not None and f"drop <= {max_accuracy_drop:g}"),
+            ("CLIP score", "clip_score", max_clip_drop is not None and f"drop <= {max_clip_drop:g}")]
+
+    def cell(d: dict | None, key: str) -> str:
+        if not d or d.get(key) is None:
+            return "-"
+        base = d.get(f"baseline_{key}")
+        return (f"{d[key]:.3f} -{d[f'{key}_margin']:.3f}" + (f" (baseline {base:.3f})" if base is not None else ""))
+
+    lines = ["", "## How sure (search and held-out images)", "",
+             f"Each limit is checked against the one-sided {search['confidence']:g} confidence bound of the drop "
+             f"on the {search['images']} search images (estimate -margin: a paired bootstrap over images), then "
+             + (f"re-checked by its estimate on the {held['images']} held-out images the search never saw."
+                if held else "not re-checked: no image was held out."), "",
+             "| measure | search | held out | limit |", "|---|---|---|---|"]
+    lines += [f"| {label} | {cell(search, key)} | {cell(held, key)} | {limit or '-'} |"
+              for label, key, limit in rows if search.get(key) is not None]
+    if held:
+        lines += ["", (f"Measured speedup on the held-out batch shapes: {held['measured_speedup_transformer']:.2f}x "
+                  f"on the scale steps, {held['measured_speedup_total']:.2f}x end to end.")]
+    lines += ["", ("Margins shrink as one over the square root of the images: four times the prompts or seeds "
+              "halves them.")]
+    return lines
+
+
 def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: list[Candidate], m: Measurements,
                  stages: dict[str, list[int]], spec: ModelSpec, batch: int, header: dict,
-                 peers: list[dict]) -> Path:
+                 peers: list[dict], limits: list[str] = ()) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     plot_convergence(m, stages, dest_dir / "convergence.png")
     plot_costs(spec, profile, batch, dest_dir / "cost_per_step.png")
@@ -98,6 +130,7 @@ def write_report(dest_dir: Path, profile: Profile, chosen: Candidate, tried: lis
               for k in range(len(m.semantic))]
     lines += ["", "![convergence](convergence.png)", "", "## Chosen profile", ""]
     lines += [f"- **{k}**: {v}" for k, v in chosen.row().items()]
+    lines += list(limits)
     lines += ["", "![cost per step](cost_per_step.png)", "", "## Against the peers at equal predicted speed (+-10%)", "",
               ("Our closest candidate to the baseline within 10% of each peer recipe's predicted speedup, judged "
                "on the same prompts and noise (paired to the baseline; feature shift: the judge's mean features, "

@@ -25,10 +25,12 @@ from ..models.sampling import SamplingSettings
 from ..profile import Profile, model_identity
 from ..timing import TorchRunner, batches, clock_context, interleaved, speedup
 from ..utils.atomic import atomic_dir
+from .confidence import DEFAULT_CONFIDENCE, DEFAULT_HOLDOUT, split
 from .decision_fit import check_enough, fit_decision, geometry
+from .holdout import Limits, confirm, figures, judged, preference
 from .latency import FEATURES, cached_clock, cached_latency, warn
 from .measure import Measurements, cache_key, measure
-from .report import write_report
+from .report import limits_table, write_report
 from .search import (
     JUDGED_VERSION,
     Candidate,
@@ -37,6 +39,7 @@ from .search import (
     Searcher,
     closest,
     equal_speed_comparison,
+    pooled,
     search,
     stage_split,
 )
@@ -77,17 +80,19 @@ def measured_speedups(model: FamilyModel, profile: Profile, classes: Sequence[in
 
 
 def verify_speed(measure: Callable[[Profile], tuple[float, float]], chosen: Candidate, tried: list[Candidate],
-                 target: float, tries: int = 3) -> tuple[Candidate, float, float]:
+                 target: float, tries: int = 3,
+                 pick: Callable[[list[Candidate]], Candidate | None] = closest) -> tuple[Candidate, float, float]:
     """The latency model prices candidates, the clock decides: while the chosen profile measures
-    short of the target on the scale steps, choose again (see `closest`) among the candidates
-    already judged that are priced faster by as much as the model over-priced; where there is none,
-    keep it and say so. Returns the choice and its measured (scale-step, end-to-end) speedups."""
+    short of the target on the scale steps, choose again (`pick`: the closest, or the closest that
+    holds on the held-out images) among the candidates already judged that are priced faster by as
+    much as the model over-priced; where there is none, keep it and say so. Returns the choice and
+    its measured (scale-step, end-to-end) speedups."""
     steps, total = measure(chosen.profile)
     for _ in range(tries):
         if steps >= target:
             break
         need = target * chosen.speedup / steps
-        faster = closest([c for c in tried if c.meets and c.speedup >= need])
+        faster = pick([c for c in tried if c.meets and c.speedup >= need])
         if faster is None:
             break
         tqdm.write(f"measured {steps:.2f}x on the scale steps, short of {target:g}x: choosing among candidates "
@@ -141,6 +146,8 @@ class CalibrationRequest:
     fit_decision: bool = False          # a per-image rule (SkipVAR's kind) instead of one plan for all
     clip_dir: Path | None = None        # a CLIP folder: CLIP-feature shift, and with texts the CLIP score
     max_clip_drop: float | None = None  # CLIP score points the profile may lose
+    holdout: float = DEFAULT_HOLDOUT    # the share of the images the search never sees (see `confidence.split`)
+    confidence: float = DEFAULT_CONFIDENCE   # of each limit's bound on the search images (0: estimates)
 
 
 def _measurements(model: FamilyModel, r: CalibrationRequest, sha: str, judge, prompt_id: str | None) \
@@ -193,11 +200,25 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     m, cache = _measurements(model, r, sha, judge, prompt_id)
     measured = [_measurements(other, r, sha, judge, prompt_id) for other in r.aspects]
     others = [(other, om) for other, (om, _) in zip(r.aspects, measured)]
-    judged_context = {"judged": JUDGED_VERSION, "batch": batch,
-                      "measurements": [cache.stem, *(path.stem for _, path in measured)],
-                      **({"clip": clip_identity(r.clip_dir), "clip_texts": clip.texts} if clip else {})}
-    tag = hashlib.sha256(json.dumps(judged_context).encode()).hexdigest()[:8]
-    judged = JudgedCache(cache_dir / f"judged-{cache.stem.removeprefix('measure-')}-{tag}.json", judged_context)
+    search_images, held_images = split(len(classes) * len(seeds), r.holdout)
+    if not held_images:
+        warn(f"no image is held out ({len(classes) * len(seeds)} calibration images, --holdout {r.holdout:g}): "
+             "the profile's figures are the search's own; give more prompts or seeds for a held-out check")
+
+    def judged_cache(images: list[int] | None) -> JudgedCache:
+        context = {"judged": JUDGED_VERSION, "batch": batch,
+                   "measurements": [cache.stem, *(path.stem for _, path in measured)],
+                   **({"clip": clip_identity(r.clip_dir), "clip_texts": clip.texts} if clip else {}),
+                   **({"images": images} if images is not None else {})}
+        tag = hashlib.sha256(json.dumps(context).encode()).hexdigest()[:8]
+        return JudgedCache(cache_dir / f"judged-{cache.stem.removeprefix('measure-')}-{tag}.json", context)
+
+    def searcher_on(images: list[int] | None, **more) -> Searcher:
+        s = Searcher(model, m, {}, classes, seeds, settings, batch, judge, latency=latency, bank=bank, aspects=others,
+                     judged=judged_cache(images), clip=clip and (clip.subset(images) if images else clip),
+                     images=images, confidence=r.confidence, **more)
+        s.stages = stages
+        return s
     timing_labels = [c for _ in seeds for c in classes][:batch]
     latency = None
     if cost_model == "latency":
@@ -205,11 +226,10 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
         tqdm.write(("reusing the latency model" if reused else "fitted a latency model")
                    + f" for this machine (probe totals within {latency.fit_error:.0%} of measured)")
     bar = tqdm(desc="searching profiles", unit="cand")
-    searcher = Searcher(model, m, {}, classes, seeds, settings, batch, judge,
-                        on_candidate=lambda c: bar.update(), latency=latency, bank=bank, aspects=others,
-                        judged=judged, clip=clip)
+    stages = stage_split(pooled([m, *(om for _, om in others)], [len(m.final_images)] * (1 + len(others))))
+    searcher = searcher_on(search_images if held_images else None, on_candidate=lambda c: bar.update())
+    held = searcher_on(held_images) if held_images else None
     m = searcher.m                      # pooled over the aspects, when there are several
-    searcher.stages = stages = stage_split(m)
     try:
         peers = {p.name.removeprefix(f"{spec.config}-"): searcher.score(p) for p in peer_profiles(spec)}
         if match_peer is not None and match_peer not in peers:
@@ -227,13 +247,37 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     finally:
         bar.close()
     comparison = equal_speed_comparison(list(peers.values()), tried)
+    limits = Limits(target_speedup, max_quality_drop, max_accuracy_drop)
+    held_cand = None
+    if held is not None and not fitted:
+        chosen, held_cand = confirm(held, preference(tried, target_speedup), limits)
+    elif held is not None:              # a fitted rule is not chosen among candidates: its figures say how it holds
+        held_cand = judged(held, chosen)
+
+    def pick(pool: list[Candidate]) -> Candidate | None:
+        if held is None:
+            return closest(pool)
+        try:
+            return confirm(held, preference(pool, target_speedup), limits)[0]
+        except FastervarError:
+            return None
+
     clock = cached_clock(lambda p: measured_speedups(model, p, list(classes), settings, batch, bank=bank), cache_dir,
                          cache.stem,
                          clock_context(model, batch))
     if target_speedup is None:
         steps_speed, speed = clock(chosen.profile)
     else:
-        chosen, steps_speed, speed = verify_speed(clock, chosen, tried, target_speedup)
+        chosen, steps_speed, speed = verify_speed(clock, chosen, tried, target_speedup, pick=pick)
+        if held is not None and not fitted:
+            held_cand = judged(held, chosen)
+    held_speed = None
+    if held is not None:                # the held-out images' batch shapes, timed the same way
+        held_labels = [c for c, _ in held.prompts]
+        held_batch = min(batch, len(held_labels))
+        held_speed = cached_clock(lambda p: measured_speedups(model, p, held_labels, settings, held_batch, bank=bank),
+                                  cache_dir, f"{cache.stem}-held",
+                                  {**clock_context(model, held_batch), "images": held_images})(chosen.profile)
     profile = chosen.profile
     profile.name = name or f"{spec.config}-calibrated" + ("-decision" if fitted else "")
     profile.model = model_identity(spec, sha)
@@ -254,6 +298,9 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                    **({"max_clip_drop": r.max_clip_drop} if clip else {})},
         **({"clip": str(r.clip_dir), "baseline_clip_score": clip.base_score} if clip else {}),
         "measured_stages": stages, "candidates_tried": len(tried),
+        "holdout": {"share": r.holdout, "search_images": len(searcher.images), "held_out_images": len(held_images),
+                    "rule": "every image at which (i + 1) x share passes an integer, along the seed-major list"},
+        "confidence": r.confidence,
         "convergence": {"semantic": m.semantic.tolist(), "structure": m.structure.tolist(),
                         "guidance_tv": m.guidance_tv.tolist()},
         "baseline_class_accuracy": searcher.base_accuracy,
@@ -269,6 +316,10 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                         "measured_speedup_transformer": steps_speed, "measured_speedup_total": speed,
                         "paired_ssim": chosen.ssim, "paired_psnr": chosen.psnr,
                         "class_accuracy": chosen.class_accuracy, "feature_shift": chosen.shift,
+                        "search": figures(searcher, chosen),
+                        "held_out": held_cand and {**figures(held, held_cand),
+                                                   "measured_speedup_transformer": held_speed[0],
+                                                   "measured_speedup_total": held_speed[1]},
                         **({"feature_shift_from": "CLIP image embeddings", "clip_score": chosen.clip_score,
                             "clip_score_drop": None if chosen.clip_score is None else clip.base_score - chosen.clip_score}
                            if clip else {})}
@@ -280,6 +331,10 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                              f"latency model fitted to {len(FEATURES)} counts ({', '.join(FEATURES)}) from probe "
                              f"runs timed on {latency.machine}; probe totals within {latency.fit_error:.0%}"),
               "measured speedup (wall, end to end)": f"{speed:.2f}x",
+              "images": (f"{len(searcher.images)} searched, {len(held_images)} held out (--holdout {r.holdout:g}); "
+                         f"each limit checked on the search images at {r.confidence:g} confidence, then on the "
+                         "held-out images" if held_images else
+                         f"{len(searcher.images)}, none held out; limits checked at {r.confidence:g} confidence"),
               "baseline class accuracy": searcher.base_accuracy,
               "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None,
               **({"CLIP": f"{r.clip_dir} (feature shift on its image embeddings)",
@@ -288,6 +343,8 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                   "CLIP score may drop by at most": r.max_clip_drop} if clip else {}),
               **({"decision fit": fitted} if fitted else {})}
     with atomic_dir(r.report_dir) as stage:
-        write_report(stage, profile, chosen, tried, m, stages, spec, batch, header, comparison)
+        write_report(stage, profile, chosen, tried, m, stages, spec, batch, header, comparison,
+                     limits_table(profile.measured, max_quality_drop, max_accuracy_drop
+                                  if searcher.base_accuracy is not None else None, r.max_clip_drop if clip else None))
         profile.save(r.out)
     return profile, r.report_dir / "report.md"

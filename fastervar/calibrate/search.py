@@ -29,6 +29,7 @@ from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity
 from ..timing import Batch, TorchRunner
+from .confidence import bounds
 from .latency import LatencyModel, read_cache, warn, write_cache
 from .measure import Measurements
 
@@ -65,6 +66,14 @@ class Candidate:
     meets: bool = False
     clip_score: float | None = None   # mean CLIP score against the prompts, with --clip and prompt texts
     extra: dict = field(default_factory=dict)
+    # per measure ("ssim", "class_accuracy", "clip_score"): how far its one-sided confidence bound
+    # lies from the estimate, on the images it was judged on (see `confidence.margin`)
+    margins: dict = field(default_factory=dict)
+
+    def low(self, name: str) -> float | None:
+        """A measure's lower confidence bound (the estimate less its margin): what limits check."""
+        value = getattr(self, name)
+        return None if value is None else value - self.margins.get(name, 0.0)
 
     def row(self) -> dict:
         k = self.knobs
@@ -74,7 +83,8 @@ class Candidate:
         return {**knobs, "predicted_speedup": self.speedup, "predicted_speedup_total": self.speedup_total,
                 "flops_speedup": self.extra.get("flops_speedup", self.speedup),
                 "paired_ssim": self.ssim, "paired_psnr": self.psnr, "class_accuracy": self.class_accuracy,
-                "feature_shift": self.shift, "clip_score": self.clip_score, "meets_target": self.meets}
+                "feature_shift": self.shift, "clip_score": self.clip_score,
+                **{f"{name}_margin": m for name, m in self.margins.items()}, "meets_target": self.meets}
 
 
 def stage_split(m: Measurements, semantic_at: float = 0.95, structure_at: float = 0.6) -> dict[str, list[int]]:
@@ -159,21 +169,28 @@ class ClipJudging:
                                  "(--prompts with --text-encoder; a class model needs class names)")
         self.feats, self.texts, self.max_drop = feats, list(texts) if texts else None, max_drop
         self.base_feats: np.ndarray | None = None
+        self.base_scores: np.ndarray | None = None
         self.base_score: float | None = None
+
+    def subset(self, images: Sequence[int]) -> ClipJudging:
+        """The same judging on some of the calibration images (a search or held-out set)."""
+        return ClipJudging(self.feats, self.texts and [self.texts[i] for i in images], self.max_drop)
 
     def set_baseline(self, images: list[np.ndarray]) -> None:
         self.base_feats = self.feats.images(images)
-        self.base_score = self._score(images)
+        self.base_scores = self._scores(images)
+        self.base_score = None if self.base_scores is None else float(self.base_scores.mean())
 
-    def _score(self, images: list[np.ndarray]) -> float | None:
+    def _scores(self, images: list[np.ndarray]) -> np.ndarray | None:
         from ..evaluate.clip_metrics import clip_scores
         if not self.texts:
             return None
         texts = self.texts * (len(images) // len(self.texts))      # every aspect draws the same prompts
-        return float(clip_scores(self.feats, images, texts).mean())
+        return np.asarray(clip_scores(self.feats, images, texts), dtype=np.float64)
 
-    def judge(self, images: list[np.ndarray]) -> tuple[float, float | None]:
-        return feature_shift(self.base_feats, self.feats.images(images)), self._score(images)
+    def judge(self, images: list[np.ndarray]) -> tuple[float, np.ndarray | None]:
+        """(feature shift, each image's CLIP score or None)."""
+        return feature_shift(self.base_feats, self.feats.images(images)), self._scores(images)
 
 
 # Bump when a change to the accelerator or the metrics changes what a profile draws or scores: the
@@ -210,24 +227,35 @@ class JudgedCache:
 
 
 def _judgement_ok(v) -> bool:
-    return (isinstance(v, dict) and isinstance(v.get("ssims"), list) and bool(v["ssims"])
-            and all(isinstance(x, (int, float)) for x in v["ssims"]) and isinstance(v.get("psnr"), (int, float))
-            and all(v.get(k) is None or isinstance(v[k], (int, float)) for k in ("class_accuracy", "shift", "clip_score")))
+    """Well-formed, with the per-image figures the margins need for each measure it has."""
+    def numbers(x) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(e, (int, float)) for e in x)
+    return (isinstance(v, dict) and numbers(v.get("ssims")) and isinstance(v.get("psnr"), (int, float))
+            and all(v.get(k) is None or isinstance(v[k], (int, float)) for k in ("class_accuracy", "shift", "clip_score"))
+            and (v.get("class_accuracy") is None or numbers(v.get("correct")))
+            and (v.get("clip_score") is None or numbers(v.get("clip_scores"))))
 
 
 class Searcher:
     """Evaluates candidates on the calibration prompts against the measured baseline. `aspects`
     adds the same weights on other aspect templates of the budget, each with its measurements: a
     candidate then keeps a share of tokens (fitting every aspect) and is judged on every image of
-    every aspect."""
+    every aspect. `images` picks positions of the calibration list (a search or held-out set; all
+    by default), each image keeping the noise of its position; `confidence` sets the margins that
+    each candidate's measures carry (0: none)."""
 
     def __init__(self, model: FamilyModel, m: Measurements, stages: dict[str, list[int]], classes: Sequence[int],
                  seeds: Sequence[int], settings: SamplingSettings, batch: int,
                  judge: ClassifierFeatures | None,
                  on_candidate: Callable[[Candidate], None] | None = None, latency: LatencyModel | None = None,
                  bank=None, aspects: Sequence[tuple[FamilyModel, Measurements]] = (),
-                 judged: JudgedCache | None = None, clip: ClipJudging | None = None):
+                 judged: JudgedCache | None = None, clip: ClipJudging | None = None,
+                 images: Sequence[int] | None = None, confidence: float = 0.0):
+        prompts = [(c, s) for s in seeds for c in classes]
+        self.images = list(range(len(prompts)) if images is None else images)
+        self.confidence = confidence
         self.parts = [(model, m), *aspects]
+        self.base_images = [pm.final_images[self.images] for _, pm in self.parts]
         self.judged = judged
         self.clip = clip
         self.model, self.stages, self.settings, self.batch = model, stages, settings, batch
@@ -235,11 +263,11 @@ class Searcher:
         self.shares = bool(aspects)
         self.bank = bank                  # a text model's prompt set: `classes` index its rows
         self.latency = latency
-        self.prompts = [(c, s) for s in seeds for c in classes]
+        self.prompts = [prompts[i] for i in self.images]
         # the measurement run keyed image i's noise by (its seed, its position in the prompt list)
-        self.work = [Batch(tuple(c for c, _ in self.prompts[lo:lo + batch]),
-                           tuple((s, lo + j) for j, (_, s) in enumerate(self.prompts[lo:lo + batch])), 0)
-                     for lo in range(0, len(self.prompts), batch)]
+        keyed = [(prompts[i][0], (prompts[i][1], i)) for i in self.images]
+        self.work = [Batch(tuple(c for c, _ in keyed[lo:lo + batch]), tuple(k for _, k in keyed[lo:lo + batch]), 0)
+                     for lo in range(0, len(keyed), batch)]
         if judge is not None and aspects:
             raise FastervarError("a judge scores one image shape: calibrate with a judge on one aspect")
         self.judge = judge
@@ -248,12 +276,13 @@ class Searcher:
         self.by_plan: dict[str, Candidate] = {}     # knobs that build the same steps share one run
         self.base_profile = identity(model)
         self.labels = np.array([c for c, _ in self.prompts])
-        self.base_accuracy = self.base_features = None
+        self.base_accuracy = self.base_features = self.base_correct = None
         if judge is not None:
-            self.base_features, classes_seen = judge.features_and_classes(m.final_images)
-            self.base_accuracy = float((classes_seen == self.labels).mean())
+            self.base_features, classes_seen = judge.features_and_classes(self.base_images[0])
+            self.base_correct = (classes_seen == self.labels).astype(np.float64)
+            self.base_accuracy = float(self.base_correct.mean())
         if clip is not None:
-            clip.set_baseline([im for _, pm in self.parts for im in pm.final_images])
+            clip.set_baseline([im for base in self.base_images for im in base])
 
     @property
     def selectors(self) -> tuple[str, ...]:
@@ -274,10 +303,10 @@ class Searcher:
         """(the profile's images, the baseline's) per aspect, each image with the noise the
         measurement run gave it."""
         out = []
-        for model, m in self.parts:
+        for (model, _), base in zip(self.parts, self.base_images):
             run = TorchRunner(AcceleratedModel(model, profile, self._covariances(profile)), self.settings,
                               prompts=self.bank)
-            out.append((np.concatenate([run(b).images for b in self.work]), m.final_images))
+            out.append((np.concatenate([run(b).images for b in self.work]), base))
         return out
 
     def _covariances(self, profile: Profile) -> dict:
@@ -321,25 +350,33 @@ class Searcher:
             if self.judged is not None:
                 self.judged.put(profile, j)
         ssims = np.asarray(j["ssims"])
+        drops = {"ssim": 1.0 - ssims}
+        if j["class_accuracy"] is not None:
+            drops["class_accuracy"] = self.base_correct - np.asarray(j["correct"])
+        if j.get("clip_score") is not None:
+            drops["clip_score"] = self.clip.base_scores - np.asarray(j["clip_scores"])
         return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssims.mean()), j["psnr"],
                          j["class_accuracy"], j["shift"], clip_score=j.get("clip_score"),
-                         extra={"flops_speedup": flops["transformer"], "per_image_ssim": ssims})
+                         extra={"flops_speedup": flops["transformer"], "per_image_ssim": ssims},
+                         margins=bounds(drops, self.confidence))
 
     def _judge(self, profile: Profile) -> dict:
         """Run the profile on the calibration prompts and compare with the baseline's images."""
         pairs = self._images(profile)
-        acc = shift = None
+        acc = shift = correct = scores = None
         if self.judge is not None:
             feats, classes_seen = self.judge.features_and_classes(pairs[0][0])
-            acc = float((classes_seen == self.labels).mean())
+            correct = (classes_seen == self.labels).astype(float).tolist()
+            acc = float(np.mean(correct))
             shift = float(feature_shift(self.base_features, feats))
         ssims = np.concatenate([ssim(imgs, base) for imgs, base in pairs])
         psnrs = [mean_psnr(imgs, base) * len(imgs) for imgs, base in pairs]
-        clip_score = None
         if self.clip is not None:       # CLIP's view of the distribution replaces the judge's
-            shift, clip_score = self.clip.judge([im for imgs, _ in pairs for im in imgs])
+            shift, scores = self.clip.judge([im for imgs, _ in pairs for im in imgs])
         return {"ssims": [float(x) for x in ssims], "psnr": float(sum(psnrs) / len(ssims)),
-                "class_accuracy": acc, "shift": shift, "clip_score": clip_score}
+                "class_accuracy": acc, "shift": shift, "correct": correct,
+                "clip_score": None if scores is None else float(scores.mean()),
+                "clip_scores": None if scores is None else scores.tolist()}
 
     @property
     def clip_limit(self) -> tuple[float, float] | None:
@@ -353,30 +390,34 @@ def meets(c: Candidate, target_speedup: float | None, max_drop: float | None, ba
           clip_limit: tuple[float, float] | None = None) -> bool:
     """The target: a speedup to reach, or a paired-SSIM drop not to exceed; never lose class accuracy;
     with a rival (the peer `--match-peer` names), be at least as close as it on SSIM and feature shift;
-    with `clip_limit` (baseline CLIP score, largest drop), keep the CLIP score."""
-    if base_accuracy is not None and c.class_accuracy is not None and c.class_accuracy < base_accuracy - max_accuracy_drop:
+    with `clip_limit` (baseline CLIP score, largest drop), keep the CLIP score. Each limit is
+    checked against the drop's upper confidence bound (`Candidate.low`), not its estimate."""
+    if base_accuracy is not None and c.class_accuracy is not None and c.low("class_accuracy") < base_accuracy - max_accuracy_drop:
         return False
-    if clip_limit is not None and c.clip_score is not None and c.clip_score < clip_limit[0] - clip_limit[1]:
+    if clip_limit is not None and c.clip_score is not None and c.low("clip_score") < clip_limit[0] - clip_limit[1]:
         return False
     if rival is not None and (c.ssim < rival.ssim or (c.shift is not None and rival.shift is not None
                                                       and c.shift > rival.shift)):
         return False
     if target_speedup is not None:
         return c.speedup >= target_speedup
-    return (1.0 - c.ssim) <= max_drop
+    return (1.0 - c.low("ssim")) <= max_drop
+
+
+def ranked(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates from the closest to the baseline on paired SSIM and judge-feature shift together:
+    the lowest sum of their two ranks, then the higher SSIM. Ranks, because the two have no common
+    scale; SSIM alone where no judge measured the shift."""
+    if any(c.shift is None for c in cands):
+        return sorted(cands, key=lambda c: -c.ssim)
+    by_ssim = {id(c): r for r, c in enumerate(sorted(cands, key=lambda c: -c.ssim))}
+    by_shift = {id(c): r for r, c in enumerate(sorted(cands, key=lambda c: c.shift))}
+    return sorted(cands, key=lambda c: (by_ssim[id(c)] + by_shift[id(c)], -c.ssim))
 
 
 def closest(cands: Sequence[Candidate]) -> Candidate | None:
-    """The candidate closest to the baseline on paired SSIM and judge-feature shift together: the
-    lowest sum of its two ranks, then the higher SSIM. Ranks, because the two have no common scale;
-    SSIM alone where no judge measured the shift."""
-    if not cands:
-        return None
-    if any(c.shift is None for c in cands):
-        return max(cands, key=lambda c: c.ssim)
-    by_ssim = {id(c): r for r, c in enumerate(sorted(cands, key=lambda c: -c.ssim))}
-    by_shift = {id(c): r for r, c in enumerate(sorted(cands, key=lambda c: c.shift))}
-    return min(cands, key=lambda c: (by_ssim[id(c)] + by_shift[id(c)], -c.ssim))
+    """The first of `ranked`, or None."""
+    return next(iter(ranked(cands)), None)
 
 
 def search(s: Searcher, target_speedup: float | None, max_drop: float | None,
@@ -449,10 +490,16 @@ def reachable_boundary(s: Searcher, earliest: int, target_speedup: float) -> int
     return earliest
 
 
+def with_margin(c: Candidate, name: str) -> str:
+    """A measure as 'estimate' or 'estimate -margin' (its lower confidence bound's distance)."""
+    m = c.margins.get(name, 0.0)
+    return f"{getattr(c, name):.3f}" + (f" -{m:.3f}" if m > 0 else "")
+
+
 def _describe(c: Candidate) -> str:
-    acc = f", class accuracy {c.class_accuracy:.3f}" if c.class_accuracy is not None else ""
-    acc += f", CLIP score {c.clip_score:.3f}" if c.clip_score is not None else ""
-    return f"predicted speedup {c.speedup:.2f}x at paired SSIM {c.ssim:.3f}{acc}"
+    acc = f", class accuracy {with_margin(c, 'class_accuracy')}" if c.class_accuracy is not None else ""
+    acc += f", CLIP score {with_margin(c, 'clip_score')}" if c.clip_score is not None else ""
+    return f"predicted speedup {c.speedup:.2f}x at paired SSIM {with_margin(c, 'ssim')}{acc}"
 
 
 def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_drop: float | None,
@@ -470,8 +517,8 @@ def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_dro
     if floor is None and clip_floor is None:
         closest = max(tried, key=lambda c: c.speedup if target_speedup is not None else c.ssim)
         return head + "closest: " + _describe(closest)
-    accurate = [c for c in tried if (floor is None or c.class_accuracy is None or c.class_accuracy >= floor)
-                and (clip_floor is None or c.clip_score is None or c.clip_score >= clip_floor)]
+    accurate = [c for c in tried if (floor is None or c.class_accuracy is None or c.low("class_accuracy") >= floor)
+                and (clip_floor is None or c.clip_score is None or c.low("clip_score") >= clip_floor)]
     if target_speedup is not None:
         near = [c for c in tried if c.speedup >= target_speedup]
         parts = []
@@ -479,10 +526,11 @@ def _unmet_message(tried: list[Candidate], target_speedup: float | None, max_dro
             parts.append("fastest within the accuracy limit: " + _describe(max(accurate, key=lambda c: c.speedup)))
         if near:
             parts.append(f"most accurate at >= {target_speedup:g}x: "
-                         + _describe(max(near, key=lambda c: (c.class_accuracy or 0.0, c.clip_score or 0.0, c.ssim))))
+                         + _describe(max(near, key=lambda c: (c.low("class_accuracy") or 0.0, c.low("clip_score") or 0.0,
+                                                              c.ssim))))
         return head + "; ".join(parts or ["closest: " + _describe(max(tried, key=lambda c: c.speedup))])
     pool = accurate or tried
-    return head + "closest: " + _describe(max(pool, key=lambda c: c.ssim))
+    return head + "closest: " + _describe(max(pool, key=lambda c: c.low("ssim")))
 
 
 def equal_speed_comparison(peers: list[Candidate], tried: list[Candidate], tolerance: float = 0.1) -> list[dict]:

@@ -74,6 +74,7 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
     from ..bench.command import bench as run_bench
     from ..bench.pipelines import bench_pipelines, default_profile
     from ..bench.report import attribution_line, equal_speed_table, table
+    from ..evaluate.promises import lines
     from ..models.loading import resolve_model
     from ..profile import identity
 
@@ -119,6 +120,8 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
                                peers=not no_peers, compare=compare, reps=reps, judge=found, bank=bank,
                                clip_dir=clip_dir, texts=texts)
     click.echo(table(result))
+    for line in lines(result["promised"], result["images"]):
+        click.echo(line)
     if result.get("attribution"):
         click.echo("\n" + attribution_line(result))
     if result.get("equal_speed"):

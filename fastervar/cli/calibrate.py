@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..accel.presets import PEER_NAMES
+from ..calibrate.confidence import DEFAULT_CONFIDENCE, DEFAULT_HOLDOUT
 from ..errors import FastervarError
 from .app import main
 from .options import (
@@ -78,6 +79,14 @@ def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, cl
                    "class indices.")
 @functools.partial(text_options, several_aspects=True)
 @click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per prompt, e.g. 0,1,2,3.")
+@click.option("--calib-images", type=click.IntRange(min=1), metavar="N",
+              help="Instead of --seeds: at least N calibration images, seeds 0, 1, ... per prompt.")
+@click.option("--holdout", type=click.FloatRange(0, 0.9), default=DEFAULT_HOLDOUT, show_default="1/3",
+              help="The share of the calibration images the search never sees; the chosen profile must keep every "
+                   "limit on them too (0: none held out).")
+@click.option("--confidence", type=click.FloatRange(0, 0.999), default=DEFAULT_CONFIDENCE, show_default=True,
+              help="Each limit is checked against this one-sided confidence bound of the drop on the search images "
+                   "(a paired bootstrap over images); 0 checks the estimates.")
 @click.option("--target-speedup", type=click.FloatRange(min=1.0), help="Reach this predicted scale-step speedup (see --cost-model), then the best quality.")
 @click.option("--max-quality-drop", type=click.FloatRange(0, 1), help="Fastest profile with 1 - paired SSIM below this.")
 @click.option("--match-peer", type=click.Choice(list(PEER_NAMES)),
@@ -105,7 +114,7 @@ def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, cl
               help="Price candidates by a latency model fitted to probe runs timed here, or by FLOPs alone (no timing).")
 def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device, seed, cfg, top_k, top_p,
               more_smooth, sampler, batch_size, classes_spec, prompts, prompts_file, text_encoder, text_embeddings,
-              aspect, pn, tau, seeds, target_speedup, max_quality_drop, match_peer, fit_decision, max_accuracy_drop, judge_dir,
+              aspect, pn, tau, seeds, calib_images, holdout, confidence, target_speedup, max_quality_drop, match_peer, fit_decision, max_accuracy_drop, judge_dir,
               clip_dir, max_clip_drop, out_path, report_dir, cache_dir, name, cost_model) -> None:
     """Measure the baseline on sample prompts and choose an acceleration profile automatically:
     class labels for a class-conditional model, prompts (--prompts with --text-encoder, or
@@ -120,12 +129,22 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
         raise FastervarError("--fit-decision labels each image by paired SSIM: give it with --max-quality-drop")
     if max_clip_drop is not None and clip_dir is None:
         raise FastervarError("--max-clip-drop needs --clip DIR (a CLIP folder to score with)")
+    if calib_images is not None and click.get_current_context().get_parameter_source("seeds") \
+            is not click.core.ParameterSource.DEFAULT:
+        raise FastervarError("give --seeds or --calib-images, not both")
     seeds_ = seed_list(seeds)
     check_writable_parent(out_path)
+
+    def sized(n: int) -> None:
+        """With --calib-images, the seeds that give n prompts at least that many images."""
+        if calib_images is not None:
+            seeds_[:] = list(range(-(-calib_images // n)))
+        if fit_decision:
+            check_enough(n, len(seeds_))
+
     work, aspects = _workload(model_name, var_checkpoint, vae_checkpoint, random_weights, device, classes_spec,
                               TextArgs(prompts, prompts_file, text_encoder, text_embeddings, aspect, pn, tau),
-                              cfg, top_k, top_p, more_smooth, sampler, judge_dir,
-                              lambda n: check_enough(n, len(seeds_)) if fit_decision else None)
+                              cfg, top_k, top_p, more_smooth, sampler, judge_dir, sized)
     check_sampler(work.settings)
     model = work.model
     out = Path(out_path)
@@ -136,7 +155,7 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
         match_peer=match_peer, max_accuracy_drop=max_accuracy_drop, batch=batch_size, name=name,
         cost_model=cost_model, judge=None if work.is_text else judge(model, judge_dir, fall_back=False),
         prompts=work.bank, prompt_texts=work.texts, aspects=aspects, fit_decision=fit_decision, clip_dir=clip_dir,
-        max_clip_drop=max_clip_drop)
+        max_clip_drop=max_clip_drop, holdout=holdout, confidence=confidence)
     profile, report = run_calibrate(model, request)
     meas = profile.measured
     click.echo(f"wrote {out} (predicted speedup {meas['predicted_speedup_transformer']:.2f}x on the scale steps, "
@@ -144,4 +163,12 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
                f"{meas['measured_speedup_total']:.2f}x; paired SSIM {meas['paired_ssim']:.3f}"
                + (f"; CLIP score {meas['clip_score']:.3f}, {meas['clip_score_drop']:+.3f} from the baseline's"
                   if meas.get("clip_score") is not None else "") + ")")
+    held = meas["held_out"]
+    if held:
+        click.echo(f"held out ({held['images']} images the search never saw): paired SSIM {held['paired_ssim']:.3f}"
+                   + (f", class accuracy {held['class_accuracy']:.3f} (baseline {held['baseline_class_accuracy']:.3f})"
+                      if held.get("class_accuracy") is not None else "")
+                   + (f", CLIP score {held['clip_score']:.3f} (baseline {held['baseline_clip_score']:.3f})"
+                      if held.get("clip_score") is not None else "")
+                   + f", measured {held['measured_speedup_total']:.2f}x end to end")
     click.echo(f"report: {report}")

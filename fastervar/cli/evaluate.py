@@ -85,6 +85,8 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
     result = run_evaluate(model, ext, found, sampling_, samples_per_class, seed, batch_size, profile, clip=clip)
     result.update(model=model.cfg.name, settings=sampling_.__dict__, samples_per_class=samples_per_class, seed=seed)
     _print_table(result)
+    if profile is not None:
+        _print_promises(result, profile, result["baseline"], result["accelerated"])
     if json_path:
         write_json({**result, "environment": environment(_gpu_name(model))}, json_path)
         click.echo(f"wrote {json_path}")
@@ -113,9 +115,21 @@ def _evaluate_text(model_name, checkpoint, vae_checkpoint, random_weights, devic
     result = evaluate_paired(model, sampling_, prompts, seed, batch_size, profile, bank, clip=clip, texts=texts)
     result.update(model=model.spec().config, settings=sampling_.__dict__, per_prompt=per_prompt, seed=seed)
     _print_table(result)
+    _print_promises(result, profile, {"clip_score": result.get("clip_score_baseline")},
+                    {"clip_score": result.get("clip_score")})
     if json_path:
         write_json({**result, "environment": environment(_gpu_name(model))}, json_path)
         click.echo(f"wrote {json_path}")
+
+
+def _print_promises(result: dict, profile, baseline: dict, accelerated: dict) -> None:
+    """A calibrated profile's promises beside what this run measured (into the JSON too)."""
+    from ..evaluate.promises import beside, lines, measured
+    figures = measured(baseline, {**accelerated, "paired_ssim": result["paired_ssim"],
+                                  "speedup_transformer": result["speedup_transformer"]})
+    result["promised"] = beside(profile, figures)
+    for line in lines(result["promised"], result["samples"]):
+        click.echo(line)
 
 
 def _gpu_name(model) -> str | None:
