@@ -69,14 +69,19 @@ def calibrate(model: str, seeds: list[int], setting: list[str], mode: list[str],
 class Fresh:
     """Fresh images: the baseline once, then each plan paired with it on the same noise."""
 
-    def __init__(self, model, judge: ClassifierFeatures, per_class: int, batch: int):
+    def __init__(self, model, judge: ClassifierFeatures, per_class: int, batch: int, work: Path):
         self.model, self.judge, self.batch = model, judge, batch
         self.settings = sampling(model, None, 900, None)         # what calibrate samples with by default
         self.classes = [c for c in range(model.cfg.var.num_classes) for _ in range(per_class)]
         self.labels = np.array(self.classes)
-        self.base = self._images(TorchRunner(model, self.settings))
+        self.path = work / f"fresh-{FRESH_SEED}-{per_class}.json"     # plans measured, kept across restarts
+        base = work / f"fresh-{FRESH_SEED}-{per_class}-baseline.npy"
+        if not base.exists():
+            work.mkdir(parents=True, exist_ok=True)
+            np.save(base, self._images(TorchRunner(model, self.settings)))
+        self.base = np.load(base)
         self.base_correct = self._correct(self.base)
-        self.known: dict[str, dict] = {}
+        self.known: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def _images(self, runner) -> np.ndarray:
         runs = interleaved({"x": runner}, batches(self.classes, FRESH_SEED, self.batch), desc="fresh images")
@@ -92,6 +97,7 @@ class Fresh:
             self.known[plan] = {"images": len(imgs), "baseline_class_accuracy": float(self.base_correct.mean()),
                                 "class_accuracy_drop": float((self.base_correct - self._correct(imgs)).mean()),
                                 "ssim_drop": float(1 - ssim(imgs, self.base).mean())}
+            self.path.write_text(json.dumps(self.known))
         return self.known[plan]
 
 
@@ -152,7 +158,8 @@ def main_() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="fashion-16", choices=["fashion-16", "fashion-tiny"])
     ap.add_argument("--runs", type=int, default=5, help="Calibrations per setting, on disjoint seeds.")
-    ap.add_argument("--seeds-per-run", type=int, default=4, help="Seeds per class in each calibration.")
+    ap.add_argument("--seeds-per-run", type=int, default=10,
+                    help="Seeds per class in each calibration (10: calibrate's default 100 images on 10 classes).")
     ap.add_argument("--fresh-per-class", type=int, default=100)
     ap.add_argument("--settings", default=",".join(SETTINGS), help="Comma-separated names of SETTINGS.")
     ap.add_argument("--modes", default="before,after")
@@ -162,7 +169,7 @@ def main_() -> None:
     a = ap.parse_args()
     model = shipped_model(a.model)
     judge_files, _ = pick_judge(model, None, fall_back=False)
-    fresh = Fresh(model, ClassifierFeatures.load(judge_files), a.fresh_per_class, a.batch_size)
+    fresh = Fresh(model, ClassifierFeatures.load(judge_files), a.fresh_per_class, a.batch_size, a.work / a.model)
     rows, t0 = [], time.perf_counter()
     for run in range(a.runs):
         seeds = list(range(run * a.seeds_per_run, (run + 1) * a.seeds_per_run))
@@ -181,13 +188,14 @@ def main_() -> None:
                             "holds": all(f[k] <= v + 1e-9 for k, v in limits.items())}
                 rows.append(row)
                 print(json.dumps({k: row.get(k) for k in ("setting", "mode", "run", "holds", "refused")}), flush=True)
-    summary = summarize_rows(rows)
-    print(table(summary))
-    write_result(a.json, {"model": a.model, "runs": a.runs, "seeds_per_run": a.seeds_per_run,
-                          "calibration_images": a.seeds_per_run * model.cfg.var.num_classes,
-                          "fresh_images": len(fresh.classes), "fresh_seed": FRESH_SEED, "settings": SETTINGS,
-                          "modes": MODES, "summary": summary, "rows": rows,
-                          "seconds": time.perf_counter() - t0})
+        # after every run, so that a stopped benchmark still reports the runs it finished
+        summary = summarize_rows(rows)
+        print(table(summary))
+        write_result(a.json, {"model": a.model, "runs": run + 1, "seeds_per_run": a.seeds_per_run,
+                              "calibration_images": a.seeds_per_run * model.cfg.var.num_classes,
+                              "fresh_images": len(fresh.classes), "fresh_seed": FRESH_SEED, "settings": SETTINGS,
+                              "modes": MODES, "summary": summary, "rows": rows,
+                              "seconds": time.perf_counter() - t0})
 
 
 if __name__ == "__main__":

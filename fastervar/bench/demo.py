@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..assets import EMBEDDED_MODEL_NAME
-from ..calibrate.run import calibrate
+from ..calibrate.run import CalibrationRequest, calibrate
 from ..evaluate.judge import shipped_judge
 from ..export.bundle import export_bundle
 from ..models.checkpoint import weights_sha256
@@ -27,7 +27,7 @@ from .command import bench, runtime_variants
 
 
 def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int,
-             model_name: str | None = None) -> list[str]:
+             model_name: str | None = None, max_accuracy_drop: float = 0.1) -> list[str]:
     """Run the four stages on a shipped model (the embedded one by default); returns the summary
     lines the CLI prints."""
     t0 = time.perf_counter()
@@ -36,9 +36,11 @@ def run_demo(out: Path, seeds: list[int], max_quality_drop: float, images: int,
     classes = list(range(model.cfg.var.num_classes))
 
     tqdm.write("[1/4] calibrate: measure the baseline, search profiles")
-    profile, cal_report = calibrate(model, classes, seeds, settings, None, max_quality_drop, out / "profile.json",
-                                    out / "calibration", out / ".cache", 16, f"{model.cfg.name}-demo",
-                                    judge=shipped_judge())
+    profile, cal_report = calibrate(model, CalibrationRequest(
+        classes=classes, seeds=seeds, settings=settings, out=out / "profile.json", report_dir=out / "calibration",
+        cache_dir=out / ".cache", max_quality_drop=max_quality_drop, max_accuracy_drop=max_accuracy_drop, batch=16,
+        name=f"{model.cfg.name}-demo",
+        judge=shipped_judge()))
     tqdm.write("[2/4] export: ONNX graphs with the profile baked in (and the identity profile, for attribution)")
     sha = weights_sha256(model)
     bundle = export_bundle(model, profile, out / "bundle", settings, max_batch=16, weights_sha256=sha)

@@ -98,7 +98,8 @@ def limits_table(measured: dict, max_quality_drop: float | None, max_accuracy_dr
 
     lines = ["", "## How sure (search and held-out images)", "",
              f"Each limit is checked against the one-sided {search['confidence']:g} confidence bound of the drop "
-             f"on the {search['images']} search images (estimate -margin: a paired bootstrap over images), then "
+             f"on the {search['images']} search images (estimate -margin: a paired bootstrap over images; for class "
+             f"accuracy Agresti and Min's paired-proportion bound), then "
              + (f"re-checked by its estimate on the {held['images']} held-out images the search never saw."
                 if held else "not re-checked: no image was held out."), "",
              "| measure | search | held out | limit |", "|---|---|---|---|"]

@@ -202,7 +202,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
     others = [(other, om) for other, (om, _) in zip(r.aspects, measured)]
     search_images, held_images = split(len(classes) * len(seeds), r.holdout)
     if not held_images:
-        warn(f"no image is held out ({len(classes) * len(seeds)} calibration images, --holdout {r.holdout:g}): "
+        warn(f"no image is held out ({len(classes) * len(seeds)} calibration images, --holdout {r.holdout:.2g}): "
              "the profile's figures are the search's own; give more prompts or seeds for a held-out check")
 
     def judged_cache(images: list[int] | None) -> JudgedCache:
@@ -331,7 +331,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                              f"latency model fitted to {len(FEATURES)} counts ({', '.join(FEATURES)}) from probe "
                              f"runs timed on {latency.machine}; probe totals within {latency.fit_error:.0%}"),
               "measured speedup (wall, end to end)": f"{speed:.2f}x",
-              "images": (f"{len(searcher.images)} searched, {len(held_images)} held out (--holdout {r.holdout:g}); "
+              "images": (f"{len(searcher.images)} searched, {len(held_images)} held out (--holdout {r.holdout:.2g}); "
                          f"each limit checked on the search images at {r.confidence:g} confidence, then on the "
                          "held-out images" if held_images else
                          f"{len(searcher.images)}, none held out; limits checked at {r.confidence:g} confidence"),

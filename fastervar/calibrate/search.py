@@ -29,7 +29,7 @@ from ..models.protocol import FamilyModel
 from ..models.sampling import SamplingSettings
 from ..profile import Profile, StepPlan, identity
 from ..timing import Batch, TorchRunner
-from .confidence import bounds
+from .confidence import margin, proportion_margin
 from .latency import LatencyModel, read_cache, warn, write_cache
 from .measure import Measurements
 
@@ -351,14 +351,16 @@ class Searcher:
                 self.judged.put(profile, j)
         ssims = np.asarray(j["ssims"])
         drops = {"ssim": 1.0 - ssims}
-        if j["class_accuracy"] is not None:
-            drops["class_accuracy"] = self.base_correct - np.asarray(j["correct"])
         if j.get("clip_score") is not None:
             drops["clip_score"] = self.clip.base_scores - np.asarray(j["clip_scores"])
+        margins = {name: margin(d, self.confidence) for name, d in drops.items()}
+        if j["class_accuracy"] is not None:      # the baseline's own images: nothing to be unsure of
+            margins["class_accuracy"] = 0.0 if ssims.min() >= 1.0 else \
+                proportion_margin(self.base_correct, np.asarray(j["correct"]), self.confidence)
         return Candidate(knobs, profile, sp["transformer"], sp["total"], float(ssims.mean()), j["psnr"],
                          j["class_accuracy"], j["shift"], clip_score=j.get("clip_score"),
                          extra={"flops_speedup": flops["transformer"], "per_image_ssim": ssims},
-                         margins=bounds(drops, self.confidence))
+                         margins=margins)
 
     def _judge(self, profile: Profile) -> dict:
         """Run the profile on the calibration prompts and compare with the baseline's images."""

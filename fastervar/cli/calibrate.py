@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..accel.presets import PEER_NAMES
-from ..calibrate.confidence import DEFAULT_CONFIDENCE, DEFAULT_HOLDOUT
+from ..calibrate.confidence import DEFAULT_CONFIDENCE, DEFAULT_HOLDOUT, DEFAULT_IMAGES
 from ..errors import FastervarError
 from .app import main
 from .options import (
@@ -78,9 +78,10 @@ def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, cl
               help="Calibration prompts of a class-conditional model: 'all', a list like 0,3,7, or a file of "
                    "class indices.")
 @functools.partial(text_options, several_aspects=True)
-@click.option("--seeds", default="0,1,2,3", show_default=True, help="Seeds per prompt, e.g. 0,1,2,3.")
-@click.option("--calib-images", type=click.IntRange(min=1), metavar="N",
-              help="Instead of --seeds: at least N calibration images, seeds 0, 1, ... per prompt.")
+@click.option("--seeds", help="Seeds per prompt, e.g. 0,1,2,3 [default: as many as --calib-images needs].")
+@click.option("--calib-images", type=click.IntRange(min=1), metavar="N", default=DEFAULT_IMAGES, show_default=True,
+              help="Unless --seeds is given: at least N calibration images, seeds 0, 1, ... per prompt (the "
+                   "default is the smallest that can keep a 2-point class-accuracy limit at 0.9 confidence).")
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=DEFAULT_HOLDOUT, show_default="1/3",
               help="The share of the calibration images the search never sees; the chosen profile must keep every "
                    "limit on them too (0: none held out).")
@@ -129,15 +130,16 @@ def calibrate(model_name, var_checkpoint, vae_checkpoint, random_weights, device
         raise FastervarError("--fit-decision labels each image by paired SSIM: give it with --max-quality-drop")
     if max_clip_drop is not None and clip_dir is None:
         raise FastervarError("--max-clip-drop needs --clip DIR (a CLIP folder to score with)")
-    if calib_images is not None and click.get_current_context().get_parameter_source("seeds") \
+    sized_by_seeds = seeds is not None
+    if sized_by_seeds and click.get_current_context().get_parameter_source("calib_images") \
             is not click.core.ParameterSource.DEFAULT:
         raise FastervarError("give --seeds or --calib-images, not both")
-    seeds_ = seed_list(seeds)
+    seeds_ = seed_list(seeds) if sized_by_seeds else [0]
     check_writable_parent(out_path)
 
     def sized(n: int) -> None:
         """With --calib-images, the seeds that give n prompts at least that many images."""
-        if calib_images is not None:
+        if not sized_by_seeds:
             seeds_[:] = list(range(-(-calib_images // n)))
         if fit_decision:
             check_enough(n, len(seeds_))
