@@ -296,7 +296,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
         "target": {"speedup": target_speedup, "max_quality_drop": max_quality_drop, "match_peer": match_peer,
                    "max_accuracy_drop": max_accuracy_drop if searcher.base_accuracy is not None else None,
                    **({"max_clip_drop": r.max_clip_drop} if clip else {})},
-        **({"clip": str(r.clip_dir), "baseline_clip_score": clip.base_score} if clip else {}),
+        **({"clip": str(r.clip_dir), "baseline_clip_score": searcher.clip.base_score} if clip else {}),
         "measured_stages": stages, "candidates_tried": len(tried),
         "holdout": {"share": r.holdout, "search_images": len(searcher.images), "held_out_images": len(held_images),
                     "rule": "every image at which (i + 1) x share passes an integer, along the seed-major list"},
@@ -321,7 +321,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
                                                    "measured_speedup_transformer": held_speed[0],
                                                    "measured_speedup_total": held_speed[1]},
                         **({"feature_shift_from": "CLIP image embeddings", "clip_score": chosen.clip_score,
-                            "clip_score_drop": None if chosen.clip_score is None else clip.base_score - chosen.clip_score}
+                            "clip_score_drop": None if chosen.clip_score is None else searcher.clip.base_score - chosen.clip_score}
                            if clip else {})}
     what = "classes" if bank is None else "prompts"
     header = {"model": spec.config, "weights": sha[:16], "prompts": f"{len(classes)} {what} x {len(seeds)} seeds",
@@ -338,7 +338,7 @@ def calibrate(model: FamilyModel, request: CalibrationRequest) -> tuple[Profile,
               "baseline class accuracy": searcher.base_accuracy,
               "class accuracy may drop by at most": max_accuracy_drop if searcher.base_accuracy is not None else None,
               **({"CLIP": f"{r.clip_dir} (feature shift on its image embeddings)",
-                  "baseline CLIP score": clip.base_score,
+                  "baseline CLIP score": searcher.clip.base_score,
                   "chosen CLIP score": chosen.clip_score,
                   "CLIP score may drop by at most": r.max_clip_drop} if clip else {}),
               **({"decision fit": fitted} if fitted else {})}
