@@ -26,9 +26,10 @@ StateDict = dict[str, torch.Tensor]
 _VAE_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 
 
-def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> StateDict:
+def read_state_dict(path: str | os.PathLike, unwrap: str | tuple[str, ...] | None = None) -> StateDict:
     """Read a plain state dict from .safetensors or a torch pickle, refusing anything else; with
-    `unwrap`, a pickle may also hold it under that key (Infinity's VAE file is `{"vae": sd}`)."""
+    `unwrap`, a pickle may also hold it under that key, or that path of keys (Infinity's VAE file
+    is `{"vae": sd}`, STAR's training checkpoint `{"trainer": {"var_wo_ddp": sd}}`)."""
     p = Path(path)
     if not p.exists():
         raise FastervarError(f"checkpoint not found: {p}")
@@ -48,8 +49,9 @@ def read_state_dict(path: str | os.PathLike, unwrap: str | None = None) -> State
         except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
             raise FastervarError(f"{p}: not a readable checkpoint, the file is corrupt or truncated "
                                  f"({_first_line(exc)})") from None
-        if unwrap and isinstance(sd, dict) and isinstance(sd.get(unwrap), dict):
-            sd = sd[unwrap]
+        for key in (unwrap,) if isinstance(unwrap, str) else unwrap or ():
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
     if not isinstance(sd, dict) or not sd or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise FastervarError(f"{p}: not a state dict (expected a mapping of names to tensors)")
@@ -134,10 +136,17 @@ def names_infinity(keys) -> bool:
     return any(k == "cfg_uncond" or str(k).startswith("block_chunks.") for k in keys)
 
 
+def names_star(keys) -> bool:
+    """Whether state-dict key names are a STAR transformer's (VAR's blocks, with a text projection)."""
+    return any(k == "encoder_proj.weight" for k in keys)
+
+
 def checkpoint_kind(sd: StateDict) -> str:
-    """'vae', 'var' or 'unknown', judged from the key names."""
+    """'vae', 'var', 'infinity', 'star' or 'unknown', judged from the key names."""
     if any(k.startswith(_VAE_PREFIXES) for k in sd):
         return "vae"
+    if names_star(sd):
+        return "star"
     if "class_emb.weight" in sd or any(k.startswith("blocks.") for k in sd):
         return "var"
     if names_infinity(sd):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -20,9 +21,17 @@ from tqdm.auto import tqdm
 from ..utils.noise import NoiseKey, batch_uniform, image_keys
 from .protocol import StepModel, StepOutput, StepState
 from .sampling import SamplingSettings
-from .text.prompts import TextBatch
 
 OnStep = Callable[[int, StepState, StepOutput | None], None]
+
+
+@runtime_checkable
+class PromptRows(Protocol):
+    """A text model's prompt set (Infinity's TextBatch, STAR's StarText): batches are its rows."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self, index: list[int]) -> PromptRows: ...
 
 
 @dataclass
@@ -119,15 +128,16 @@ def batch_generator(settings: SamplingSettings, device: torch.device, seed: int)
 
 
 @torch.no_grad()
-def generate(model: StepModel, inputs: Sequence[int] | TextBatch, settings: SamplingSettings, seed: int = 0,
+def generate(model: StepModel, inputs: Sequence[int] | PromptRows, settings: SamplingSettings, seed: int = 0,
              batch_size: int = 16, progress: bool = False) -> Generation:
-    """Generate one image per class index (or per prompt, for a text model), in order."""
+    """Generate one image per class index (or per prompt, for a text model: a TextBatch, or
+    any prompt set with `rows`), in order."""
     device = model.device
     parts: list[Generation] = []
     starts = range(0, len(inputs), batch_size)
     for j, lo in enumerate(tqdm(starts, desc="batches", disable=not progress or len(starts) < 2)):
         idx = list(range(lo, min(lo + batch_size, len(inputs))))
-        batch = inputs.rows(idx) if isinstance(inputs, TextBatch) else \
+        batch = inputs.rows(idx) if isinstance(inputs, PromptRows) else \
             torch.tensor([inputs[i] for i in idx], device=device)
         parts.append(generate_batch(model, batch, settings, image_keys(seed, idx),
                                     batch_generator(settings, device, seed + j), progress=progress))

@@ -39,6 +39,9 @@ def _expect_kind(sd: StateDict, path: Path, want: str) -> None:
     if kind == "infinity":
         raise FastervarError(f"{path} is an Infinity (text-to-image) transformer; this command takes class-"
                              f"conditional VAR models (Infinity runs in generate, calibrate, bench and evaluate)")
+    if kind == "star":
+        raise FastervarError(f"{path} is a STAR (text-to-image) transformer; STAR runs in generate so far "
+                             f"(fastervar generate --checkpoint F --vae-checkpoint F --text-embeddings F.npz)")
     raise FastervarError(f"{path} looks like a {kind.upper()} checkpoint but was given as {flag}")
 
 
