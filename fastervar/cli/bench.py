@@ -26,6 +26,7 @@ from .workload import (
     is_text_model,
     load_text_models,
     prompt_set,
+    refuse_star,
     reject_other_kind,
     sampling,
     text_flags_given,
@@ -85,6 +86,7 @@ def bench(model_name, var_checkpoint, vae_checkpoint, random_weights, device, cf
         load_clip(clip_dir)
     if (bundle_path or identity_path or compare_bundles) and no_bundle:
         raise FastervarError("--bundle/--identity-bundle/--compare-bundle and --no-bundle contradict each other")
+    refuse_star(model_name, var_checkpoint, "bench")
     text_given = text_flags_given()
     is_text = is_text_model(model_name, var_checkpoint, text_given)
     reject_other_kind(is_text, text_given, ["--judge"] if judge_dir else [])

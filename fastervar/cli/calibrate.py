@@ -30,6 +30,7 @@ from .workload import (
     is_text_model,
     load_text_models,
     prompt_set,
+    refuse_star,
     reject_other_kind,
     sampling,
     text_flags_given,
@@ -54,6 +55,7 @@ def _workload(model_name, checkpoint, vae_checkpoint, random_weights, device, cl
     """The calibration prompts on the model, and the model at any further aspects asked; `check`
     sees the number of prompts as soon as it is known (before a text model's weights load)."""
     from ..models.loading import resolve_model
+    refuse_star(model_name, checkpoint, "calibrate")
     text_given = text_flags_given()
     is_text = is_text_model(model_name, checkpoint, text_given)
     given = click.get_current_context().get_parameter_source("classes_spec") is not click.core.ParameterSource.DEFAULT

@@ -25,6 +25,7 @@ from .workload import (
     is_text_model,
     load_text_models,
     prompt_set,
+    refuse_star,
     reject_other_kind,
     sampling,
     text_flags_given,
@@ -58,6 +59,7 @@ def evaluate(model_name, var_checkpoint, vae_checkpoint, random_weights, device,
 
     if json_path:
         check_writable_parent(json_path)
+    refuse_star(model_name, var_checkpoint, "evaluate")
     text_given = text_flags_given()
     if is_text_model(model_name, var_checkpoint, text_given):
         reject_other_kind(True, text_given, [f for f, v in (("--features", features), ("--judge", judge_dir),

@@ -13,6 +13,7 @@ from .workload import (
     TextArgs,
     is_text_model,
     load_text_models,
+    refuse_star,
     reject_other_kind,
     sampling,
     text_flags_given,
@@ -66,6 +67,7 @@ def export(model_name, var_checkpoint, vae_checkpoint, random_weights, device, p
 
     t0 = time.perf_counter()
     check_target(out_dir)
+    refuse_star(model_name, var_checkpoint, "export")
     text_given = text_flags_given()
     text = is_text_model(model_name, var_checkpoint, text_given)
     reject_other_kind(text, text_given, [])

@@ -75,7 +75,8 @@ def model_options(fn):
         click.option("--model", "model_name", metavar="NAME|DIR",
                      help="Named model: fashion-16 (the embedded default), fashion-tiny (small and fast), or "
                           "d16..d36 / tiny / infinity-2b / "
-                          "infinity-8b / infinity-tiny with checkpoints or --random-weights; or a model folder "
+                          "infinity-8b / infinity-tiny / star-256-d16 / star-256-d30 / star-512 / star-1024 / "
+                          "star-1024-sampler / star-tiny with checkpoints or --random-weights; or a model folder "
                           "(config.json + weights, as train-tiny writes)."),
         click.option("--checkpoint", "--var-checkpoint", "var_checkpoint", type=click.Path(),
                      help="Transformer weights: VAR or Infinity (.pth, .safetensors, or Infinity-8B's shard folder)."),
@@ -93,15 +94,18 @@ def sampling_options(fn, per_family: bool = False):
     cfg_help = "Guidance at the last step (linear ramp from 0)."
     cfg_default, top_p_default = 1.5, 0.96
     if per_family:
-        cfg_help = "Guidance [default: 1.5 at the last step, ramped from 0, for VAR; 3, constant, for Infinity]."
+        cfg_help = ("Guidance [default: 1.5 at the last step, ramped from 0, for VAR; 3, constant, for Infinity; "
+                    "4.5 on VAR's ramp for STAR].")
         cfg_default = top_p_default = None
     for opt in reversed([
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--cfg", type=click.FloatRange(min=0), default=cfg_default, show_default=not per_family,
                      help=cfg_help),
-        click.option("--top-k", type=click.IntRange(min=0), default=900, show_default=True),
+        click.option("--top-k", type=click.IntRange(min=0), default=None if per_family else 900,
+                     show_default=not per_family, help="[default: 900; 600 for STAR]" if per_family else None),
         click.option("--top-p", type=click.FloatRange(0, 1), default=top_p_default, show_default=not per_family,
-                     help="[default: 0.96 for VAR, 0.97 (per bit) for Infinity]" if per_family else None),
+                     help="[default: 0.96 for VAR, 0.97 (per bit) for Infinity, 0.8 for STAR]" if per_family
+                     else None),
         click.option("--more-smooth", is_flag=True,
                      help="Soft Gumbel code mixing (upstream's visualisation mode; needs --sampler official)."),
         click.option("--sampler", type=click.Choice(["official", "portable"]), default="portable", show_default=True),
@@ -148,9 +152,12 @@ def text_options(fn, several_aspects: bool = False):
         click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="A prompt; repeat for more images."),
         click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="File of prompts, one per line."),
         click.option("--text-encoder", type=click.Path(file_okay=False), metavar="DIR",
-                     help="Flan-T5 folder (config.json, weights, tokenizer.json) to encode the prompts."),
+                     help="Flan-T5 folder (config.json, weights, tokenizer.json) to encode the prompts; for STAR, "
+                          "SD-2.1's text_encoder folder (its tokenizer inside or in ../tokenizer)."),
         click.option("--text-embeddings", type=click.Path(dir_okay=False), metavar="FILE.npz",
-                     help="Prompts encoded elsewhere: 'embeddings' (N, T, C) float32 zero-padded, 'lengths' (N,)."),
+                     help="Prompts encoded elsewhere: 'embeddings' (N, T, C) float32 zero-padded, 'lengths' (N,); "
+                          "for STAR, 'embeddings' (N, 77, C), 'pooled', 'mask' and the empty prompt's "
+                          "'null_embeddings', 'null_pooled', 'null_mask' (1, ...)."),
         click.option("--aspect", multiple=several_aspects, default=("1:1",) if several_aspects else "1:1",
                      show_default=True, help=aspect_help),
         click.option("--pn", default="1M", show_default=True, type=click.Choice(["0.06M", "0.25M", "0.60M", "1M"]),

@@ -8,6 +8,7 @@ accepts both kinds and says clearly when an option belongs to the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -54,6 +55,23 @@ def text_flags_given() -> list[str]:
             if name in click.get_current_context().params and source(name) is not click.core.ParameterSource.DEFAULT]
 
 
+def is_star_model(model_name: str | None, checkpoint: str | None) -> bool:
+    """STAR when the model is named so, or when the checkpoint is STAR's (read off its key names)."""
+    if model_name is not None:
+        return model_name.startswith("star")
+    if checkpoint is None or Path(checkpoint).is_dir():
+        return False
+    from ..models.star.checkpoint import is_star_file
+    return is_star_file(checkpoint)
+
+
+def refuse_star(model_name: str | None, checkpoint: str | None, command: str) -> None:
+    """One line for a toolchain command that does not take STAR yet (only generate does)."""
+    if is_star_model(model_name, checkpoint):
+        raise FastervarError(f"{command} does not take STAR models yet (acceleration for STAR comes next); "
+                             f"fastervar generate samples them")
+
+
 def is_text_model(model_name: str | None, checkpoint: str | None, text_given: list[str]) -> bool:
     """Text-to-image when the model is named so, when the checkpoint is Infinity's, or, with no
     model named, when prompts are given (the loader then says if the files are not Infinity's)."""
@@ -67,12 +85,13 @@ def is_text_model(model_name: str | None, checkpoint: str | None, text_given: li
     return is_infinity_file(checkpoint)
 
 
-def sampling(model, cfg: float | None, top_k: int, top_p: float | None, more_smooth: bool = False,
+def sampling(model, cfg: float | None, top_k: int | None, top_p: float | None, more_smooth: bool = False,
              sampler: str = "portable", tau: float | None = None):
     """The settings asked for, the family's published values where an option was left out."""
     from dataclasses import replace
     base = model.default_settings()
-    return replace(base, cfg=base.cfg if cfg is None else cfg, top_k=top_k, top_p=base.top_p if top_p is None else top_p,
+    return replace(base, cfg=base.cfg if cfg is None else cfg, top_k=base.top_k if top_k is None else top_k,
+                   top_p=base.top_p if top_p is None else top_p,
                    more_smooth=more_smooth, sampler=sampler, tau=base.tau if tau is None else tau)
 
 

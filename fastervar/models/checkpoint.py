@@ -52,6 +52,9 @@ def read_state_dict(path: str | os.PathLike, unwrap: str | tuple[str, ...] | Non
         for key in (unwrap,) if isinstance(unwrap, str) else unwrap or ():
             if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                 sd = sd[key]
+    if isinstance(sd, dict) and isinstance(sd.get("trainer"), dict) and "var_wo_ddp" in sd["trainer"]:
+        raise FastervarError(f"{p}: a training checkpoint holding a STAR transformer (['trainer']['var_wo_ddp']); "
+                             f"it loads as a STAR model (--model star-*, or no --model)")
     if not isinstance(sd, dict) or not sd or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise FastervarError(f"{p}: not a state dict (expected a mapping of names to tensors)")

@@ -91,6 +91,9 @@ def resolve_model(model: str | None, var_checkpoint: str | None, vae_checkpoint:
     """Load the model the options name: random weights, checkpoints, a model folder (`--model DIR`,
     as `train-tiny` writes), a shipped model, or the embedded default."""
     dev = resolve_device(device)
+    if model is not None and model.startswith("star"):
+        raise FastervarError(f"--model {model}: STAR models run in generate so far (acceleration for STAR comes "
+                             f"next); this command takes class-conditional VAR models")
     if model is not None and model.startswith("infinity"):
         raise FastervarError(f"--model {model}: Infinity models run in generate, calibrate, bench and evaluate so "
                              f"far; this command takes class-conditional VAR models")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ...errors import FastervarError
-from ..checkpoint import StateDict, assign_state_dict, check_strict, names_infinity, read_state_dict
+from ..checkpoint import StateDict, assign_state_dict, check_strict, names_infinity, names_star, read_state_dict
 from .bsq import BSQVAE, load_bsq
 from .configs import INFINITY_CONFIGS, BSQConfig, InfinityConfig
 from .family import InfinityModel
@@ -101,6 +101,7 @@ def load_infinity_transformer(path: str | os.PathLike, cfg: InfinityConfig | Non
     sd = read_infinity_state_dict(p)
     if not names_infinity(sd):
         hint = " (it looks like a VAE)" if any(k.startswith(("encoder.", "decoder.")) for k in sd) else \
+            " (it is a STAR transformer: give it with --model star-* or no --model)" if names_star(sd) else \
             " (it looks like a class-conditional VAR)" if "class_emb.weight" in sd else ""
         raise FastervarError(f"{p}: not an Infinity transformer checkpoint{hint}; first key {next(iter(sd))!r}")
     sd = _normalise(sd)
