@@ -159,3 +159,68 @@ def test_star_embeddings_file_is_checked(tmp_path, upstream_files):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(Exception, match="'mask' must be"):
         read_star_embeddings(tmp_path / "bad.npz")
+
+
+# -- fuzzing the loaders of user files -------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fastervar.errors import FastervarError  # noqa: E402
+from fastervar.models.star.checkpoint import load_star  # noqa: E402
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def npz_mutations(draw, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop, reshape, retype or refill some of the arrays of a good embeddings file."""
+    out = dict(arrays)
+    for key in draw(st.lists(st.sampled_from(sorted(arrays)), max_size=3, unique=True)):
+        kind = draw(st.sampled_from(["drop", "shape", "dtype", "values", "empty"]))
+        v = out[key]
+        if kind == "drop":
+            del out[key]
+        elif kind == "shape":
+            out[key] = v.reshape(-1) if draw(st.booleans()) else v[..., : max(1, v.shape[-1] // 2)]
+        elif kind == "dtype":
+            out[key] = v.astype(draw(st.sampled_from([np.float64, np.int8, np.bool_, np.complex64])))
+        elif kind == "values":
+            out[key] = np.full_like(v, draw(st.sampled_from([np.nan, -1, 2, 0, np.inf])))
+        else:
+            out[key] = v[:0]
+    return out
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_embeddings_files_load_or_fail_in_one_line(upstream_files, tmp_path_factory, data):
+    d, _ = upstream_files
+    with np.load(d / "prompts.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    path = tmp_path_factory.mktemp("fuzz") / "p.npz"
+    np.savez(path, **data.draw(npz_mutations(arrays)))
+    if data.draw(st.booleans()):
+        raw = path.read_bytes()
+        path.write_bytes(raw[: data.draw(st.integers(0, len(raw)))])
+    try:
+        text = read_star_embeddings(path)
+    except FastervarError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert text.embeddings.dtype == torch.float32 and text.mask.dtype == torch.int64
+        assert text.embeddings.shape[1:] == text.null_embeddings.shape[1:]
+
+
+@FUZZ
+@given(cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=4))
+def test_fuzzed_checkpoints_load_or_fail_in_one_line(upstream_files, tmp_path_factory, cut, flips):
+    d, _ = upstream_files
+    raw = bytearray((d / "ar-ckpt-last.pth").read_bytes())
+    for where, value in flips:
+        raw[int(where * (len(raw) - 1))] = value
+    path = tmp_path_factory.mktemp("fuzz") / "star.pth"
+    path.write_bytes(bytes(raw[: max(1, int(cut * len(raw)))] if cut < 1 else raw))
+    try:
+        load_star(path, d / "vae.pth", "star-tiny")
+    except FastervarError as exc:
+        assert str(exc) and "\n" not in str(exc)

@@ -21,7 +21,7 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 raise FastervarError(f"{p}: needs arrays 'embeddings' (N, T, C) and 'lengths' (N,); "
                                      f"found {', '.join(data.files) or 'none'}")
             emb, lengths = data["embeddings"], data["lengths"]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise FastervarError(f"{p}: not a readable .npz file ({str(exc).splitlines()[0] if str(exc) else exc})") \
             from None
     if emb.ndim != 3 or emb.dtype != np.float32:

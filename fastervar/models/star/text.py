@@ -62,9 +62,15 @@ def read_star_embeddings(path: str | Path) -> StarText:
                 raise FastervarError(f"{p}: a STAR embeddings file needs {', '.join(ROW_ARRAYS + NULL_ARRAYS)}; "
                                      f"missing {', '.join(missing)}")
             arrays = {k: data[k] for k in ROW_ARRAYS + NULL_ARRAYS}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise FastervarError(f"{p}: not a readable .npz file ({str(exc).splitlines()[0] if str(exc) else exc})") \
             from None
+    for key, v in arrays.items():
+        kinds = "iub" if key.endswith("mask") else "f"
+        if v.dtype.kind not in kinds:
+            raise FastervarError(f"{p}: '{key}' must be {'integers' if kinds == 'iub' else 'floats'}, got {v.dtype}")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise FastervarError(f"{p}: '{key}' holds NaN or infinite values")
     for prefix, count in (("", None), ("null_", 1)):
         emb, pooled, mask = (arrays[prefix + k] for k in ROW_ARRAYS)
         n = emb.shape[0] if emb.ndim == 3 else -1
