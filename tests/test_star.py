@@ -146,3 +146,18 @@ def test_strict_loading_names_the_changed_key(tmp_path):
     torch.save({"trainer": {"var_wo_ddp": sd}}, tmp_path / "star.pth")
     with pytest.raises(FastervarError, match=r"blocks\.1\.cross_attn\.mat_q\.weight.*\(64, 63\).*\(64, 64\)"):
         load_star(tmp_path / "star.pth", tmp_path / "vae.pth", "star-tiny")
+
+
+@pytest.mark.parametrize("name,expected", [("star-256-d16", "star-256-d16"), ("star-256-d30", "star-256-d30"),
+                                           ("star-1024", "star-1024"), ("star-1024-sampler", "star-1024-sampler"),
+                                           ("star-512", "star-256-d30")])
+def test_the_architecture_and_path_are_read_off_the_files(name, expected):
+    """Upstream's key layout alone names the model (a 10-scale file is taken as 256 px: the 512 px
+    file needs --model star-512), and the sampler head decides the path."""
+    from fastervar.models.star.checkpoint import infer_star_config
+    from fastervar.models.star.configs import pair_for
+    from fastervar.models.var.configs import OFFICIAL_VAE
+    sd = {k: torch.empty(shape, device="meta") for k, shape in META["layouts"][name]["transformer"].items()}
+    pair = pair_for(infer_star_config(sd, Path(f"{name}.pth")), OFFICIAL_VAE)
+    assert pair.name == expected
+    assert pair.star.sampler_head == name.endswith("sampler")
