@@ -23,16 +23,6 @@ DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "star_reference.json").read_text())
 
 
-@pytest.fixture
-def one_thread():
-    """The references were recorded on one thread: the VQVAE decoder's convolutions reduce in
-    another order with more, which moves a few pixels by a level."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def refs():
     with np.load(DATA / "star_tiny_reference.npz") as data:

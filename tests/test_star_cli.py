@@ -48,14 +48,6 @@ def upstream_files(tmp_path_factory):
     return d, want
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_generate_from_upstream_files_reproduces_upstream_images(upstream_files, tmp_path, one_thread):
     d, want = upstream_files
     case = META["cases"]["sampler_b2"]

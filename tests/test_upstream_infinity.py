@@ -21,15 +21,6 @@ pytestmark = pytest.mark.skipif(not UPSTREAM, reason="set FASTERVAR_UPSTREAM_INF
                                                      "tree to compare with upstream's sampler")
 
 
-@pytest.fixture
-def one_thread():
-    """The decoders reduce in another order with more threads; images match at one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("aspect", [1.0, 0.5])
 def test_upstream_runner_draws_what_our_official_sampler_draws(one_thread, aspect):
     from fastervar.bench.upstream_infinity import UpstreamInfinityRunner, load_upstream

@@ -122,6 +122,36 @@ def assign_state_dict(module: torch.nn.Module, sd: StateDict) -> None:
     module.load_state_dict(sd, strict=True, assign=True)
 
 
+def load_part(module: torch.nn.Module, sd: StateDict, path: Path, what: str) -> None:
+    """Check a file's state dict strictly against one part of a model and assign it; the VQVAE's
+    usage table (`ema_vocab_hit_SV`, one row per scale) keeps the model's own where the schedule
+    differs, as upstream does."""
+    own = module.state_dict()
+    check_strict(own, sd, path, what)
+    sd = dict(sd)
+    hits = "quantize.ema_vocab_hit_SV"
+    if hits in sd and sd[hits].shape != own[hits].shape:
+        sd[hits] = own[hits]
+    del own
+    assign_state_dict(module, sd)
+
+
+def weights_from(name: str | None, checkpoint: str | None, vae_checkpoint: str | None, random_weights: bool,
+                 family: str) -> str:
+    """Which source the CLI's weight options name, 'random' or 'files', or one line saying what is
+    missing or contradictory."""
+    if random_weights:
+        if checkpoint or vae_checkpoint:
+            raise FastervarError("--random-weights cannot be combined with checkpoint files")
+        if name is None:
+            raise FastervarError("--random-weights needs --model NAME")
+        return "random"
+    if not (checkpoint and vae_checkpoint):
+        raise FastervarError(f"{name or family} has no shipped weights: give --checkpoint (the transformer) and "
+                             f"--vae-checkpoint, or --random-weights")
+    return "files"
+
+
 def weights_sha256(model) -> str:
     """Hash of every tensor of a step-protocol model (its `state_parts`, each in key order): ties a
     profile to the weights it was made on."""

@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 
 from ...errors import FastervarError
-from ..checkpoint import StateDict, assign_state_dict, check_strict, names_infinity, names_star, read_state_dict
+from ..checkpoint import (
+    StateDict,
+    assign_state_dict,
+    check_strict,
+    names_infinity,
+    names_star,
+    read_state_dict,
+    weights_from,
+)
 from .bsq import BSQVAE, load_bsq
 from .configs import INFINITY_CONFIGS, BSQConfig, InfinityConfig
 from .family import InfinityModel
@@ -135,16 +143,9 @@ def resolve_infinity(name: str | None, checkpoint: str | None, vae_checkpoint: s
     """The Infinity model the CLI options name: random weights of a named config, or the files."""
     if name is not None and name not in INFINITY_CONFIGS:
         raise FastervarError(f"unknown Infinity model {name!r}; choose one of {', '.join(INFINITY_CONFIGS)}")
-    if random_weights:
-        if checkpoint or vae_checkpoint:
-            raise FastervarError("--random-weights cannot be combined with checkpoint files")
-        if name is None:
-            raise FastervarError("--random-weights needs --model NAME")
+    if weights_from(name, checkpoint, vae_checkpoint, random_weights, "Infinity") == "random":
         model = random_infinity(name, h_div_w=h_div_w, pn=pn)
     else:
-        if not (checkpoint and vae_checkpoint):
-            raise FastervarError(f"{name or 'Infinity'} has no shipped weights: give --checkpoint (the "
-                                 f"transformer) and --vae-checkpoint, or --random-weights")
         model = load_infinity_model(checkpoint, vae_checkpoint, name, h_div_w, pn)
     return model.to(device)
 

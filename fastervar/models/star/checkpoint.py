@@ -12,14 +12,7 @@ from pathlib import Path
 import torch
 
 from ...errors import FastervarError
-from ..checkpoint import (
-    StateDict,
-    assign_state_dict,
-    check_strict,
-    checkpoint_kind,
-    names_star,
-    read_state_dict,
-)
+from ..checkpoint import StateDict, checkpoint_kind, load_part, names_star, read_state_dict, weights_from
 from ..var.checkpoint import infer_vae_config
 from .configs import STAR_MODELS, StarConfig, get_pair, pair_for, schedule_for
 from .family import StarModel
@@ -70,16 +63,6 @@ def _expect(sd: StateDict, path: Path, want: str) -> None:
     raise FastervarError(f"{path}: not a {what} checkpoint (first key {next(iter(sd))!r})")
 
 
-def _load_part(module: torch.nn.Module, sd: StateDict, path: Path, what: str) -> None:
-    own = module.state_dict()
-    check_strict(own, sd, path, what)
-    sd = dict(sd)
-    hits = "quantize.ema_vocab_hit_SV"
-    if hits in sd and sd[hits].shape != own[hits].shape:
-        sd[hits] = own[hits]          # usage statistics, one row per scale; upstream swaps in its own too
-    assign_state_dict(module, sd)
-
-
 def load_star(checkpoint: str | os.PathLike, vae_checkpoint: str | os.PathLike, name: str | None = None) -> StarModel:
     """Both files; the architecture from `name` when given, else read off the files."""
     t_path, v_path = Path(checkpoint), Path(vae_checkpoint)
@@ -91,8 +74,8 @@ def load_star(checkpoint: str | os.PathLike, vae_checkpoint: str | os.PathLike, 
     else:
         pair = pair_for(infer_star_config(t_sd, t_path), infer_vae_config(v_sd, v_path))
     model = StarModel(pair)
-    _load_part(model.star, t_sd, t_path, "STAR")
-    _load_part(model.vae, v_sd, v_path, "VQVAE")
+    load_part(model.star, t_sd, t_path, "STAR")
+    load_part(model.vae, v_sd, v_path, "VQVAE")
     model.weights_origin = "checkpoint"
     return model.eval()
 
@@ -113,16 +96,9 @@ def resolve_star(name: str | None, checkpoint: str | None, vae_checkpoint: str |
     """The STAR model the CLI options name: random weights of a named config, or the files."""
     if name is not None and name not in STAR_MODELS:
         raise FastervarError(f"unknown STAR model {name!r}; choose one of {', '.join(STAR_MODELS)}")
-    if random_weights:
-        if checkpoint or vae_checkpoint:
-            raise FastervarError("--random-weights cannot be combined with checkpoint files")
-        if name is None:
-            raise FastervarError("--random-weights needs --model NAME")
+    if weights_from(name, checkpoint, vae_checkpoint, random_weights, "STAR") == "random":
         model = random_star(name)
     else:
-        if not (checkpoint and vae_checkpoint):
-            raise FastervarError(f"{name or 'STAR'} has no shipped weights: give --checkpoint (the transformer) and "
-                                 f"--vae-checkpoint, or --random-weights")
         model = load_star(checkpoint, vae_checkpoint, name)
     return model.to(device)
 

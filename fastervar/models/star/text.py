@@ -119,14 +119,7 @@ class StarTextEncoder:
 
 def star_prompts(prompts: list[str], text_encoder: str | None, embeddings_file: str | None) -> StarText:
     """The prompts encoded by SD-2.1's text encoder folder, or the rows of an embeddings file."""
-    if embeddings_file:
-        if text_encoder or prompts:
-            raise FastervarError("--text-embeddings already holds the prompts: give it without "
-                                 "--prompt/--prompts/--text-encoder")
+    from ..text.prompts import prompt_source
+    if prompt_source(prompts, text_encoder, embeddings_file, "SD-2.1's text_encoder folder") == "file":
         return read_star_embeddings(embeddings_file)
-    if not text_encoder:
-        raise FastervarError("STAR needs --text-encoder DIR (SD-2.1's text_encoder folder) or --text-embeddings "
-                             "FILE.npz")
-    if not prompts:
-        raise FastervarError("no prompts given: use --prompt TEXT (repeatable) or --prompts FILE")
     return StarTextEncoder(text_encoder).encode(prompts)

@@ -35,19 +35,27 @@ def read_text_embeddings(path: str | Path) -> TextBatch:
     return TextBatch(torch.from_numpy(emb.copy()), torch.from_numpy(lengths))
 
 
-def text_batch(prompts: list[str], text_encoder: str | None, embeddings_file: str | None) -> TextBatch:
-    """The prompts encoded by the T5 folder, or the rows of an embeddings file (which then stand
-    for the images, in order, and take no prompts)."""
+def prompt_source(prompts: list[str], text_encoder: str | None, embeddings_file: str | None, encoder: str) -> str:
+    """Where a text model's prompts come from, 'file' or 'encoder', or one line saying what is
+    missing or contradictory; `encoder` names the folder the family's encoder is."""
     if embeddings_file:
         if text_encoder or prompts:
             raise FastervarError("--text-embeddings already holds the prompts: give it without "
                                  "--prompt/--prompts/--text-encoder")
-        return read_text_embeddings(embeddings_file)
+        return "file"
     if not text_encoder:
-        raise FastervarError("a text-to-image model needs --text-encoder DIR (a Flan-T5 folder) "
-                             "or --text-embeddings FILE.npz")
+        raise FastervarError(f"a text-to-image model needs --text-encoder DIR ({encoder}) "
+                             f"or --text-embeddings FILE.npz")
     if not prompts:
         raise FastervarError("no prompts given: use --prompt TEXT (repeatable) or --prompts FILE")
+    return "encoder"
+
+
+def text_batch(prompts: list[str], text_encoder: str | None, embeddings_file: str | None) -> TextBatch:
+    """The prompts encoded by the T5 folder, or the rows of an embeddings file (which then stand
+    for the images, in order, and take no prompts)."""
+    if prompt_source(prompts, text_encoder, embeddings_file, "a Flan-T5 folder") == "file":
+        return read_text_embeddings(embeddings_file)
     from .t5 import TextEncoder
     emb, lengths = TextEncoder.from_folder(text_encoder).encode(prompts)
     return TextBatch(torch.from_numpy(emb), torch.from_numpy(lengths))

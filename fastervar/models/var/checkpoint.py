@@ -8,12 +8,11 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from ...errors import FastervarError
 from ...utils.atomic import atomic_dir
-from ..checkpoint import StateDict, assign_state_dict, check_strict, checkpoint_kind, read_state_dict
+from ..checkpoint import StateDict, checkpoint_kind, load_part, read_state_dict
 from .configs import (
     NAMED_CONFIGS,
     OFFICIAL_VAE,
@@ -92,17 +91,6 @@ def config_for(var_cfg: VARConfig, vae_cfg: VQVAEConfig) -> ModelConfig:
     return ModelConfig(f"custom-d{var_cfg.depth}", var_cfg, vae_cfg, "inferred from checkpoint")
 
 
-def _load_part(module: torch.nn.Module, sd: StateDict, path: Path, what: str) -> None:
-    own = module.state_dict()
-    check_strict(own, sd, path, what)
-    sd = dict(sd)
-    hits = "quantize.ema_vocab_hit_SV"
-    if hits in sd and sd[hits].shape != own[hits].shape:
-        sd[hits] = own[hits]          # usage statistics only; their row count follows the schedule
-    del own
-    assign_state_dict(module, sd)
-
-
 def load_model(var_path: str | os.PathLike, vae_path: str | os.PathLike,
                config: ModelConfig | None = None) -> VARModel:
     """Build a model for the two files (inferring the configuration unless given) and load both."""
@@ -117,8 +105,8 @@ def load_model(var_path: str | os.PathLike, vae_path: str | os.PathLike,
         config = config_for(var_cfg, vae_cfg)
     validate(config)
     model = VARModel(config)
-    _load_part(model.var, var_sd, var_p, "VAR")
-    _load_part(model.vae, vae_sd, vae_p, "VQVAE")
+    load_part(model.var, var_sd, var_p, "VAR")
+    load_part(model.vae, vae_sd, vae_p, "VQVAE")
     return model.eval()
 
 
