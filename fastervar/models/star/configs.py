@@ -57,10 +57,6 @@ class StarPair:
     star: StarConfig
     vae: VQVAEConfig
 
-    @property
-    def resolution(self) -> int:
-        return self.star.patch_nums[-1] * self.vae.downsample
-
 
 def published(depth: int, patch_nums: tuple[int, ...], sampler_head: bool = False,
               logit_norm: bool = True) -> StarConfig:

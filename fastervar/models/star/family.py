@@ -79,10 +79,6 @@ class StarModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.star.head_logits.weight.dtype
 
-    @property
-    def resolution(self) -> int:
-        return self.pair.resolution
-
     def state_parts(self) -> tuple[nn.Module, ...]:
         return self.star, self.vae
 
