@@ -129,7 +129,7 @@ def test_fitted_rules_as_numbers_reproduce_scikit_learns_predictions():
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from fastervar.accel.decision import Rule
+    from fastervar.decision_rule import Rule
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 2)) * [0.05, 0.1] + [0.1, 0.5]
     first = {0: 0, 1: 12, 2: 11, 3: 10}

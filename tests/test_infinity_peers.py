@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from fastervar.accel.accelerated import AcceleratedModel
-from fastervar.accel.decision import Decision
+from fastervar.decision_rule import Decision
 from fastervar.accel.presets import fastvar, paper_split, skipvar, skipvar_decision, template
 from fastervar.cli import main
 from fastervar.errors import FastervarError

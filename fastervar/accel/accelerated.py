@@ -26,9 +26,17 @@ from ..models.protocol import KV, FamilyModel, StepOutput, StepState, slice_rows
 from ..models.resample import resample
 from ..models.sampling import SamplingSettings
 from ..profile import ModelSpec, Profile, StepPlan, check_against
-from .decision import Decision, features
+from ..decision_rule import Decision, features
 from .factorize import factorize
 from .selectors import pivotal_stream, select
+
+
+def preview_features(model: FamilyModel, new: torch.Tensor, old: torch.Tensor, preview_step: int,
+                     freq_ratio: float) -> np.ndarray:
+    """SkipVAR's two features of each image, from the previews of its latest and its earlier latent."""
+    def preview(f_hat: torch.Tensor) -> np.ndarray:
+        return model.preview(f_hat, preview_step).float().cpu().numpy()
+    return features(preview(new), preview(old), freq_ratio)
 
 
 @dataclass
@@ -182,7 +190,7 @@ class AcceleratedModel:
         """Each image's move from its two previews; images with the same move form a group."""
         d, m = self.decision, self.model
         b = state.f_hat.shape[0]
-        x = features(m.preview(state.f_hat, d.preview_step), m.preview(state.snapshot, d.preview_step), d.freq_ratio)
+        x = preview_features(m, state.f_hat, state.snapshot, d.preview_step, d.freq_ratio)
         moves = d.moves(x)
         state.decided = x, moves
         state.groups = []

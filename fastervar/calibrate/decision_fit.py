@@ -4,7 +4,7 @@ prompts as SkipVAR fitted its own.
 Every calibration image is run with each move SkipVAR chooses between (skip the last 1, 2 or 3
 steps; run them on the conditional half alone) on the baseline's noise, and labelled with the
 fastest move whose image keeps paired SSIM with the baseline at the threshold (0 where none
-does). The two features SkipVAR reads (`accel.decision.features`) come from the baseline's latent
+does). The two features SkipVAR reads (`decision_rule.features`) come from the baseline's latent
 after the decision step and the step before. A StandardScaler and a multinomial LogisticRegression
 per rule (skip, then uncond for images the skip rule leaves alone) are fitted with scikit-learn,
 and their numbers, not a pickle, go into the profile's `decision`; applying it needs numpy only.
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..accel.decision import Decision, features
+from ..accel.accelerated import preview_features
+from ..decision_rule import Decision
 from ..errors import FastervarError
 from ..models.sampler import generate_batch
 from ..profile import Profile, StepPlan, identity
@@ -72,8 +73,7 @@ def decision_features(searcher: Searcher, where: dict[str, int]) -> np.ndarray:
                 else searcher.bank.rows(list(batch.labels))
             generate_batch(model, inputs, searcher.settings, batch.keys, on_step=watch)
             p = where["preview_step"]
-            rows.append(features(model.preview(seen[where["after_step"]], p),
-                                 model.preview(seen[where["compare_step"]], p), FREQ_RATIO))
+            rows.append(preview_features(model, seen[where["after_step"]], seen[where["compare_step"]], p, FREQ_RATIO))
     return np.concatenate(rows)
 
 

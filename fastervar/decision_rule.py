@@ -10,6 +10,9 @@ amplitude outside a central circle of radius int(freq_ratio * min(H, W) / 2). Th
 standardization followed by a multinomial logistic regression's argmax, stored as plain numbers
 in the profile (`Profile.decision`), SkipVAR's released constants or ones `calibrate
 --fit-decision` fitted; nothing is unpickled and scikit-learn is not needed to apply it.
+
+Numpy only, so the toolchain and the torch-free runtime apply the same code to the previews they
+decode (float32, as upstream's; the sums run in float64, within 1e-6 of upstream's features).
 """
 
 from __future__ import annotations
@@ -18,41 +21,46 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 MOVES = ("skip", "uncond")
+# Sobel's x kernel, applied as a cross-correlation with zero padding (what conv2d does)
+_SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=np.float64)
 
 
-def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) gradient magnitude of the channel-mean image."""
-    sobel_x = torch.tensor([[[[1, 0, -1], [2, 0, -2], [1, 0, -1]]]], dtype=torch.float32, device=images.device)
-    sobel_y = sobel_x.permute(0, 1, 3, 2)
-    gray = images.mean(dim=1, keepdim=True)
-    grad_x = F.conv2d(gray, sobel_x, padding=1)
-    grad_y = F.conv2d(gray, sobel_y, padding=1)
-    return torch.sqrt(grad_x ** 2 + grad_y ** 2)
+def _gray(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float32).mean(axis=1, dtype=np.float64)
 
 
-def high_frequency_ratio(images: torch.Tensor, freq_ratio: float) -> torch.Tensor:
+def sobel_magnitude(images: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) -> (B, H, W) gradient magnitude of the channel-mean image."""
+    gray = _gray(images)
+    h, w = gray.shape[1:]
+    padded = np.pad(gray, ((0, 0), (1, 1), (1, 1)))
+    grad_x = np.zeros_like(gray)
+    grad_y = np.zeros_like(gray)
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, i:i + h, j:j + w]
+            grad_x += _SOBEL_X[i, j] * window
+            grad_y += _SOBEL_X[j, i] * window
+    return np.sqrt(grad_x ** 2 + grad_y ** 2)
+
+
+def high_frequency_ratio(images: np.ndarray, freq_ratio: float) -> np.ndarray:
     """(B, 3, H, W) -> (B,) share of the FFT amplitude outside the central low-frequency circle
     (shifted per image over its own two axes)."""
-    gray = images.mean(dim=1, keepdim=True).float()
-    amplitude = torch.abs(torch.fft.fftshift(torch.fft.fft2(gray), dim=(-2, -1)))
-    _, _, h, w = amplitude.shape
-    cy, cx = h // 2, w // 2
+    amplitude = np.abs(np.fft.fftshift(np.fft.fft2(_gray(images)), axes=(-2, -1)))
+    h, w = amplitude.shape[1:]
     radius = int(freq_ratio * min(h, w) / 2)
-    y = torch.arange(h, device=images.device).view(1, -1, 1).expand(1, h, w)
-    x = torch.arange(w, device=images.device).view(1, 1, -1).expand(1, h, w)
-    mask = (((y - cy) ** 2 + (x - cx) ** 2).sqrt() > radius).float().unsqueeze(0)
-    high = (amplitude * mask).sum(dim=[2, 3])
-    return (high / (amplitude.sum(dim=[2, 3]) + 1e-6))[:, 0]
+    y, x = np.ogrid[:h, :w]
+    outside = np.sqrt((y - h // 2) ** 2 + (x - w // 2) ** 2) > radius
+    return (amplitude * outside).sum(axis=(1, 2)) / (amplitude.sum(axis=(1, 2)) + 1e-6)
 
 
-def features(new: torch.Tensor, old: torch.Tensor, freq_ratio: float) -> np.ndarray:
-    """(B, 2) [diff_hf, high-frequency ratio] of each image's two previews."""
-    diff = (sobel_magnitude(new) - sobel_magnitude(old)).abs().flatten(1).mean(1)
-    return torch.stack([diff, high_frequency_ratio(new, freq_ratio)], 1).double().cpu().numpy()
+def features(new: np.ndarray, old: np.ndarray, freq_ratio: float) -> np.ndarray:
+    """(B, 2) [diff_hf, high-frequency ratio] of each image's two previews ((B, 3, H, W) arrays)."""
+    diff = np.abs(sobel_magnitude(new) - sobel_magnitude(old)).reshape(len(new), -1).mean(axis=1)
+    return np.stack([diff, high_frequency_ratio(new, freq_ratio)], axis=1)
 
 
 @dataclass(frozen=True)
