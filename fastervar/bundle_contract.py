@@ -12,6 +12,9 @@ and the checks that make a bundle safe to open:
   shape and dtype the size of its bytes;
 - the engines form a runnable chain: steps in order, each reading only what the request or an
   earlier step provides, one decoder last;
+- a profile that decides per image between steps (SkipVAR's kind) comes with its preview graph and
+  the step graphs of every move its rule can pick, each reading only what the steps before the
+  move and the move's earlier graphs provide, and no joined graph;
 - with `verify`, every file matches its SHA-256 (a swapped, truncated or edited file is named).
 A bundle that breaks any of it is refused with one line before any file it names is opened.
 Torch-free: export and the runtime both import it.
@@ -28,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from .decision_rule import MOVES, Decision
 from .errors import FastervarError
+from .profile import ProfileError, check_decision
 from .utils.hashing import file_sha256
 
 # 2: noise is one uniform per token, (B, n); bundles of format 1 took (B, n, V) and must be re-exported.
@@ -55,6 +60,7 @@ F_HAT = "f_hat"            # (B, C, H, W) the accumulated latent
 NOISE = "noise"            # (B, n) one uniform per sampled token of the step
 TOKENS = "tokens"          # (B, n) int64 the step's tokens
 IMAGES = "images"          # (B, H, W, 3) uint8
+PREVIEW = "preview"        # (B, 3, h, w) float32 a small decode of the latent, in [-1, 1], for a per-image decision
 LOGITS = "logits"          # a step's raw logits: an output only graphs traced to check numerics have
 OUT = "out."               # a step graph's output `out.X` is the input `X` of the later graphs
 
@@ -134,6 +140,16 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class DecisionSpec:
+    """A per-image decision in a bundle: its rule, the preview graph, and for every move the rule
+    can pick, the step graphs that replace the plan's from the move's first step ([] for a skip)."""
+
+    rule: Decision
+    preview: EngineSpec
+    moves: dict[tuple[str, int], list[EngineSpec]]
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A checked bundle, seen at one aspect: a text bundle holds one set of engines per aspect
     (`at_aspect` picks another); a class-conditional bundle has one set and no aspects."""
@@ -199,6 +215,17 @@ class Manifest:
                                 _engine_spec(raw) if raw else None, name)
         have = ", ".join(self.aspects) or "none: it is not a text bundle"
         raise BundleError(f"bundle {self.root} has no aspect {name!r}; it holds {have}")
+
+    @property
+    def decision(self) -> DecisionSpec | None:
+        """The per-image decision of this aspect's engines, where the profile has one."""
+        rule = self.data["profile"]["json"].get("decision")
+        if rule is None:
+            return None
+        holder = self.data if self.aspect is None else next(a for a in self.data["aspects"] if a["name"] == self.aspect)
+        raw = holder["decision"]
+        moves = {(m["kind"], int(m["first"])): [_engine_spec(e) for e in m["engines"]] for m in raw["moves"]}
+        return DecisionSpec(Decision.from_profile(rule), _engine_spec(raw["preview"]), moves)
 
     @property
     def max_batch(self) -> int:
@@ -457,7 +484,7 @@ def _check_chain(raw: Any, where: str, root: Path, tensors: dict, steps: list[En
 
 
 def _engine_set(holder: dict, where: str, root: Path, tensors: dict, num_steps: int,
-                request: tuple[str, ...]) -> tuple[list[EngineSpec], EngineSpec | None]:
+                request: tuple[str, ...], rule: Decision | None) -> tuple[list[EngineSpec], EngineSpec | None]:
     """One set of engines (steps, then the decoder) and its joined graph, checked."""
     raw = _list(holder, "engines", where, lambda v: isinstance(v, dict), "an engine")
     prefix = f"{where}." if where else ""
@@ -466,10 +493,56 @@ def _engine_set(holder: dict, where: str, root: Path, tensors: dict, num_steps: 
     engines = [_engine(e, f"{prefix}engines[{i}]", root, tensors, num_steps, decoder=i == len(raw) - 1)
                for i, e in enumerate(raw)]
     _chain_order(engines, request, prefix)
+    if rule is not None and holder.get("chain") is not None:
+        raise _Invalid(f"field {prefix}chain must be null: a per-image decision cannot run as one graph")
     chain = None
     if holder.get("chain") is not None:
         chain = _check_chain(holder["chain"], f"{prefix}chain", root, tensors, engines[:-1], num_steps, request)
+    if rule is not None:
+        _check_decision_engines(holder, prefix, root, tensors, num_steps, request, engines[:-1], rule)
     return engines, chain
+
+
+def _check_decision_engines(holder: dict, prefix: str, root: Path, tensors: dict, num_steps: int,
+                            request: tuple[str, ...], steps: list[EngineSpec], rule: Decision) -> None:
+    """The preview graph, and one entry per move of the rule whose graphs read only what the plan's
+    steps before the move, and the move's earlier graphs, provide."""
+    where = f"{prefix}decision"
+    raw = _field(holder, "decision", prefix.rstrip("."), lambda v: isinstance(v, dict),
+                 "an object (the profile decides per image)")
+    preview = _engine(raw.get("preview"), f"{where}.preview", root, tensors, num_steps, decoder=True)
+    if [s["name"] for s in preview.inputs] != [F_HAT] or preview.spec(PREVIEW, "outputs") is None:
+        raise _Invalid(f"{where}.preview must take {F_HAT!r} and give {PREVIEW!r}")
+    moves = _list(raw, "moves", where, lambda v: isinstance(v, dict), "a move")
+    seen = set()
+    for i, m in enumerate(moves):
+        at = f"{where}.moves[{i}]"
+        kind = _field(m, "kind", at, lambda v: v in MOVES, f"one of {', '.join(MOVES)}")
+        first = _field(m, "first", at, lambda v: _is_int(v) and rule.after < v < num_steps,
+                       f"a step after {rule.after}")
+        seen.add((kind, first))
+        engines = [_engine(e, f"{at}.engines[{j}]", root, tensors, num_steps, decoder=False)
+                   for j, e in enumerate(_list(m, "engines", at, lambda v: isinstance(v, dict), "an engine"))]
+        if kind == "skip" and engines:
+            raise _Invalid(f"field {at}.engines must be empty: a skip runs no graph")
+        order = [e.step for e in engines]
+        if order != sorted(set(order)) or any(k < first for k in order):
+            raise _Invalid(f"field {at}.engines must list steps from {first} on, each once, in order; got {order}")
+        available = {*request, F_HAT, NOISE}
+        for e in steps:
+            if e.step < first:
+                available |= {state_name(s["name"]) for s in e.outputs if state_name(s["name"])}
+        for j, e in enumerate(engines):
+            missing = [s["name"] for s in e.inputs if s["name"] not in available]
+            if missing:
+                raise _Invalid(f"{at}.engines[{j}] ({e.name}) reads {missing[0]!r}, which nothing before it provides")
+            if e.spec(TOKENS, "outputs") is None or e.spec(output(F_HAT), "outputs") is None:
+                raise _Invalid(f"{at}.engines[{j}] ({e.name}) must give {TOKENS!r} and {output(F_HAT)!r}")
+            available |= {state_name(s["name"]) for s in e.outputs if state_name(s["name"])}
+    missing_moves = [m for m in rule.move_set() if m not in seen]
+    if missing_moves:
+        raise _Invalid(f"{where}.moves has no graphs for the move {missing_moves[0][0]} from step {missing_moves[0][1]}, "
+                       f"which the profile's rule can pick")
 
 
 def _conditioning(model: dict) -> str:
@@ -494,8 +567,15 @@ def _check(root: Path, data: dict) -> Manifest:
         raise _Invalid("field steps is empty")
     profile = _field(data, "profile", "", lambda v: isinstance(v, dict), "an object")
     _field(profile, "name", "profile", lambda v: isinstance(v, str), "a name")
-    _list(_field(profile, "json", "profile", lambda v: isinstance(v, dict), "the profile as an object"),
-          "steps", "profile.json", lambda v: isinstance(v, dict), "a step plan")
+    pjson = _field(profile, "json", "profile", lambda v: isinstance(v, dict), "the profile as an object")
+    _list(pjson, "steps", "profile.json", lambda v: isinstance(v, dict), "a step plan")
+    rule = None
+    if pjson.get("decision") is not None:
+        try:
+            check_decision(pjson["decision"], len(steps))
+        except ProfileError as exc:
+            raise _Invalid(f"profile.json: {exc}") from None
+        rule = Decision.from_profile(pjson["decision"])
     sampler = _field(data, "sampler", "", lambda v: isinstance(v, dict), "an object")
     _field(sampler, "name", "sampler", lambda v: v == "portable", "'portable'")
     for key in ("cfg", "top_p"):
@@ -507,7 +587,7 @@ def _check(root: Path, data: dict) -> Manifest:
     tensors = _tensor_table(root, weights)
     request = condition_names(kind)
     if kind == "class":
-        engines, chain = _engine_set(data, "", root, tensors, len(steps), request)
+        engines, chain = _engine_set(data, "", root, tensors, len(steps), request, rule)
         return Manifest(root, data, engines, chain)
     aspects = _list(data, "aspects", "", lambda v: isinstance(v, dict), "an aspect")
     if not aspects:
@@ -518,7 +598,7 @@ def _check(root: Path, data: dict) -> Manifest:
         raise _Invalid("field aspects names an aspect twice")
     for i, a in enumerate(aspects):
         _field(a, "h_div_w", f"aspects[{i}]", lambda v: _is_num(v) and v > 0, "a positive number")
-        _engine_set(a, f"aspects[{i}]", root, tensors, len(steps), request)
+        _engine_set(a, f"aspects[{i}]", root, tensors, len(steps), request, rule)
     if data.get("text_encoder") is not None:
         _check_text_encoder(data["text_encoder"], root, tensors, len(steps))
     return Manifest(root, data, [], None).at_aspect(names[0])
@@ -537,6 +617,10 @@ def _files(manifest: Manifest) -> list[tuple[str, str]]:
     """(file, digest) of everything the manifest names, at every aspect."""
     views = [manifest.at_aspect(a) for a in manifest.aspects] or [manifest]
     engines = [e for v in views for e in v.engines + ([v.chain] if v.chain else [])]
+    for v in views:
+        d = v.decision
+        if d is not None:
+            engines += [d.preview] + [e for graphs in d.moves.values() for e in graphs]
     files = [(manifest.weights["file"], manifest.weights["sha256"])]
     files += [(e.graph, e.sha256) for e in engines]
     files += [(e.plan, e.plan_sha256) for e in engines if e.plan]

@@ -103,13 +103,19 @@ class Decision:
         return cls(int(d["after_step"]), int(d["compare_step"]), int(d["preview_step"]), float(d["freq_ratio"]),
                    Rule.from_dict(d["skip"]), Rule.from_dict(d["uncond"]))
 
+    def move_set(self) -> list[tuple[str, int]]:
+        """Every move the two rules can pick, as (kind, first step), skips first."""
+        skips = sorted({("skip", v) for v in self.skip.first_step.values() if v})
+        unconds = sorted({("uncond", v) for v in self.uncond.first_step.values() if v})
+        return skips + unconds
+
     def moves(self, x: np.ndarray) -> list[tuple[str, int]]:
         """Per image: ("skip", first skipped step), ("uncond", first cond-only step), or ("none", 0)."""
         out = []
         skip = self.skip.predict(x)
         uncond = self.uncond.predict(x)
         for s, u in zip(skip, uncond):
-            if s != 0:
+            if self.skip.first_step[int(s)]:
                 out.append(("skip", self.skip.first_step[int(s)]))
             elif self.uncond.first_step.get(int(u), 0):
                 out.append(("uncond", self.uncond.first_step[int(u)]))

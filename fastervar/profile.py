@@ -289,7 +289,7 @@ def from_dict(data: Any) -> Profile:
                    description=str(data.get("description", "")), decision=data.get("decision"))
     _check_self_consistent(prof)
     if prof.decision is not None:
-        _check_decision(prof.decision, prof.num_steps)
+        check_decision(prof.decision, prof.num_steps)
     return prof
 
 
@@ -335,7 +335,7 @@ def _numbers(v: Any, depth: int) -> bool:
     return isinstance(v, list) and bool(v) and all(_numbers(x, depth - 1) for x in v)
 
 
-def _check_decision(d: Any, steps: int) -> None:
+def check_decision(d: Any, steps: int) -> None:
     """A per-image decision: when it runs and what it previews, and two rules (standardization, then
     a multinomial logistic regression), each class mapped to the first step its move applies to."""
     where = "profile field decision"

@@ -35,7 +35,7 @@ def preview_features(model: FamilyModel, new: torch.Tensor, old: torch.Tensor, p
                      freq_ratio: float) -> np.ndarray:
     """SkipVAR's two features of each image, from the previews of its latest and its earlier latent."""
     def preview(f_hat: torch.Tensor) -> np.ndarray:
-        return model.preview(f_hat, preview_step).float().cpu().numpy()
+        return model.preview(f_hat, preview_step).detach().float().cpu().numpy()
     return features(preview(new), preview(old), freq_ratio)
 
 
@@ -61,12 +61,23 @@ class _Group:
     cond: Any
 
     def plan(self, plan: StepPlan, step: int) -> StepPlan:
-        kind, first = self.move
-        if kind == "skip" and step >= first:
-            return StepPlan(mode="skip")
-        if kind == "uncond" and step >= first:
-            return replace(plan, cfg=False, unguided="cond-only")
-        return plan
+        return move_plan(self.move, plan, step)
+
+
+def move_plan(move: tuple[str, int], plan: StepPlan, step: int) -> StepPlan:
+    """Step `step`'s plan for an image the decision gave `move` (("none", 0): the plan itself)."""
+    kind, first = move
+    if kind == "skip" and step >= first:
+        return StepPlan(mode="skip")
+    if kind == "uncond" and step >= first:
+        return replace(plan, cfg=False, unguided="cond-only")
+    return plan
+
+
+def under_move(profile: Profile, move: tuple[str, int]) -> Profile:
+    """The profile as the images that took `move` run it: fixed plans, no decision (what export
+    traces a move's graphs from; ("none", 0) gives the plan the other images run)."""
+    return replace(profile, decision=None, steps=[move_plan(move, p, k) for k, p in enumerate(profile.steps)])
 
 
 class AcceleratedModel:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..accel.accelerated import AcceleratedModel
+from ..accel.accelerated import AcceleratedModel, under_move
 from ..bundle_contract import (
     F_HAT,
     FORMAT,
@@ -31,6 +31,7 @@ from ..bundle_contract import (
     MANIFEST,
     NOISE,
     PRECISIONS,
+    PREVIEW,
     TEXT,
     TEXT_LENGTHS,
     TOKEN_IDS,
@@ -51,6 +52,7 @@ from .chain import join_chain
 from .fold import ConstantBinder
 from .graphs import (
     DecoderGraph,
+    PreviewGraph,
     StepGraph,
     StepIO,
     TextEncoderGraph,
@@ -206,10 +208,6 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
             # Half weights traced under autocast: matmuls run in fp16 while autocast keeps softmax and
             # norms in float32, and the logits (hence the whole sampling tail) are float32.
             views[0].cast_(torch.float16)
-        for view in views:
-            if view.dynamic:
-                raise FastervarError(f"profile {profile.name!r} decides per image between steps (SkipVAR's rule); "
-                                     f"bundles bake fixed step graphs, so it cannot be exported yet")
         calibration = None
         if decoder == "int8":
             calibration = calibration_latents(views[0], settings, calib_images, prompts=calib_prompts)
@@ -286,7 +284,9 @@ def _write_bundle(views: list[AcceleratedModel], out: str | Path, settings: Samp
         finally:
             store.close()
         if tensorrt:
-            _build_plans(tmp, [e for ios, engines, chain in sets for e in engines], max_batch,
+            decided = [e for *_, extra in sets if extra for e in [extra["preview"]] +
+                       [g for m in extra["moves"] for g in m["engines"]]]
+            _build_plans(tmp, [e for _, engines, *_ in sets for e in engines] + decided, max_batch,
                          precisions[0] == "fp16", progress)
         acc = views[0]
         manifest = _manifest(acc, settings, precisions[0], max_batch, weights_sha256, sets[0][0], store, tmp)
@@ -294,10 +294,13 @@ def _write_bundle(views: list[AcceleratedModel], out: str | Path, settings: Samp
         manifest["text_encoder"] = text_encoder
         if text:
             manifest["aspects"] = [{"name": aspect_name(v.spec().aspect), "h_div_w": v.spec().aspect,
-                                    "grids": [list(g) for g in v.spec().grids], "engines": engines, "chain": chain}
-                                   for v, (_, engines, chain) in zip(views, sets)]
+                                    "grids": [list(g) for g in v.spec().grids], "engines": engines, "chain": chain,
+                                    **({"decision": extra} if extra else {})}
+                                   for v, (_, engines, chain, extra) in zip(views, sets)]
         else:
             manifest["engines"], manifest["chain"] = sets[0][1], sets[0][2]
+            if sets[0][3]:
+                manifest["decision"] = sets[0][3]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         try:
             read_manifest(tmp, verify=False)       # what export wrote must be what the runtime accepts
@@ -307,40 +310,81 @@ def _write_bundle(views: list[AcceleratedModel], out: str | Path, settings: Samp
 
 def _write_set(acc: AcceleratedModel, prefix: str, tmp: Path, binder: ConstantBinder, settings: SamplingSettings,
                precisions: tuple[str, str], progress: bool,
-               calibration: tuple[np.ndarray, dict] | None) -> tuple[list[StepIO], list[dict], dict]:
-    """One aspect's step graphs, decoder graph and joined graph, written under `prefix`."""
+               calibration: tuple[np.ndarray, dict] | None) -> tuple[list[StepIO], list[dict], dict | None, dict | None]:
+    """One aspect's step graphs, decoder graph and joined graph, written under `prefix`; with a
+    per-image decision, no joined graph but the preview graph and each move's step graphs."""
     precision, decoder = precisions
-    ios = plan_io(acc)
-    shapes = [{k: (tuple(v.shape), v.dtype) for k, v in feeds.items()}
-              for feeds in example_steps(acc, ios, settings, _EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1])]
-    engines = []
-    bar = tqdm(total=len(ios) + 2, desc=f"export graphs {prefix.rstrip('-')}".rstrip(), disable=not progress)
+    decision = acc.decision
+    base = acc if decision is None else AcceleratedModel(acc.model, under_move(acc.profile, ("none", 0)))
+    ios = plan_io(base)
+    moves = [] if decision is None else decision.move_set()
+    bar = tqdm(total=len(ios) + 2 + len(moves), desc=f"export graphs {prefix.rstrip('-')}".rstrip(),
+               disable=not progress)
     try:
-        examples = example_steps(acc, ios, settings, _EXAMPLE_BATCHES[0], _EXAMPLE_TEXT[0])
-        for io_, feeds, other in zip(ios, examples, shapes):
-            ins = [_spec(name, feeds[name], other[name]) for name in io_.inputs]
-            outs = [_spec(name, feeds[name], other[name]) for name in io_.outputs]
-            graph, params = _trace(StepGraph(acc, io_, settings), tuple(feeds[n] for n in io_.inputs), ins, outs)
-            del feeds
-            if precision == "int8" and not quantize_linears(graph, acc.model.INT8_LINEARS):
-                raise FastervarError(f"int8 quantization of step {io_.step} failed: its graph has no "
-                                     f"transformer linear layer to quantize")
-            engines.append(_engine(f"{prefix}step{io_.step}", io_.step, graph, ins, outs, tmp, binder, params,
-                                   precision))
-            bar.update()
-        dec, other = next(examples), shapes[-1]
+        engines, (dec, other) = _step_engines(base, ios, f"{prefix}step", tmp, binder, settings, precision, bar)
         ins, outs = [_spec(F_HAT, dec[F_HAT], other[F_HAT])], [_spec(IMAGES, dec[IMAGES], other[IMAGES])]
         graph, params = _trace(DecoderGraph(acc), (dec[F_HAT],), ins, outs)
-        del dec
         if decoder == "int8":
             graph, params = quantize_decoder(graph, params, calibration[0], OPSET), {}
         engines.append(_engine(f"{prefix}decoder", None, graph, ins, outs, tmp, binder, params, decoder))
         bar.update()
-        chain = _chain_engine(ios, engines, tmp, request_names(acc), f"{prefix}chain")
+        if decision is None:
+            chain, extra = _chain_engine(ios, engines, tmp, request_names(acc), f"{prefix}chain"), None
+        else:
+            chain, extra = None, _decision_engines(acc, moves, dec, other, prefix, tmp, binder, settings, precision,
+                                                   bar)
+        del dec
         bar.update()
     finally:
         bar.close()                   # ends its line, so an error message starts on its own
-    return ios, engines, chain
+    return ios, engines, chain, extra
+
+
+def _step_engines(acc: AcceleratedModel, ios: list[StepIO], name: str, tmp: Path, binder: ConstantBinder,
+                  settings: SamplingSettings, precision: str, bar, first: int = 0) -> tuple[list[dict], tuple]:
+    """The step graphs of `ios` from step `first` on (the earlier steps run only to reach their
+    state), and the decoder's example input and output at both batch sizes."""
+    shapes = [{k: (tuple(v.shape), v.dtype) for k, v in feeds.items()}
+              for feeds in example_steps(acc, ios, settings, _EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1])]
+    examples = example_steps(acc, ios, settings, _EXAMPLE_BATCHES[0], _EXAMPLE_TEXT[0])
+    engines = []
+    for io_, feeds, other in zip(ios, examples, shapes):
+        if io_.step < first:
+            continue
+        ins = [_spec(n, feeds[n], other[n]) for n in io_.inputs]
+        outs = [_spec(n, feeds[n], other[n]) for n in io_.outputs]
+        graph, params = _trace(StepGraph(acc, io_, settings), tuple(feeds[n] for n in io_.inputs), ins, outs)
+        del feeds
+        if precision == "int8" and not quantize_linears(graph, acc.model.INT8_LINEARS):
+            raise FastervarError(f"int8 quantization of step {io_.step} failed: its graph has no "
+                                 f"transformer linear layer to quantize")
+        engines.append(_engine(f"{name}{io_.step}", io_.step, graph, ins, outs, tmp, binder, params, precision))
+        bar.update()
+    return engines, (next(examples), shapes[-1])
+
+
+def _decision_engines(acc: AcceleratedModel, moves: list[tuple[str, int]], dec: dict, other: dict, prefix: str,
+                      tmp: Path, binder: ConstantBinder, settings: SamplingSettings, precision: str, bar) -> dict:
+    """The preview graph (fp32: it decides, so int8 rounding must not move a decision) and, for
+    each move the rule can pick, the step graphs its images run from the move's first step."""
+    d = acc.decision
+    with torch.no_grad():
+        small = PreviewGraph(acc, d.preview_step)(torch.zeros(other[F_HAT][0], dtype=other[F_HAT][1]))
+        preview = PreviewGraph(acc, d.preview_step)(dec[F_HAT])
+    ins = [_spec(F_HAT, dec[F_HAT], other[F_HAT])]
+    outs = [_spec(PREVIEW, preview, (tuple(small.shape), small.dtype))]
+    graph, params = _trace(PreviewGraph(acc, d.preview_step), (dec[F_HAT],), ins, outs)
+    entry = {"preview": _engine(f"{prefix}preview", None, graph, ins, outs, tmp, binder, params, "fp32"), "moves": []}
+    for kind, first in moves:
+        graphs: list[dict] = []
+        if kind != "skip":
+            view = AcceleratedModel(acc.model, under_move(acc.profile, (kind, first)))
+            graphs, _ = _step_engines(view, plan_io(view), f"{prefix}{kind}{first}-step", tmp, binder, settings,
+                                      precision, bar, first)
+        else:
+            bar.update()
+        entry["moves"].append({"kind": kind, "first": first, "engines": graphs})
+    return entry
 
 
 def _write_text_encoder(encoder: torch.nn.Module, tokenizer: Path, root: Path, binder: ConstantBinder,

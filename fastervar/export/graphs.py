@@ -122,6 +122,18 @@ class DecoderGraph(nn.Module):
         return self.acc.to_uint8(self.acc.decode(f_hat))
 
 
+class PreviewGraph(nn.Module):
+    """Latent to the small float image a per-image decision reads (`FamilyModel.preview`)."""
+
+    def __init__(self, acc: AcceleratedModel, step: int):
+        super().__init__()
+        self.acc, self.step = acc, step
+        self.model = acc.model
+
+    def forward(self, f_hat: torch.Tensor) -> torch.Tensor:
+        return self.acc.model.preview(f_hat, self.step).float()
+
+
 @torch.no_grad()
 def example_steps(acc: AcceleratedModel, ios: list[StepIO], settings: SamplingSettings,
                   batch: int, text_length: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -4,6 +4,10 @@ Torch-free: numpy in, numpy out. State flows between engines by name (an engine 
 the input `X` of later engines), the condition (labels, or prompt embeddings padded to the batch's
 longest prompt) and noise come from the request, and requests larger than
 the bundle's maximum batch run in chunks, each image still drawing noise from (seed, its index).
+
+A bundle whose profile decides per image (SkipVAR's kind) previews each image's latent after the
+decision step, applies the rule (`decision_rule`, numpy), and from then on runs each group of
+images that took the same move as a batch of its own, on that move's graphs.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ from ..bundle_contract import (
     IMAGES,
     LABELS,
     NOISE,
+    PREVIEW,
     TEXT,
     TEXT_LENGTHS,
     TOKEN_IDS,
     TOKENS,
+    EngineSpec,
     Manifest,
     read_manifest,
     state_name,
     step_noise,
     step_tokens,
 )
+from ..decision_rule import Decision, features
 from ..errors import FastervarError
 from ..utils.noise import NoiseKey, batch_uniform, image_keys
 from ..utils.tokens import PromptTokenizer
@@ -46,10 +53,51 @@ from .sessions import (
 @dataclass
 class RuntimeResult:
     images: np.ndarray                  # (N, H, W, 3) uint8
-    tokens: list[np.ndarray]            # per scale step, (N, p*p) int64; (N, 0) for a skipped step
+    tokens: list[np.ndarray]            # per scale step, (N, p*p) int64; (N, 0) for a skipped step, and
+                                        # -1 in the rows of images whose move skipped it
     step_seconds: list[float]           # per scale step (noise draw included), summed over chunks
     decode_seconds: float
     graph_seconds: float = 0.0          # the single-graph engine: steps and decoder in one call
+    moves: list[str] | None = None      # per image, the move a per-image decision picked ("none",
+                                        # "skip from 10", "uncond from 11")
+
+
+Step = tuple[Engine, EngineSpec]
+
+
+@dataclass
+class _Decider:
+    """A bundle's per-image decision, opened: the rule, the preview engine, and each move's step engines."""
+
+    rule: Decision
+    preview: Engine
+    moves: dict[tuple[str, int], dict[int, Step]]
+
+
+@dataclass
+class _Set:
+    """One aspect's engines: the steps by index, the decoder, or the joined graph alone."""
+
+    manifest: Manifest
+    steps: dict[int, Step]
+    decoder: Engine | None
+    chain: Engine | None
+    decider: _Decider | None = None
+
+
+@dataclass
+class _Group:
+    """Images of a chunk that run the remaining steps together, with their state."""
+
+    rows: list[int]
+    move: tuple[str, int]
+    state: dict[str, np.ndarray]
+
+    def engine(self, s: _Set, k: int) -> Step | None:
+        kind, first = self.move
+        if k < first or kind == "none":
+            return s.steps.get(k)
+        return None if kind == "skip" else s.decider.moves[self.move].get(k)
 
     @property
     def seconds_total(self) -> float:
@@ -68,7 +116,7 @@ class Pipeline:
         self.manifest, self.provider = manifest, provider
         self._threads, self._prepack, self._single = threads, prepack, chain
         self._weights: SharedWeights | None = None
-        self._sets: dict[str | None, tuple[Manifest, dict[int, Engine], Engine | None, Engine | None]] = {}
+        self._sets: dict[str | None, _Set] = {}
         self._open(manifest.aspect)
         self._encoder: tuple[PromptTokenizer, Engine] | None = None
 
@@ -91,17 +139,29 @@ class Pipeline:
         check_provider(provider)
         return cls(manifest, provider, threads, prepack, chain)
 
-    def _open(self, aspect: str | None) -> tuple[Manifest, dict[int, Engine], Engine | None, Engine | None]:
+    def _open(self, aspect: str | None) -> _Set:
         if aspect not in self._sets:
             m = self.manifest if aspect == self.manifest.aspect else self.manifest.at_aspect(aspect)
             if self._single:
-                self._sets[aspect] = (m, {}, None, create_chain_engine(m, self.provider, self._threads))
+                self._sets[aspect] = _Set(m, {}, None, create_chain_engine(m, self.provider, self._threads))
             else:
                 if self._weights is None and self.provider != "tensorrt":     # plans hold their own weights
                     self._weights = SharedWeights(m)
-                engines = create_engines(m, self.provider, self._threads, self._prepack, self._weights)
-                self._sets[aspect] = (m, dict(zip([e.step for e in m.steps], engines[:-1])), engines[-1], None)
+                engines = self._engines(m, m.engines)
+                steps = {e.step: (engine, e) for e, engine in zip(m.steps, engines[:-1])}
+                self._sets[aspect] = _Set(m, steps, engines[-1], None, self._decider(m))
         return self._sets[aspect]
+
+    def _engines(self, m: Manifest, specs: list[EngineSpec]) -> list[Engine]:
+        return create_engines(m, self.provider, self._threads, self._prepack, self._weights, specs)
+
+    def _decider(self, m: Manifest) -> _Decider | None:
+        d = m.decision
+        if d is None:
+            return None
+        moves = {move: dict(zip([e.step for e in specs], zip(self._engines(m, specs), specs))) if specs else {}
+                 for move, specs in d.moves.items()}
+        return _Decider(d.rule, self._engines(m, [d.preview])[0], moves)
 
     @property
     def single_graph(self) -> bool:
@@ -194,6 +254,7 @@ class Pipeline:
             step_seconds=[sum(p.step_seconds[k] for p in parts) for k in range(len(parts[0].step_seconds))],
             decode_seconds=sum(p.decode_seconds for p in parts),
             graph_seconds=sum(p.graph_seconds for p in parts),
+            moves=None if parts[0].moves is None else [mv for p in parts for mv in p.moves],
         )
 
     def _check_conditions(self, conds: list[Condition]) -> list:
@@ -230,29 +291,58 @@ class Pipeline:
             row[:len(c)] = c
         return {TEXT: text, TEXT_LENGTHS: lengths}
 
-    def _chunk(self, view, conds: list, keys: Sequence[NoiseKey]) -> RuntimeResult:
-        m, steps, decoder, chain = view
-        if chain is not None:
-            return self._chain_chunk(m, chain, conds, keys)
+    def _chunk(self, view: _Set, conds: list, keys: Sequence[NoiseKey]) -> RuntimeResult:
+        m = view.manifest
+        if view.chain is not None:
+            return self._chain_chunk(m, view.chain, conds, keys)
         b = len(conds)
         shape, dtype = m.latent
         state: dict[str, np.ndarray] = {**self._request(m, conds), F_HAT: np.zeros((b, *shape), dtype=dtype)}
-        specs = {e.step: e for e in m.steps}
+        groups = [_Group(list(range(b)), ("none", 0), state)]
+        doubled: set[str] = set()             # state with both guidance halves: 2 x batch rows
+        decider, snapshot, moves = view.decider, None, None
         tokens, seconds = [], []
         for k in range(m.num_steps):
             t0 = time.perf_counter()
-            engine = steps.get(k)
-            if engine is None:
-                tokens.append(np.zeros((b, 0), dtype=np.int64))
-            else:
-                state[NOISE] = batch_uniform(keys, k, m.noise_width(k))
-                out = engine.run({i["name"]: state[i["name"]] for i in specs[k].inputs})
-                tokens.append(out.pop(TOKENS))
-                state.update({state_name(name): v for name, v in out.items() if state_name(name)})
+            ran = []
+            for g in groups:
+                step = g.engine(view, k)
+                if step is None:
+                    continue
+                engine, spec = step
+                g.state[NOISE] = batch_uniform([keys[r] for r in g.rows], k, int(spec.spec(NOISE)["shape"][1]))
+                out = engine.run({i["name"]: g.state[i["name"]] for i in spec.inputs})
+                ran.append((g.rows, out.pop(TOKENS)))
+                for name, v in out.items():
+                    if state_name(name):
+                        g.state[state_name(name)] = v
+                        if spec.spec(name, "outputs")["shape"][0] == "rows":
+                            doubled.add(state_name(name))
+                        else:
+                            doubled.discard(state_name(name))
+            tokens.append(_gather(ran, b))
+            if decider is not None and k == decider.rule.compare:
+                snapshot = state[F_HAT].copy()
+            if decider is not None and k == decider.rule.after:
+                moves = self._decide(decider, state[F_HAT], snapshot)
+                groups = _split(state, moves, doubled)
             seconds.append(time.perf_counter() - t0)
+        f_hat = state[F_HAT]
+        if len(groups) > 1 or groups[0].state is not state:
+            f_hat = np.empty_like(f_hat)
+            for g in groups:
+                f_hat[g.rows] = g.state[F_HAT]
         t0 = time.perf_counter()
-        images = decoder.run({F_HAT: state[F_HAT]})[IMAGES]
-        return RuntimeResult(images, tokens, seconds, time.perf_counter() - t0)
+        images = view.decoder.run({F_HAT: f_hat})[IMAGES]
+        labels = None if moves is None else ["none" if k == "none" else f"{k} from {f}" for k, f in moves]
+        return RuntimeResult(images, tokens, seconds, time.perf_counter() - t0, moves=labels)
+
+    @staticmethod
+    def _decide(decider: _Decider, f_hat: np.ndarray, snapshot: np.ndarray) -> list[tuple[str, int]]:
+        """Each image's move, from the previews of its latent now and at the compare step."""
+        d = decider.rule
+        new, old = (decider.preview.run({F_HAT: f})[PREVIEW] for f in (f_hat, snapshot))
+        return d.moves(features(new, old, d.freq_ratio))
 
     def _chain_chunk(self, m: Manifest, chain: Engine, conds: list, keys: Sequence[NoiseKey]) -> RuntimeResult:
         """One call for the whole batch (noise draw included); per-step times stay zero, as one
@@ -264,3 +354,27 @@ class Pipeline:
         out = chain.run(feeds)
         tokens = [out.get(step_tokens(k), np.zeros((len(conds), 0), dtype=np.int64)) for k in range(m.num_steps)]
         return RuntimeResult(out[IMAGES], tokens, [0.0] * m.num_steps, 0.0, time.perf_counter() - t0)
+
+
+def _gather(ran: list[tuple[list[int], np.ndarray]], b: int) -> np.ndarray:
+    """A step's tokens for the whole chunk from those of the groups that ran it (-1 elsewhere)."""
+    if not ran:
+        return np.zeros((b, 0), dtype=np.int64)
+    if len(ran) == 1 and len(ran[0][0]) == b:
+        return ran[0][1]
+    out = np.full((b, ran[0][1].shape[1]), -1, dtype=ran[0][1].dtype)
+    for rows, t in ran:
+        out[rows] = t
+    return out
+
+
+def _split(state: dict[str, np.ndarray], moves: list[tuple[str, int]], doubled: set[str]) -> list[_Group]:
+    """One group per move, in order of first appearance, each with its images' rows of the state
+    (both halves of a guided tensor)."""
+    b = len(moves)
+    groups = []
+    for move in dict.fromkeys(moves):
+        rows = [i for i, mv in enumerate(moves) if mv == move]
+        both = rows + [r + b for r in rows]
+        groups.append(_Group(rows, move, {n: v[both if n in doubled else rows] for n, v in state.items()}))
+    return groups

@@ -142,16 +142,18 @@ def create_chain_engine(manifest: Manifest, provider: str, threads: int = 0) -> 
 
 
 def create_engines(manifest: Manifest, provider: str, threads: int = 0, prepack: bool = False,
-                   weights: SharedWeights | None = None) -> list[Engine]:
-    """An engine per graph in the manifest's order, on `provider` (cpu, cuda or tensorrt), reading
-    `weights` (mapped here if not given: pass one to share it between aspects)."""
+                   weights: SharedWeights | None = None, specs: list[EngineSpec] | None = None) -> list[Engine]:
+    """An engine per graph of `specs` (default: the manifest's steps and decoder, in order), on
+    `provider` (cpu, cuda or tensorrt), reading `weights` (mapped here if not given: pass one to
+    share it between aspects)."""
     check_provider(provider)
-    if provider == "tensorrt" and all(e.plan for e in manifest.engines):
+    specs = manifest.engines if specs is None else specs
+    if provider == "tensorrt" and all(e.plan for e in specs):
         from .tensorrt_engine import TensorRTEngine, runtime_available
         if runtime_available() is None:
-            return [TensorRTEngine(manifest.path(e.plan), e.inputs, e.outputs) for e in manifest.engines]
+            return [TensorRTEngine(manifest.path(e.plan), e.inputs, e.outputs) for e in specs]
     if provider == "tensorrt" and PROVIDERS["tensorrt"] not in _ort().get_available_providers():
         raise FastervarError("provider 'tensorrt': this bundle has no TensorRT plans (export with --tensorrt) "
                              "and onnxruntime here has no TensorRT execution provider")
     weights = weights or SharedWeights(manifest)
-    return [OrtEngine(manifest, e, weights, provider, threads, prepack) for e in manifest.engines]
+    return [OrtEngine(manifest, e, weights, provider, threads, prepack) for e in specs]

@@ -1,0 +1,146 @@
+"""A per-image decision (SkipVAR's kind) through export and the torch-free runtime: the bundle
+holds the preview graph and each move's step graphs, the runtime picks each image's move with the
+same rule and features, and its bits equal the torch sampler's at every step, on a tiny Infinity
+saved in upstream's layout, at two aspects, with prompts of different lengths in one batch."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from fastervar import bundle_contract as contract
+from fastervar.accel.accelerated import AcceleratedModel, preview_features
+from fastervar.calibrate.decision_fit import geometry
+from fastervar.decision_rule import Decision
+from fastervar.models.infinity.checkpoint import resolve_infinity
+from fastervar.models.sampler import generate_batch
+from fastervar.models.text.prompts import TextBatch
+from fastervar.profile import identity, load
+from fastervar.runtime.pipeline import Pipeline
+from fastervar.utils.noise import image_keys
+
+from .test_bundle_contract import _fresh
+from .test_infinity_export import ASPECTS, cli, files, model_args  # noqa: F401 -- `files` is a fixture
+
+KEYS = image_keys(0, range(3))
+
+
+def _model(files, aspect: str):
+    return resolve_infinity(None, str(files / "infinity.pth"), str(files / "vae.pth"), False, torch.device("cpu"),
+                            ASPECTS[aspect], "0.06M")
+
+
+def _text(files) -> TextBatch:
+    with np.load(files / "emb.npz") as data:
+        return TextBatch(torch.from_numpy(data["embeddings"]), torch.from_numpy(data["lengths"]))
+
+
+def _rule(classes_first: dict[int, int], feature: int, threshold: float) -> dict:
+    """A two-class rule on one feature: class 1 (its move) where the feature exceeds `threshold`."""
+    coef = [[0.0, 0.0], [0.0, 0.0]]
+    coef[1][feature] = 1.0
+    return {"scaler": {"mean": [0.0, 0.0], "scale": [1.0, 1.0]},
+            "model": {"classes": [0, 1], "coef": coef, "intercept": [0.0, -threshold]},
+            "first_step": {str(c): f for c, f in classes_first.items()}}
+
+
+@pytest.fixture(scope="module")
+def decided(files, tmp_path_factory):
+    """An identity profile with a decision whose thresholds split the three prompts at 1:1 into
+    three moves: the image with the most arriving detail skips the last step, of the other two the
+    one with the higher FFT ratio runs the last two steps on its conditional half, the third runs
+    every step guided. Returns the profile's path and its bundle."""
+    model = _model(files, "1:1")
+    steps = model.num_steps
+    where = geometry(steps)
+    seen = {}
+
+    def watch(k, state, out):
+        if k in (where["compare_step"], where["after_step"]):
+            seen[k] = state.f_hat.clone()
+
+    generate_batch(model, _text(files), model.default_settings(), KEYS, on_step=watch)
+    x = preview_features(model, seen[where["after_step"]], seen[where["compare_step"]], where["preview_step"], 0.4)
+    order = np.argsort(x[:, 0])
+    skip_at = (x[order[-1], 0] + x[order[-2], 0]) / 2
+    rest = sorted(order[:-1], key=lambda i: x[i, 1])
+    uncond_at = (x[rest[0], 1] + x[rest[1], 1]) / 2
+    prof = identity(model, "tiny-decision")
+    prof.decision = {**where, "freq_ratio": 0.4, "skip": _rule({0: 0, 1: steps - 1}, 0, float(skip_at)),
+                     "uncond": _rule({0: 0, 1: steps - 2}, 1, float(uncond_at))}
+    out = tmp_path_factory.mktemp("decision")
+    prof.save(out / "decision.json")
+    r = cli("export", *model_args(files), "--aspect", "1:1", "--aspect", "1:2", "--profile", out / "decision.json",
+            "--out", out / "bundle")
+    assert r.exit_code == 0, r.output
+    return out / "decision.json", out / "bundle"
+
+
+def test_runtime_picks_the_same_moves_and_draws_the_same_bits(files, decided):
+    profile_path, bundle = decided
+    prof = load(profile_path)
+    with np.load(files / "emb.npz") as data:
+        prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
+    pipe = Pipeline.from_bundle(bundle)
+    assert not pipe.single_graph                  # a decision cannot run as one graph
+    steps = prof.num_steps
+    for aspect in ASPECTS:
+        ref = generate_batch(AcceleratedModel(_model(files, aspect), prof), _text(files),
+                             _model(files, aspect).default_settings(), KEYS)
+        got = pipe.generate_items([(p, 0, i) for i, p in enumerate(prompts)], aspect=aspect)
+        for k, (a, b) in enumerate(zip(ref.tokens, got.tokens)):
+            assert np.array_equal(a.numpy(), b), f"{aspect}: bits differ at step {k}"
+        assert np.abs(got.images.astype(int) - ref.images.numpy().astype(int)).max() <= 1
+        if aspect == "1:1":
+            assert sorted(got.moves) == sorted(["none", f"skip from {steps - 1}", f"uncond from {steps - 2}"])
+            skipped = got.moves.index(f"skip from {steps - 1}")
+            assert (got.tokens[-1][skipped] == -1).all() and (got.tokens[-2][skipped] >= 0).all()
+
+
+def test_each_image_gets_its_own_move_alone_or_batched(files, decided):
+    _, bundle = decided
+    with np.load(files / "emb.npz") as data:
+        prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
+    pipe = Pipeline.from_bundle(bundle)
+    together = pipe.generate_items([(p, 0, i) for i, p in enumerate(prompts)])
+    for i, p in enumerate(prompts):
+        alone = pipe.generate_items([(p, 0, i)])
+        assert alone.moves == [together.moves[i]]
+        assert np.abs(alone.images[0].astype(int) - together.images[i].astype(int)).max() <= 1
+
+
+def test_the_manifest_holds_the_preview_and_every_moves_graphs(decided):
+    _, bundle = decided
+    m = contract.read_manifest(bundle)
+    assert m.chain is None
+    d = m.decision
+    assert isinstance(d.rule, Decision) and set(d.moves) == set(d.rule.move_set())
+    steps = m.num_steps
+    assert d.moves[("skip", steps - 1)] == []
+    assert [e.step for e in d.moves[("uncond", steps - 2)]] == [steps - 2, steps - 1]
+    first = d.moves[("uncond", steps - 2)][0]
+    assert first.spec(contract.cache_names(1)[0])["shape"][0] == "rows"     # it slices the guided cache itself
+    assert d.preview.spec(contract.PREVIEW, "outputs")["shape"][:2] == ["batch", 3]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["aspects"][0].pop("decision"), "aspects[0].decision is missing"),
+    (lambda d: d["aspects"][0]["decision"]["moves"].pop(), "has no graphs for the move"),
+    (lambda d: d["aspects"][0].__setitem__("chain", d["aspects"][0]["engines"][-1]), "chain must be null"),
+    (lambda d: d["aspects"][0]["decision"]["moves"][0].__setitem__("first", 0), "must be a step after"),
+    (lambda d: d["profile"]["json"]["decision"].__setitem__("after_step", "9"), "profile.json: profile field decision"),
+])
+def test_a_broken_decision_entry_is_refused_in_one_line(decided, tmp_path, edit, message):
+    _, bundle = decided
+    copy = _fresh(bundle, tmp_path / "b")
+    data = json.loads((copy / contract.MANIFEST).read_text())
+    edit(data)
+    (copy / contract.MANIFEST).unlink()             # a hard link to the fixture's manifest: replace, do not write through
+    (copy / contract.MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(contract.BundleError, match=re.escape(message)) as info:
+        contract.read_manifest(copy, verify=False)
+    assert "\n" not in str(info.value)
