@@ -5,17 +5,26 @@ saved in upstream's layout, at two aspects, with prompts of different lengths in
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 from fastervar import bundle_contract as contract
 from fastervar.accel.accelerated import AcceleratedModel, preview_features
 from fastervar.calibrate.decision_fit import geometry
 from fastervar.decision_rule import Decision
+from fastervar.errors import FastervarError
 from fastervar.models.infinity.checkpoint import resolve_infinity
 from fastervar.models.sampler import generate_batch
 from fastervar.models.text.prompts import TextBatch
@@ -23,10 +32,15 @@ from fastervar.profile import identity, load
 from fastervar.runtime.pipeline import Pipeline
 from fastervar.utils.noise import image_keys
 
-from .test_bundle_contract import _fresh
-from .test_infinity_export import ASPECTS, cli, files, model_args  # noqa: F401 -- `files` is a fixture
+from .test_bundle_contract import _OPENED_OUTSIDE, _WATCH, ODD_VALUES, _apply, _fresh, _outside_refs, _parent, _paths
+from .test_infinity_export import ASPECTS, cli, model_args, save_tiny_infinity
 
 KEYS = image_keys(0, range(3))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return save_tiny_infinity(tmp_path_factory.mktemp("decision-files"))
 
 
 def _model(files, aspect: str):
@@ -144,3 +158,71 @@ def test_a_broken_decision_entry_is_refused_in_one_line(decided, tmp_path, edit,
     with pytest.raises(contract.BundleError, match=re.escape(message)) as info:
         contract.read_manifest(copy, verify=False)
     assert "\n" not in str(info.value)
+
+
+@st.composite
+def decision_mutations(draw, manifest: dict):
+    """A manifest whose decision part (the rule, the preview, the moves) is damaged: a field deleted
+    or retyped, or a graph path pointed outside."""
+    m = copy.deepcopy(manifest)
+    roots = [("profile", "json", "decision")] + [("aspects", i, "decision") for i in range(len(m["aspects"]))]
+    paths = [p for r in roots for p in _paths(_parent(m, r + ("x",)), r) if p != r] + roots
+    kind = draw(st.sampled_from(["delete", "retype", "path"]))
+    path = draw(st.sampled_from([p for p in paths if p[-1] == "graph"] if kind == "path" else paths))
+    if kind == "delete":
+        del _parent(m, path)[path[-1]]
+    else:
+        values = _outside_refs(Path("OUTSIDE")) if kind == "path" else ODD_VALUES
+        _parent(m, path)[path[-1]] = draw(st.sampled_from(values))
+    return m
+
+
+@pytest.fixture(scope="module")
+def decision_made(decided, tmp_path_factory):
+    """The decision bundle, and beside it an 'outside' copy a damaged manifest might reach."""
+    root = tmp_path_factory.mktemp("decision-contract")
+    shutil.copytree(decided[1], root / "bundle")
+    shutil.copytree(decided[1], root / "outside")
+    return root / "bundle"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_decision_manifests_load_or_fail_in_one_line_and_never_open_outside(decision_made, files, tmp_path,
+                                                                                  data):
+    outside = decision_made.parent / "outside"
+    manifest = data.draw(decision_mutations(json.loads((decision_made / contract.MANIFEST).read_text())))
+    bundle = _fresh(decision_made, tmp_path / "b")
+    _apply(bundle, outside, manifest, {})
+    _OPENED_OUTSIDE.clear()
+    _WATCH[:] = [outside.resolve()]
+    with np.load(files / "emb.npz") as emb:
+        prompt = emb["embeddings"][0][:int(emb["lengths"][0])]
+    try:
+        result = Pipeline.from_bundle(bundle).generate_items([(prompt, 0, 0)])
+    except FastervarError as exc:
+        assert str(exc) and "\n" not in str(exc), str(exc)
+        event("refused")
+    else:
+        event("loaded and ran")
+        assert result.images.shape[0] == 1
+    finally:
+        _WATCH.clear()
+    assert not _OPENED_OUTSIDE, f"opened outside the bundle: {_OPENED_OUTSIDE}"
+
+
+def test_run_without_torch_writes_the_pipelines_images_and_says_what_it_decided(files, decided, tmp_path):
+    _, bundle = decided
+    code = ("import sys; sys.modules['torch'] = None; from fastervar.cli import main; "
+            f"main(['run', {str(bundle)!r}, '--text-embeddings', {str(files / 'emb.npz')!r}, "
+            f"'--out', {str(tmp_path / 'png')!r}])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    steps = contract.read_manifest(bundle).num_steps
+    assert f"per-image decision: 1 none, 1 skip from {steps - 1}, 1 uncond from {steps - 2}" in p.stdout, p.stdout
+    with np.load(files / "emb.npz") as data:
+        prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
+    ref = Pipeline.from_bundle(bundle).generate_items([(q, 0, i) for i, q in enumerate(prompts)]).images
+    for i in range(3):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / f"{i:04d}.png").convert("RGB")), ref[i])

@@ -53,8 +53,11 @@ def cli(*args):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Tiny random Infinity saved in upstream's layout, and three prompts of different lengths."""
-    d = tmp_path_factory.mktemp("infinity-export")
+    return save_tiny_infinity(tmp_path_factory.mktemp("infinity-export"))
+
+
+def save_tiny_infinity(d: Path) -> Path:
+    """Tiny random Infinity saved in upstream's layout in `d`, and three prompts of different lengths."""
     model = random_infinity("infinity-tiny")
     torch.save(model.infinity.state_dict(), d / "infinity.pth")
     torch.save({"vae": model.vae.state_dict()}, d / "vae.pth")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import click
 
 from ..errors import FastervarError
@@ -83,6 +85,9 @@ def run(bundle, class_ids, classes_file, text_embeddings, prompts, prompts_file,
         result = pipe.generate_items([(c, s, i) for c, (s, i) in zip(conds, keys)], batch_size, aspect)
         paths = write_pngs(result.images, stage)
     click.echo(f"wrote {len(paths)} images to {out_dir} ({result.seconds_total:.2f} s on {provider})")
+    if result.moves is not None:           # a per-image decision: say what it picked
+        counts = Counter(result.moves)
+        click.echo("per-image decision: " + ", ".join(f"{n} {move}" for move, n in sorted(counts.items())))
 
 
 def _replicas(value: str) -> int | str:

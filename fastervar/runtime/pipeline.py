@@ -61,6 +61,10 @@ class RuntimeResult:
     moves: list[str] | None = None      # per image, the move a per-image decision picked ("none",
                                         # "skip from 10", "uncond from 11")
 
+    @property
+    def seconds_total(self) -> float:
+        return sum(self.step_seconds) + self.decode_seconds + self.graph_seconds
+
 
 Step = tuple[Engine, EngineSpec]
 
@@ -98,10 +102,6 @@ class _Group:
         if k < first or kind == "none":
             return s.steps.get(k)
         return None if kind == "skip" else s.decider.moves[self.move].get(k)
-
-    @property
-    def seconds_total(self) -> float:
-        return sum(self.step_seconds) + self.decode_seconds + self.graph_seconds
 
 
 Condition = int | str | np.ndarray   # a class index, a prompt, or one prompt's (T, C) float32 embeddings
