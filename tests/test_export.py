@@ -47,7 +47,7 @@ def embedded():
 def bundles(tmp_path_factory, embedded):
     root = tmp_path_factory.mktemp("bundles")
     out = {}
-    for prof in (identity(embedded.cfg), resolve("fashion-tiny-calibrated")):
+    for prof in (identity(embedded.cfg), resolve("fashion-tiny-calibrated"), resolve("fashion-tiny-calibrated-fast")):
         out[prof.name] = (prof, export_bundle(embedded, prof, root / prof.name, SETTINGS, max_batch=4, progress=False))
     return out
 
@@ -62,7 +62,7 @@ def _parity(model, profile, path: Path, classes, seed: int, chain: bool | None =
 
 
 @pytest.mark.parametrize("chain", [True, False], ids=["one-graph", "step-graphs"])
-@pytest.mark.parametrize("name", ["identity", "fashion-tiny-calibrated"])
+@pytest.mark.parametrize("name", ["identity", "fashion-tiny-calibrated", "fashion-tiny-calibrated-fast"])
 def test_runtime_tokens_equal_torch_accelerated_path(bundles, embedded, name, chain):
     prof, path = bundles[name]
     _parity(embedded, prof, path, CLASSES, seed=4, chain=chain)     # 7 images, max batch 4: two chunks

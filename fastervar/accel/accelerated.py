@@ -284,7 +284,8 @@ class AcceleratedModel:
             per_token = noise.view(b, n, -1)
             noise = per_token.gather(1, idx.unsqueeze(-1).expand(-1, -1, per_token.shape[-1])).flatten(1)
         tokens_kept, codes_kept = m.sample(k, logits, noise, settings, guidance)
-        kept = torch.zeros(b, n, dtype=torch.bool, device=idx.device).scatter(1, idx, True)
+        ones = torch.ones_like(idx, dtype=torch.bool)                 # a tensor: a scalar bool cannot be traced
+        kept = torch.zeros(b, n, dtype=torch.bool, device=idx.device).scatter(1, idx, ones)
         codes = codes_kept.new_zeros(b, n, codes_kept.shape[-1]).scatter(
             1, idx.unsqueeze(-1).expand_as(codes_kept), codes_kept)
         tokens = tokens_kept.new_full((b, n, tokens_kept.shape[-1]), -1).scatter(
