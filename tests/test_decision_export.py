@@ -62,13 +62,10 @@ def _rule(classes_first: dict[int, int], feature: int, threshold: float) -> dict
             "first_step": {str(c): f for c, f in classes_first.items()}}
 
 
-@pytest.fixture(scope="module")
-def decided(files, tmp_path_factory):
-    """An identity profile with a decision whose thresholds split the three prompts at 1:1 into
-    three moves: the image with the most arriving detail skips the last step, of the other two the
-    one with the higher FFT ratio runs the last two steps on its conditional half, the third runs
-    every step guided. Returns the profile's path and its bundle."""
-    model = _model(files, "1:1")
+def splitting_decision(model, inputs, keys) -> dict:
+    """A decision whose thresholds split three images into three moves: the one with the most
+    arriving detail skips the last step; of the other two, the one with the higher FFT ratio runs
+    the last two steps on its conditional half, the third runs every step as planned."""
     steps = model.num_steps
     where = geometry(steps)
     seen = {}
@@ -77,15 +74,23 @@ def decided(files, tmp_path_factory):
         if k in (where["compare_step"], where["after_step"]):
             seen[k] = state.f_hat.clone()
 
-    generate_batch(model, _text(files), model.default_settings(), KEYS, on_step=watch)
+    generate_batch(model, inputs, model.default_settings(), keys, on_step=watch)
     x = preview_features(model, seen[where["after_step"]], seen[where["compare_step"]], where["preview_step"], 0.4)
     order = np.argsort(x[:, 0])
     skip_at = (x[order[-1], 0] + x[order[-2], 0]) / 2
     rest = sorted(order[:-1], key=lambda i: x[i, 1])
     uncond_at = (x[rest[0], 1] + x[rest[1], 1]) / 2
+    return {**where, "freq_ratio": 0.4, "skip": _rule({0: 0, 1: steps - 1}, 0, float(skip_at)),
+            "uncond": _rule({0: 0, 1: steps - 2}, 1, float(uncond_at))}
+
+
+@pytest.fixture(scope="module")
+def decided(files, tmp_path_factory):
+    """An identity profile with a decision that splits the three prompts at 1:1 into three moves,
+    and its bundle at 1:1 and 1:2. Returns the profile's path and the bundle's."""
+    model = _model(files, "1:1")
     prof = identity(model, "tiny-decision")
-    prof.decision = {**where, "freq_ratio": 0.4, "skip": _rule({0: 0, 1: steps - 1}, 0, float(skip_at)),
-                     "uncond": _rule({0: 0, 1: steps - 2}, 1, float(uncond_at))}
+    prof.decision = splitting_decision(model, _text(files), KEYS)
     out = tmp_path_factory.mktemp("decision")
     prof.save(out / "decision.json")
     r = cli("export", *model_args(files), "--aspect", "1:1", "--aspect", "1:2", "--profile", out / "decision.json",
@@ -226,3 +231,20 @@ def test_run_without_torch_writes_the_pipelines_images_and_says_what_it_decided(
     ref = Pipeline.from_bundle(bundle).generate_items([(q, 0, i) for i, q in enumerate(prompts)]).images
     for i in range(3):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / f"{i:04d}.png").convert("RGB")), ref[i])
+
+
+def test_a_class_conditional_decision_bundle_draws_the_torch_samplers_bits(tmp_path):
+    """The same on the embedded VAR model: the decision sits at the manifest's top level."""
+    from fastervar.models.loading import shipped_model
+    from fastervar.export.bundle import export_bundle
+    model = shipped_model("fashion-tiny")
+    classes, keys = [0, 3, 7], image_keys(5, range(3))
+    prof = identity(model.cfg, "tiny-var-decision")
+    prof.decision = splitting_decision(model, torch.tensor(classes), keys)
+    path = export_bundle(model, prof, tmp_path / "b", model.default_settings(), max_batch=4, progress=False)
+    ref = generate_batch(AcceleratedModel(model, prof), torch.tensor(classes), model.default_settings(), keys)
+    got = Pipeline.from_bundle(path).generate(classes, seed=5)
+    assert len(set(got.moves)) == 3
+    for k, (a, b) in enumerate(zip(ref.tokens, got.tokens)):
+        assert np.array_equal(a.numpy(), b), f"bits differ at step {k}"
+    assert np.abs(got.images.astype(int) - ref.images.numpy().astype(int)).max() <= 1
