@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import write_result
-from export_cost import INFINITY_SHAPE, export_once, weight_bytes, write_files
+from export_cost import INFINITY_SHAPE, ExportFailed, export_once, weight_bytes, write_files
 
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.accel.presets import template
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     with np.load(prompt) as data:
         emb, lengths = data["embeddings"], data["lengths"]
     bank = TextBatch(torch.from_numpy(emb), torch.from_numpy(lengths))
-    rows = []
+    rows, refused = [], []
     for profile, precision in VARIANTS:
         if args.only and f"{profile}:{precision}" not in args.only:
             continue
@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         # an int8 decoder calibrates on generations: two of the prompt, as a user would give prompts
         calib = ["--calib-embeddings", str(prompt), "--calib-images", "2"] if precision == "int8" else []
-        cost = export_once(name, profile, out, args.files, precision, extra=calib)
+        try:
+            cost = export_once(name, profile, out, args.files, precision, extra=calib)
+        except ExportFailed as exc:           # e.g. refused for memory: recorded, the others still run
+            why = str(exc).strip().splitlines()[-1]
+            print(f"{profile:<22} {precision:<5} not measured: {why}")
+            refused.append({"profile": profile, "precision": precision, "export_refused": why})
+            continue
         cost["ratio"] = cost["peak_rss_bytes"] / weights
         t0 = time.perf_counter()
         model = load_infinity_model(files[1], files[3], name, 1.0, INFINITY_SHAPE[1])
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['algorithm']:>8.2f}x {r['compiler']:>7.2f}x")
     result = {"model": name, "pn": INFINITY_SHAPE[1], "aspect": "1:1", "batch": 1, "guided": True,
               "weights": "seeded random, from files in upstream's layout (speed only)", "weights_bytes": weights,
-              "reps": args.reps, "rows": rows, "command": " ".join(["python", *sys.argv])}
+              "reps": args.reps, "rows": rows, "refused": refused, "command": " ".join(["python", *sys.argv])}
     write_result(args.json, result)
     return result
 

@@ -106,6 +106,8 @@ def test_runtime_picks_the_same_moves_and_draws_the_same_bits(files, decided):
         prompts = [row[:n] for row, n in zip(data["embeddings"], data["lengths"])]
     pipe = Pipeline.from_bundle(bundle)
     assert not pipe.single_graph                  # a decision cannot run as one graph
+    with pytest.raises(FastervarError, match="decides per image between steps"):
+        Pipeline.from_bundle(bundle, chain=True)
     steps = prof.num_steps
     for aspect in ASPECTS:
         ref = generate_batch(AcceleratedModel(_model(files, aspect), prof), _text(files),

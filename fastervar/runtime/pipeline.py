@@ -135,7 +135,9 @@ class Pipeline:
         if chain is None:
             chain = manifest.chain is not None and provider in ("cpu", "cuda")
         if chain and manifest.chain is None:
-            raise FastervarError(f"bundle {path} has no single-graph engine; re-export it or run its step graphs")
+            why = "decides per image between steps, which one graph cannot" if manifest.decision else \
+                "has no single-graph engine; re-export it or"
+            raise FastervarError(f"bundle {path} {why}: run its step graphs")
         check_provider(provider)
         return cls(manifest, provider, threads, prepack, chain)
 
