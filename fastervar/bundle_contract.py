@@ -452,13 +452,7 @@ def _chain_order(engines: list[EngineSpec], request: tuple[str, ...], where: str
     available = {*request, F_HAT, NOISE}
     for i, e in enumerate(steps):
         at = f"{where}engines[{i}]"
-        for name, kind in ((F_HAT, "inputs"), (NOISE, "inputs"), (TOKENS, "outputs"), (output(F_HAT), "outputs")):
-            if e.spec(name, kind) is None:
-                raise _Invalid(f"{at} ({e.name}) has no {kind[:-1]} {name!r}")
-        noise = e.spec(NOISE)["shape"]
-        if len(noise) != 2 or not _is_int(noise[1]) or not 1 <= noise[1] <= MAX_NOISE:
-            raise _Invalid(f"{at}: input {NOISE!r} must have shape [batch, n] with 1 <= n <= {MAX_NOISE}, "
-                           f"got {noise}")
+        _check_step_io(e, at)
         missing = [s["name"] for s in e.inputs if s["name"] not in available]
         if missing:
             raise _Invalid(f"{at} ({e.name}) reads {missing[0]!r}, which no earlier step provides")
@@ -470,6 +464,16 @@ def _chain_order(engines: list[EngineSpec], request: tuple[str, ...], where: str
                        f"{MAX_LATENT} values), got {latent}")
     if [s["name"] for s in decoder.inputs] != [F_HAT] or decoder.spec(IMAGES, "outputs") is None:
         raise _Invalid(f"the last engine ({decoder.name}) must be the decoder: {F_HAT!r} in, {IMAGES!r} out")
+
+
+def _check_step_io(e: EngineSpec, at: str) -> None:
+    """A step graph reads the latent and its noise, [batch, n] uniforms, and gives tokens and the latent."""
+    for name, kind in ((F_HAT, "inputs"), (NOISE, "inputs"), (TOKENS, "outputs"), (output(F_HAT), "outputs")):
+        if e.spec(name, kind) is None:
+            raise _Invalid(f"{at} ({e.name}) has no {kind[:-1]} {name!r}")
+    noise = e.spec(NOISE)["shape"]
+    if len(noise) != 2 or not _is_int(noise[1]) or not 1 <= noise[1] <= MAX_NOISE:
+        raise _Invalid(f"{at}: input {NOISE!r} must have shape [batch, n] with 1 <= n <= {MAX_NOISE}, got {noise}")
 
 
 def _check_chain(raw: Any, where: str, root: Path, tensors: dict, steps: list[EngineSpec], num_steps: int,
@@ -533,11 +537,10 @@ def _check_decision_engines(holder: dict, prefix: str, root: Path, tensors: dict
             if e.step < first:
                 available |= {state_name(s["name"]) for s in e.outputs if state_name(s["name"])}
         for j, e in enumerate(engines):
+            _check_step_io(e, f"{at}.engines[{j}]")
             missing = [s["name"] for s in e.inputs if s["name"] not in available]
             if missing:
                 raise _Invalid(f"{at}.engines[{j}] ({e.name}) reads {missing[0]!r}, which nothing before it provides")
-            if e.spec(TOKENS, "outputs") is None or e.spec(output(F_HAT), "outputs") is None:
-                raise _Invalid(f"{at}.engines[{j}] ({e.name}) must give {TOKENS!r} and {output(F_HAT)!r}")
             available |= {state_name(s["name"]) for s in e.outputs if state_name(s["name"])}
     missing_moves = [m for m in rule.move_set() if m not in seen]
     if missing_moves:

@@ -222,6 +222,8 @@ def _calibrate_ranges(pre: Path, root: Path, latents: np.ndarray) -> Path:
 
     calibrator = create_calibrator(pre, ["Conv"], augmented_model_path=str(root / "augmented.onnx"),
                                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
+    # the calibrator keeps the model it augmented and its own session; neither is read again
+    calibrator.model = calibrator.infer_session = None
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.enable_cpu_mem_arena = False

@@ -318,7 +318,7 @@ class Pipeline:
                 for name, v in out.items():
                     if state_name(name):
                         g.state[state_name(name)] = v
-                        if spec.spec(name, "outputs")["shape"][0] == "rows":
+                        if spec.spec(name, "outputs")["shape"][:1] == ["rows"]:
                             doubled.add(state_name(name))
                         else:
                             doubled.discard(state_name(name))
