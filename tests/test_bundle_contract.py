@@ -161,20 +161,29 @@ def test_fuzzed_manifests_load_or_fail_in_one_line_and_never_open_outside(made, 
     manifest, links = data.draw(mutations(base))
     bundle = _fresh(made, tmp_path / "b")
     _apply(bundle, outside, manifest, links)
+    chain = data.draw(st.sampled_from([None, False]))
+    result = run_or_refuse(outside, lambda: Pipeline.from_bundle(bundle, chain=chain).generate([1], seed=0))
+    if result is not None:
+        assert result.images.shape[0] == 1 and _manifest_files_inside(bundle)
+
+
+def run_or_refuse(outside: Path, run):
+    """`run()` (open a damaged bundle and generate) either returns or fails in one line, and never
+    opens a file under `outside`; its result, or None when it was refused."""
     _OPENED_OUTSIDE.clear()
     _WATCH[:] = [outside.resolve()]
     try:
-        pipe = Pipeline.from_bundle(bundle, chain=data.draw(st.sampled_from([None, False])))
-        result = pipe.generate([1], seed=0)
+        result = run()
     except FastervarError as exc:
         assert str(exc) and "\n" not in str(exc), str(exc)
         event("refused")
+        result = None
     else:
         event("loaded and ran")
-        assert result.images.shape[0] == 1 and _manifest_files_inside(bundle)
     finally:
         _WATCH.clear()
     assert not _OPENED_OUTSIDE, f"opened outside the bundle: {_OPENED_OUTSIDE}"
+    return result
 
 
 def _craft(made: Path, tmp_path: Path, edit) -> Path:

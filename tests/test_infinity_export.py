@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -24,7 +24,6 @@ from fastervar import bundle_contract as contract
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.accel.presets import template
 from fastervar.cli import main
-from fastervar.errors import FastervarError
 from fastervar.models.infinity.checkpoint import random_infinity
 from fastervar.models.sampler import generate_batch
 from fastervar.models.text.prompts import TextBatch
@@ -33,14 +32,13 @@ from fastervar.runtime.pipeline import Pipeline
 from fastervar.utils.noise import image_keys
 
 from .test_bundle_contract import (
-    _OPENED_OUTSIDE,
-    _WATCH,
     ODD_VALUES,
     _apply,
     _fresh,
     _outside_refs,
     _parent,
     _paths,
+    run_or_refuse,
 )
 
 ASPECTS = {"1:1": 1.0, "1:2": 0.5}
@@ -303,21 +301,12 @@ def test_fuzzed_text_manifests_load_or_fail_in_one_line_and_never_open_outside(t
     manifest, links = data.draw(text_mutations(base))
     bundle = _fresh(text_made, tmp_path / "b")
     _apply(bundle, outside, manifest, links)
-    _OPENED_OUTSIDE.clear()
-    _WATCH[:] = [outside.resolve()]
-    try:
-        pipe = Pipeline.from_bundle(bundle, chain=data.draw(st.sampled_from([None, False])))
-        result = pipe.generate_items([("a red fox", 0, 0)])
-    except FastervarError as exc:
-        assert str(exc) and "\n" not in str(exc), str(exc)
-        event("refused")
-    else:
-        event("loaded and ran")
+    chain = data.draw(st.sampled_from([None, False]))
+    result = run_or_refuse(outside, lambda: Pipeline.from_bundle(bundle, chain=chain).generate_items(
+        [("a red fox", 0, 0)]))
+    if result is not None:
         assert result.images.shape[0] == 1
         data_ = json.loads((bundle / contract.MANIFEST).read_text())
         names = [data_["weights"]["file"], data_["text_encoder"]["graph"], data_["text_encoder"]["tokenizer"]]
         names += [e["graph"] for a in data_["aspects"] for e in a["engines"]]
         assert all((bundle / n).resolve().is_relative_to(bundle.resolve()) for n in names)
-    finally:
-        _WATCH.clear()
-    assert not _OPENED_OUTSIDE, f"opened outside the bundle: {_OPENED_OUTSIDE}"
