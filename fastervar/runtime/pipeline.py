@@ -330,7 +330,7 @@ class Pipeline:
                 groups = _split(state, moves, doubled)
             seconds.append(time.perf_counter() - t0)
         f_hat = state[F_HAT]
-        if len(groups) > 1 or groups[0].state is not state:
+        if moves is not None:                 # the groups' latents, back in the chunk's order
             f_hat = np.empty_like(f_hat)
             for g in groups:
                 f_hat[g.rows] = g.state[F_HAT]
