@@ -196,3 +196,51 @@ def test_int8_export_says_when_this_cpu_cannot_speed_it_up(tmp_path, monkeypatch
     assert len(notes) == 1 and "no int8 dot-product instructions" in notes[0] and "not faster here" in notes[0]
     monkeypatch.setattr(machine, "has_int8_dot_product", lambda: True)
     assert machine.int8_note() is None
+
+
+@pytest.mark.parametrize("family", ["var", "infinity"])
+def test_decoder_ranges_measured_in_torch_equal_onnxruntimes_calibrator(family, tmp_path):
+    """The int8 decoder's activation ranges come from hooks on the torch decoder, not from
+    onnxruntime's calibrator (whose session costs five times the decoder's weights): they must
+    cover the same tensors, by name, with the same values."""
+    import torch
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    from fastervar.accel.accelerated import AcceleratedModel
+    from fastervar.bundle_contract import F_HAT, IMAGES
+    from fastervar.export.bundle import OPSET, _trace
+    from fastervar.export.graphs import DecoderGraph
+    from fastervar.models.infinity.checkpoint import random_infinity
+    from fastervar.models.loading import random_model
+    from fastervar.profile import identity
+
+    model = (random_model("tiny") if family == "var" else random_infinity("infinity-tiny")).eval()
+    module = DecoderGraph(AcceleratedModel(model, identity(model)))
+    example = module.acc.init_state(1).f_hat
+    latents = torch.randn(3, *example.shape[1:], generator=torch.Generator().manual_seed(0)).numpy()
+    with torch.no_grad():
+        image = module(example)
+    spec = [{"name": F_HAT, "dtype": "float32", "shape": ["batch", *example.shape[1:]]}]
+    out = [{"name": IMAGES, "dtype": "uint8", "shape": ["batch", *image.shape[1:]]}]
+    graph, params = _trace(module, (example,), spec, out)
+    sites = quantize_mod.conv_sites(graph)
+    ours = quantize_mod.conv_ranges(module, sites, latents)
+
+    with quantize_mod._staged(graph, params, OPSET) as (root, pre):
+        mine = quantize_mod._ranges_cache(pre, ours, tmp_path / "ranges.json")
+        calibrator = create_calibrator(pre, ["Conv"], augmented_model_path=str(root / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
+
+        class Feed:
+            rows = iter(latents[i:i + 1] for i in range(len(latents)))
+
+            def get_next(self):
+                x = next(self.rows, None)
+                return None if x is None else {F_HAT: x}
+
+        calibrator.collect_data(Feed())
+        theirs = {k: tuple(float(np.ravel(v)[0]) for v in d.range_value) for k, d in calibrator.compute_data().data.items()}
+    cached = json.loads(mine.read_text())["data"]
+    assert set(cached) == set(theirs) >= {y for _, y, _ in sites}
+    for name, (lo, hi) in theirs.items():
+        assert ours[name] == pytest.approx((lo, hi), rel=1e-4, abs=1e-5), name

@@ -326,9 +326,10 @@ def _write_set(acc: AcceleratedModel, prefix: str, tmp: Path, binder: ConstantBi
     try:
         engines, (dec, other) = _step_engines(base, ios, f"{prefix}step", tmp, binder, settings, precision, bar)
         ins, outs = [_spec(F_HAT, dec[F_HAT], other[F_HAT])], [_spec(IMAGES, dec[IMAGES], other[IMAGES])]
-        graph, params = _trace(DecoderGraph(acc), (dec[F_HAT],), ins, outs)
+        decoder_module = DecoderGraph(acc)
+        graph, params = _trace(decoder_module, (dec[F_HAT],), ins, outs)
         if decoder == "int8":
-            graph, params = quantize_decoder(graph, params, calibration[0], OPSET), {}
+            graph, params = quantize_decoder(graph, params, decoder_module, calibration[0], OPSET), {}
         engines.append(_engine(f"{prefix}decoder", None, graph, ins, outs, tmp, binder, params, decoder))
         bar.update()
         if decision is None:

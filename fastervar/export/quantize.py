@@ -15,9 +15,12 @@ int8 from onnxruntime's `quantize_static` (per-channel weights, uint8 activation
 ranges calibrated by min/max on latents from the model's own generations. The graph is bound to a
 staging weights file and pre-processed (`quant_pre_process`: ONNX shape inference and
 onnxruntime's basic optimizations; its symbolic shape inference cannot follow our batch-dependent
-axes and is skipped). The ranges come from onnxruntime's own calibrator run in a leaner session
-(`_calibrate_ranges`), handed to `quantize_static` as its calibration cache; the caller binds the
-result to the bundle's store.
+axes and is skipped). The ranges are measured by hooks on the torch decoder the graph was traced
+from and handed to `quantize_static` as its calibration cache, keyed by the traced tensor names.
+onnxruntime's own calibrator would instead run the graph with every convolution's input and output
+made a graph output: at VAR-d16 size that session cost over five times the decoder's weights,
+which put the int8 export above twice the model's. The caller binds the result to the bundle's
+store.
 
 Norms, attention, the logits and the whole sampling tail stay fp32.
 """
@@ -33,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..bundle_contract import F_HAT
 from ..errors import FastervarError
 from .fold import ConstantBinder
 from .weights import WeightStore
@@ -55,6 +58,15 @@ def _plain_gemm(node: onnx.NodeProto) -> bool:
     return attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
 
 
+def _weight_input(node: onnx.NodeProto, made_by: Mapping[str, onnx.NodeProto]) -> str | None:
+    """The graph input a node's second operand is, possibly transposed or cast on the way; None
+    when it is computed."""
+    name, producer = node.input[1], made_by.get(node.input[1])
+    while producer is not None and producer.op_type in _PASS_THROUGH:
+        name, producer = producer.input[0], made_by.get(producer.input[0])
+    return name if producer is None else None
+
+
 def linear_matmuls(model: onnx.ModelProto, pattern: str) -> list[int]:
     """Positions of the MatMul and plain Gemm nodes of a traced graph (weights still inputs) that
     multiply by a transformer linear weight (a parameter name `pattern` matches), possibly
@@ -65,10 +77,8 @@ def linear_matmuls(model: onnx.ModelProto, pattern: str) -> list[int]:
     for i, node in enumerate(model.graph.node):
         if node.op_type not in ("MatMul", "Gemm") or (node.op_type == "Gemm" and not _plain_gemm(node)):
             continue
-        name, producer = node.input[1], made_by.get(node.input[1])
-        while producer is not None and producer.op_type in _PASS_THROUGH:
-            name, producer = producer.input[0], made_by.get(producer.input[0])
-        if producer is None and linear.search(name):
+        name = _weight_input(node, made_by)
+        if name is not None and linear.search(name):
             out.append(i)
     return out
 
@@ -167,34 +177,71 @@ def _quiet() -> Iterator[None]:
             logging.getLogger().setLevel(level)
 
 
-class _Latents:
-    """Feeds calibration latents to the calibrator one at a time: each run decodes with every
-    convolution's input and output watched, and a batch would hold all their activations at once."""
+def conv_sites(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """(input, output, module path) of every Conv of a traced graph (weights still inputs): the
+    module is the one that owns the Conv's weight parameter."""
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    sites = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        name = _weight_input(node, made_by) or ""
+        sites.append((node.input[0], node.output[0], name.rpartition(".")[0]))
+    return sites
 
-    def __init__(self, latents: np.ndarray, batch: int = 1):
-        self._batches = iter([latents[i:i + batch] for i in range(0, len(latents), batch)])
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        x = next(self._batches, None)
-        return None if x is None else {F_HAT: x}
+def conv_ranges(module: torch.nn.Module, sites: list[tuple[str, str, str]], latents: np.ndarray
+                ) -> dict[str, tuple[float, float]]:
+    """Min and max of every convolution's input and output over `latents`, by graph tensor name,
+    from the torch module the graph was traced from. Hooks reduce each tensor as it is made, so a
+    decode holds one convolution's activations at a time, not all of them."""
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def widen(name: str, t: torch.Tensor) -> None:
+        lo, hi = float(t.min()), float(t.max())
+        old = ranges.get(name, (lo, hi))
+        ranges[name] = (min(old[0], lo), max(old[1], hi))
+
+    def watch(x: str, y: str):
+        def hook(_mod, args, out) -> None:
+            widen(x, args[0])
+            widen(y, out)
+        return hook
+
+    hooks = []
+    try:
+        for x, y, path in sites:
+            try:
+                owner = module.get_submodule(path) if path else None
+            except AttributeError:
+                owner = None
+            if not isinstance(owner, torch.nn.modules.conv._ConvNd):
+                raise FastervarError(f"internal: the decoder's convolution {y} has no torch convolution to "
+                                     "calibrate from")
+            hooks.append(owner.register_forward_hook(watch(x, y)))
+        with torch.no_grad():
+            for i in range(len(latents)):
+                module(torch.from_numpy(latents[i:i + 1]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
 
 
-def quantize_decoder(model: onnx.ModelProto, params: Mapping[str, np.ndarray], latents: np.ndarray, opset: int
-                     ) -> onnx.ModelProto:
-    """The decoder with its convolutions in static QDQ int8 (per-channel weights, uint8
-    activations), ranges calibrated by min/max on `latents`; its weights held inline."""
-    from onnxruntime.quantization import (
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+def quantize_decoder(model: onnx.ModelProto, params: Mapping[str, np.ndarray], module: torch.nn.Module,
+                     latents: np.ndarray, opset: int) -> onnx.ModelProto:
+    """The decoder graph `model`, traced from `module`, with its convolutions in static QDQ int8
+    (per-channel weights, uint8 activations), ranges calibrated by min/max on `latents`; its
+    weights held inline."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if len(latents) == 0:
         raise FastervarError("an int8 decoder needs calibration latents: give --calib-images 1 or more, "
                              "or --decoder-precision fp32")
+    ranges = conv_ranges(module, conv_sites(model), latents)
     try:
         with _staged(model, params, opset) as (root, pre), _quiet():
-            cache = _calibrate_ranges(pre, root, latents)
+            cache = _ranges_cache(pre, ranges, root / "ranges.json")
             quantize_static(str(pre), str(root / "q.onnx"), None, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibration_cache_path=str(cache),
@@ -208,34 +255,25 @@ def quantize_decoder(model: onnx.ModelProto, params: Mapping[str, np.ndarray], l
     return out
 
 
-def _calibrate_ranges(pre: Path, root: Path, latents: np.ndarray) -> Path:
-    """Min/max of every convolution's input and output over `latents`, one latent per run, written as
-    onnxruntime's calibration cache. onnxruntime's own calibration session runs the graph
-    unoptimized with its memory arena, memory pattern and prepacked weights: at VAR-d16 size its
-    256 px decodes grew the export by 2.2 GiB, five times the decoder's weights. This session
-    optimizes the graph (the watched tensors are graph outputs, so nothing they are read from is
-    fused away: the ranges agree with onnxruntime's session to 1e-7) and keeps no arena, pattern
-    or prepacked copy: 0.9 GiB."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
-    from onnxruntime.quantization.calibrate import save_tensors_data
+def _ranges_cache(pre: Path, ranges: Mapping[str, tuple[float, float]], path: Path) -> Path:
+    """onnxruntime's calibration cache for the pre-processed graph `pre`: the ranges of the tensors
+    its own calibrator would watch (each float input and output of a Conv), every one of which
+    must have been measured in torch, since pre-processing keeps the traced names."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    calibrator = create_calibrator(pre, ["Conv"], augmented_model_path=str(root / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
-    # the calibrator keeps the model it augmented and its own session; neither is read again
-    calibrator.model = calibrator.infer_session = None
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.enable_cpu_mem_arena = False
-    so.enable_mem_pattern = False
-    so.add_session_config_entry("session.disable_prepacking", "1")
-    calibrator.infer_session = ort.InferenceSession(str(root / "augmented.onnx"), so,
-                                                    providers=["CPUExecutionProvider"])
-    calibrator.collect_data(_Latents(latents))
-    cache = root / "ranges.json"
-    save_tensors_data(calibrator.compute_data(), cache)
-    del calibrator
-    return cache
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    floats = {v.name for v in [*graph.value_info, *graph.input, *graph.output]
+              if v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+    floats -= {i.name for i in graph.initializer}
+    watched = {t for n in graph.node if n.op_type == "Conv" for t in [*n.input, *n.output] if t in floats}
+    missing = sorted(watched - ranges.keys())
+    if missing:
+        raise FastervarError(f"internal: no calibration range for the decoder's tensor {missing[0]}")
+    data = {t: TensorData(lowest=np.array(ranges[t][0], np.float32), highest=np.array(ranges[t][1], np.float32))
+            for t in sorted(watched)}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
+    return path
 
 
 def calibration_latents(acc, settings, calib_images: int | None, seed: int = 0,
@@ -246,9 +284,10 @@ def calibration_latents(acc, settings, calib_images: int | None, seed: int = 0,
     the rows of `prompts` (a TextBatch), cycled or cut to `calib_images`."""
     from ..models.sampler import generate
 
-    # Two images at a time: the latents are the same at any batch (portable noise), and a batch of
-    # 16 would hold 16 images' KV caches at once (VAR-d16: 4.4x the weights, the export's peak).
-    batch = 2
+    # One image at a time: the latents are the same at any batch (portable noise), and these
+    # generations are the int8 export's peak. Exporting VAR-d16 from files, they peaked at 4.4x
+    # the weights at batch 16, 2.0x at batch 2 and 1.6x at batch 1, for 9% more export time.
+    batch = 1
     cal = acc.profile.calibration or {}
     n = 16 if calib_images is None else calib_images
     if acc.model.conditioning()["kind"] == "text":
