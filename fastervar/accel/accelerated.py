@@ -30,6 +30,12 @@ from ..decision_rule import Decision, features
 from .factorize import factorize
 from .selectors import pivotal_stream, select
 
+_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm)
+
+
+def _float_inputs(_module: torch.nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
 
 def preview_features(model: FamilyModel, new: torch.Tensor, old: torch.Tensor, preview_step: int,
                      freq_ratio: float) -> np.ndarray:
@@ -115,8 +121,16 @@ class AcceleratedModel:
         return out
 
     def cast_(self, dtype: torch.dtype) -> AcceleratedModel:
-        """Move the model and the factorized weights to `dtype` (export at half precision)."""
+        """Move the model and the factorized weights to `dtype` (export at half precision). Norms
+        keep float32 parameters and run on float32 inputs, as autocast means them to: a model that
+        keeps its residual stream in float32 (Infinity) feeds them float32, which a half norm refuses
+        on the CPU, and ONNX wants a norm's input and parameters of one type."""
         self.model.to(dtype)
+        for module in self.model.modules():
+            if isinstance(module, _NORMS):
+                module.float()
+                if _float_inputs not in module._forward_pre_hooks.values():     # aspects share modules
+                    module.register_forward_pre_hook(_float_inputs)
         self._factors = {k: tuple(t.to(dtype) for t in f) for k, f in self._factors.items()}
         return self
 
@@ -295,9 +309,12 @@ class AcceleratedModel:
         return state, StepOutput(tokens.flatten(1), logits)
 
     def _select(self, k: int, plan: StepPlan, f_hat: torch.Tensor) -> torch.Tensor:
-        """(B, r) positions from the step's content, the same in both guidance halves."""
+        """(B, r) positions from the step's content, the same in both guidance halves; chosen in
+        float32 under autocast too, so that a half-precision bundle keeps the tokens fp32 keeps."""
         h, w = self.model.grid(k)
-        return select(plan.selector, self.model.content(k, f_hat), plan.kept(h * w), (h, w), k, plan.relevance)
+        with torch.autocast(f_hat.device.type, enabled=False):
+            content = self.model.content(k, f_hat.float())
+            return select(plan.selector, content, plan.kept(h * w), (h, w), k, plan.relevance)
 
     def _full(self, k: int, x: torch.Tensor, ctx: Any, caches: list[KV] | None, record: bool):
         if not record:
@@ -317,7 +334,7 @@ class AcceleratedModel:
             base = self._upsample_tokens(cached, plan.restore_from, k, plan.upsample)
             gather = positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])
             hidden_kept, caches = m.blocks_forward(k, x.gather(1, gather), ctx, state.caches, positions)
-            return base.scatter(1, gather, hidden_kept), caches, None
+            return base.to(hidden_kept.dtype).scatter(1, gather, hidden_kept), caches, None
         lo, hi = plan.layers or (0, m.depth)
         restored = [[self._upsample_tokens(slice_rows(t, b, guidance), plan.restore_from, k, plan.upsample)
                      for t in per_block] if lo <= i < hi else None

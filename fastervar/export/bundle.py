@@ -176,9 +176,6 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
                              f"and is fp32 or int8")
     decoder = decoder_precision or ("int8" if precision == "int8" else precision)
     text = model.conditioning()["kind"] == "text"
-    if text and precision == "fp16":
-        raise FastervarError("text-to-image bundles are exported in fp32 or int8; fp16 is built for "
-                             "class-conditional models only")
     if aspects and not text:
         raise FastervarError("only a text-to-image model's bundle holds several aspects")
     if text_encoder is not None and not text:
@@ -202,12 +199,15 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
     if invariant is not None:
         model.batch_invariant = False     # per-image Python loops would bake the batch size into the graphs
     try:
-        views = [AcceleratedModel(copy.deepcopy(model) if precision == "fp16" else model, profile)]
-        views += [AcceleratedModel(m, profile) for m in aspects]
+        models = [model, *aspects]
+        if precision == "fp16":
+            models = _half_copy(models)
+        views = [AcceleratedModel(m, profile) for m in models]
         if precision == "fp16":
             # Half weights traced under autocast: matmuls run in fp16 while autocast keeps softmax and
             # norms in float32, and the logits (hence the whole sampling tail) are float32.
-            views[0].cast_(torch.float16)
+            for view in views:
+                view.cast_(torch.float16)
         calibration = None
         if decoder == "int8":
             calibration = calibration_latents(views[0], settings, calib_images, prompts=calib_prompts)
@@ -219,6 +219,18 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
         if invariant is not None:
             model.batch_invariant = invariant
     return Path(out)
+
+
+def _half_copy(models: list[FamilyModel]) -> list[FamilyModel]:
+    """One deep copy of `models` (so aspects keep sharing its weights) whose floating weights are
+    made half as they are copied: the copy never holds a second float32 set of the weights."""
+    memo: dict[int, torch.Tensor] = {}
+    for m in models:
+        for t in (*m.parameters(), *m.buffers()):
+            if t.is_floating_point() and id(t) not in memo:
+                half = t.detach().to(torch.float16)
+                memo[id(t)] = torch.nn.Parameter(half, t.requires_grad) if isinstance(t, torch.nn.Parameter) else half
+    return copy.deepcopy(models, memo)
 
 
 def _load_text_encoder(folder: Path, model: FamilyModel):
@@ -394,18 +406,19 @@ def _decision_engines(acc: AcceleratedModel, moves: list[tuple[str, int]], dec: 
 def _write_text_encoder(encoder: torch.nn.Module, tokenizer: Path, root: Path, binder: ConstantBinder,
                         acc: AcceleratedModel) -> dict:
     """The T5 encoder as a graph (token ids and lengths in, the step graphs' embeddings out), in
-    fp32, and a copy of its tokenizer."""
+    fp32 at every precision (traced outside the fp16 export's autocast), and a copy of its
+    tokenizer."""
     encoder.to("cpu", torch.float32).eval()
     graph_module = TextEncoderGraph(encoder)
     vocab = encoder.cfg.vocab_size
     ids, lengths = example_prompts(vocab, _EXAMPLE_BATCHES[0], _EXAMPLE_TEXT[0])
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         small = graph_module(*example_prompts(vocab, _EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1]))
         text = graph_module(ids, lengths)
-    ins = [_spec(TOKEN_IDS, ids, ((_EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1]), ids.dtype)),
-           _spec(TEXT_LENGTHS, lengths, ((_EXAMPLE_BATCHES[1],), lengths.dtype))]
-    outs = [_spec(TEXT, text, (tuple(small.shape), small.dtype))]
-    graph, params = _trace(graph_module, (ids, lengths), ins, outs)
+        ins = [_spec(TOKEN_IDS, ids, ((_EXAMPLE_BATCHES[1], _EXAMPLE_TEXT[1]), ids.dtype)),
+               _spec(TEXT_LENGTHS, lengths, ((_EXAMPLE_BATCHES[1],), lengths.dtype))]
+        outs = [_spec(TEXT, text, (tuple(small.shape), small.dtype))]
+        graph, params = _trace(graph_module, (ids, lengths), ins, outs)
     entry = _engine("text_encoder", None, graph, ins, outs, root, binder, params, "fp32")
     shutil.copyfile(tokenizer, root / "tokenizer.json")
     return {**entry, "tokenizer": "tokenizer.json", "tokenizer_sha256": file_sha256(root / "tokenizer.json"),
