@@ -43,7 +43,7 @@ from fastervar.memory import available_bytes
 from fastervar.models.var.configs import get_config
 from fastervar.models.var.family import VARModel
 
-INFINITY_SHAPE = ["--pn", "0.06M", "--aspect", "1:1"]      # what an Infinity export is asked for here
+INFINITY_PN = "0.06M"      # an Infinity export is asked for this budget at 1:1, unless told otherwise
 
 
 def weight_bytes(name: str) -> int:
@@ -89,12 +89,12 @@ class ExportFailed(SystemExit):
 
 
 def export_once(model: str, profile: str, out: Path, files: Path | None = None, precision: str = "fp32",
-                extra: Sequence[str] = ()) -> dict:
+                extra: Sequence[str] = (), pn: str = INFINITY_PN) -> dict:
     """One export in a child process, with `extra` options: its wall time, peak RSS and bundle size.
     An int8 Infinity export without them keeps its decoder fp32 (its calibration needs prompts)."""
     exe = Path(sys.executable).with_name("fastervar")
     source = ["--model", model, "--random-weights"] if files is None else write_files(model, files)
-    shape = INFINITY_SHAPE if model.startswith("infinity") else []
+    shape = ["--pn", pn, "--aspect", "1:1"] if model.startswith("infinity") else []
     if not extra and model.startswith("infinity") and precision == "int8":
         extra = ["--decoder-precision", "fp32"]
     cmd = [str(exe), "export", *source, *shape, "--profile", profile, "--precision", precision, *extra,

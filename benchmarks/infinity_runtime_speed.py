@@ -1,5 +1,5 @@
 """Infinity-2B exported and run on the torch-free runtime, against our torch baseline: export cost
-and speed at full depth, pn 0.06M, one aspect, batch 1 with guidance, on the CPU.
+and speed at full depth, pn 0.06M (or `--pn`), one aspect, batch 1 with guidance, on the CPU.
 
 Random weights saved once in upstream's file layout (speed only, not quality). Each bundle is made
 as a user makes it, `fastervar export --checkpoint ... --vae-checkpoint ...` in a child process
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import write_result
-from export_cost import INFINITY_SHAPE, ExportFailed, export_once, weight_bytes, write_files
+from export_cost import INFINITY_PN, ExportFailed, export_once, weight_bytes, write_files
 
 from fastervar.accel.accelerated import AcceleratedModel
 from fastervar.accel.presets import template
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, default=Path("out/inf2b-bundles"), help="bundles, deleted after timing")
     ap.add_argument("--reps", type=int, default=2, help="timed passes after the warm-up")
     ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--pn", default=INFINITY_PN, help="the pixel budget exported and timed, at 1:1")
     ap.add_argument("--only", action="append", default=[], help="PROFILE:PRECISION variants to run (repeatable)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         # an int8 decoder calibrates on generations: two of the prompt, as a user would give prompts
         calib = ["--calib-embeddings", str(prompt), "--calib-images", "2"] if precision == "int8" else []
         try:
-            cost = export_once(name, profile, out, args.files, precision, extra=calib)
+            cost = export_once(name, profile, out, args.files, precision, extra=calib, pn=args.pn)
         except ExportFailed as exc:           # e.g. refused for memory: recorded, the others still run
             why = str(exc).strip().splitlines()[-1]
             print(f"{profile:<22} {precision:<5} not measured: {why}")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         cost["ratio"] = cost["peak_rss_bytes"] / weights
         t0 = time.perf_counter()
-        model = load_infinity_model(files[1], files[3], name, 1.0, INFINITY_SHAPE[1])
+        model = load_infinity_model(files[1], files[3], name, 1.0, args.pn)
         loaded = time.perf_counter() - t0
         settings = model.default_settings()
         runners = {"baseline": TorchRunner(model, settings, prompts=bank)}
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         del pipe, runners, model, runs
         gc.collect()
         shutil.rmtree(out, ignore_errors=True)
-    print(f"\n{name} (fp32 weights {weights / 2**30:.2f} GiB), pn {INFINITY_SHAPE[1]} 1:1, batch 1 with guidance, "
+    print(f"\n{name} (fp32 weights {weights / 2**30:.2f} GiB), pn {args.pn} 1:1, batch 1 with guidance, "
           f"random weights; torch threads {torch.get_num_threads()}")
     print(f"{'profile':<22} {'prec':<5} {'export':>8} {'peak/weights':>12} {'baseline':>9} {'bundle':>8} "
           f"{'speedup':>8} {'algorithm':>9} {'compiler':>8}")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['profile']:<22} {r['precision']:<5} {r['export']['seconds'] / 60:6.1f} m {r['export']['ratio']:>11.2f}x "
               f"{r['seconds']['baseline']:>8.1f}s {r['seconds']['bundle']:>7.1f}s {r['speedup_total']:>7.2f}x "
               f"{r['algorithm']:>8.2f}x {r['compiler']:>7.2f}x")
-    result = {"model": name, "pn": INFINITY_SHAPE[1], "aspect": "1:1", "batch": 1, "guided": True,
+    result = {"model": name, "pn": args.pn, "aspect": "1:1", "batch": 1, "guided": True,
               "weights": "seeded random, from files in upstream's layout (speed only)", "weights_bytes": weights,
               "reps": args.reps, "rows": rows, "refused": refused, "command": " ".join(["python", *sys.argv])}
     write_result(args.json, result)

@@ -301,7 +301,7 @@ def test_fp16_bundle_is_half_size_and_runs(tmp_path):
 @pytest.mark.parametrize("name", ["fashion-16", "tiny-d16-schedule"])
 def test_fp16_steps_stay_close_to_fp32(name):
     """Per step on the same inputs, fp16 logits are within 0.1% of fp32's (measured: at most
-    0.033% on fashion-16, 0.048% on tiny-d16-schedule; largest error under 0.007 of their std)."""
+    0.034% on fashion-16, 0.048% on tiny-d16-schedule; largest error under 0.007 of their std)."""
     from fastervar.export.closeness import closeness
     model = shipped_model(name) if name == "fashion-16" else random_model(name)
     rows = closeness(AcceleratedModel(model, identity(model.cfg)), SETTINGS, "fp16", batch=4)

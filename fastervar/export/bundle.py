@@ -201,7 +201,7 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
     try:
         models = [model, *aspects]
         if precision == "fp16":
-            models = _half_copy(models)
+            models = half_copy(models)
         views = [AcceleratedModel(m, profile) for m in models]
         if precision == "fp16":
             # Half weights traced under autocast: matmuls run in fp16 while autocast keeps softmax and
@@ -221,7 +221,7 @@ def export_bundle(model: FamilyModel, profile: Profile, out: str | Path, setting
     return Path(out)
 
 
-def _half_copy(models: list[FamilyModel]) -> list[FamilyModel]:
+def half_copy(models: list[FamilyModel]) -> list[FamilyModel]:
     """One deep copy of `models` (so aspects keep sharing its weights) whose floating weights are
     made half as they are copied: the copy never holds a second float32 set of the weights."""
     memo: dict[int, torch.Tensor] = {}

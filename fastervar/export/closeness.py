@@ -11,7 +11,6 @@ export makes.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from ..accel.accelerated import AcceleratedModel
 from ..bundle_contract import LOGITS, TOKENS
 from ..models.sampling import SamplingSettings
-from .bundle import _trace
+from .bundle import _trace, half_copy
 from .graphs import StepGraph, StepIO, example_steps, plan_io
 from .quantize import quantize_linears
 
@@ -58,7 +57,7 @@ def closeness(acc: AcceleratedModel, settings: SamplingSettings, precision: str,
     """Per executed step: fp32 against `precision` (fp16 or int8) logits and tokens."""
     half = None
     if precision == "fp16":
-        half = AcceleratedModel(copy.deepcopy(acc.model), acc.profile).cast_(torch.float16)
+        half = AcceleratedModel(half_copy([acc.model])[0], acc.profile).cast_(torch.float16)
     ios = plan_io(acc)
     out = []
     for io, feeds in zip(ios, example_steps(acc, ios, settings, batch, text_length=8)):
