@@ -268,9 +268,9 @@ def check_memory(model: FamilyModel, precision: str) -> None:
     tensors = [t for part in model.state_parts() for t in part.state_dict().values()]
     weights = sum(t.numel() * 4 for t in tensors)
     # fp16 keeps a half copy. int8 folds each graph's weight quantization one weight at a time, then
-    # calibrates the decoder in onnxruntime from staged copies of its weights, with its activations:
-    # measured on VAR-d16 from files, 0.9 GiB over the fp32 export's peak; half the weights and a GiB
-    # bound that for a decoder that is a fraction of the model.
+    # quantizes the decoder from staged copies of its weights: half the weights and a GiB bound that
+    # for a decoder that is a fraction of the model (measured on VAR-d16 from files, the int8
+    # export now peaks below the fp32 one).
     extra = {"fp16": weights // 2, "int8": weights // 2 + 2**30}.get(precision, 0)
     need = state + 2 * max(t.numel() * 4 for t in tensors) + extra + 2**28
     if need > free:
